@@ -1,0 +1,55 @@
+# fastai_attncrop: the two commands of the README, and the pieces they are made of.
+# Every target creates .venv if it is missing; nothing here needs network access beyond the package install.
+SHELL   := /bin/bash
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+OUT     ?= demo_out
+
+.PHONY: demo test install install-dev export sync-check pytest nbtest readme clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps record which install a venv has had; they are redone when the project's requirements change.
+$(VENV)/.stamp-install: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP) -e '.[dev]'
+	touch $@ $(VENV)/.stamp-install
+
+install: $(VENV)/.stamp-install
+install-dev: $(VENV)/.stamp-dev
+
+## Main job: synthetic dataset -> small vision_learner -> saliency -> boxes -> metrics, figure and crops in $(OUT)/
+demo: install
+	$(PY) -m fastai_attncrop.demo --out $(OUT)
+
+## Tests: notebooks and modules in sync, pytest, then every notebook executed by nbdev-test
+test: install-dev sync-check pytest nbtest
+
+export: install-dev
+	$(VENV)/bin/nbdev-export
+
+# nbdev-export must leave the generated package (and README) exactly as committed in the working tree.
+sync-check: install-dev
+	@tmp=$$(mktemp -d); cp -r fastai_attncrop $$tmp/before; cp README.md $$tmp/README.before; \
+	 $(VENV)/bin/nbdev-export && $(PY) tools/make_readme.py; \
+	 if ! diff -r -x __pycache__ $$tmp/before fastai_attncrop || ! diff $$tmp/README.before README.md; then \
+	   echo "nbdev-export / make_readme changed files: notebooks and generated files are out of sync" >&2; rm -rf $$tmp; exit 1; fi; \
+	 rm -rf $$tmp; echo "sync-check: notebooks, fastai_attncrop/ and README.md agree"
+
+pytest: install-dev
+	$(VENV)/bin/pytest tests/ -q
+
+nbtest: install-dev
+	$(VENV)/bin/nbdev-test --n-workers 2
+
+readme: install-dev
+	$(PY) tools/make_readme.py
+
+clean:
+	rm -rf $(OUT) _proc _docs .pytest_cache

@@ -1,0 +1,32 @@
+"""Write README.md from nbs/index.ipynb (quarto, which `nbdev-readme` needs, cannot be installed offline).
+
+Markdown cells are copied as they are; code cells become fenced Python blocks without their `#|` directives;
+cells marked `#| hide` (or `#| include: false`) are left out. Outputs are not copied, so the README does not
+change with timings or random numbers of a notebook run.
+"""
+import json, sys
+from pathlib import Path
+
+root = Path(__file__).resolve().parents[1]
+
+def _directives(src):
+    return [l[3:].strip() for l in src.splitlines() if l.startswith('#|')]
+
+def render(nb_path):
+    nb = json.loads(Path(nb_path).read_text())
+    parts = []
+    for cell in nb['cells']:
+        src = ''.join(cell['source'])
+        ds = _directives(src)
+        if 'hide' in ds or 'include: false' in ds or any(d.startswith('default_exp') for d in ds): continue
+        body = '\n'.join(l for l in src.splitlines() if not l.startswith('#|')).strip()
+        if not body: continue
+        parts.append(body if cell['cell_type']=='markdown' else f"```python\n{body}\n```")
+    note = "<!-- Generated from nbs/index.ipynb by tools/make_readme.py: edit the notebook, not this file. -->"
+    return note + '\n\n' + '\n\n'.join(parts) + '\n'
+
+if __name__ == '__main__':
+    out = root/'README.md'
+    text = render(root/'nbs'/'index.ipynb')
+    if not out.exists() or out.read_text() != text: out.write_text(text)
+    sys.exit(0)
