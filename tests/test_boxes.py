@@ -7,7 +7,7 @@ from fastai.vision.augment import Resize, RandomResizedCrop, CropPad
 from fasttransform import Pipeline
 from fastai_attncrop.data import draw_sample, mask_box
 from fastai_attncrop.boxes import (mass_box, mass_edges, map_marginals, fallback_maps, component_boxes, threshold_box,
-                                   adjust_boxes, InputFrame, threshold_masks, union_masks, _transform_valid)
+                                   adjust_boxes, InputFrame, threshold_masks, union_masks, graphcut_mask, _transform_valid)
 
 HYP = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 maps_st = st.tuples(st.integers(1, 9), st.integers(1, 9)).flatmap(
@@ -209,3 +209,32 @@ def test_threshold_and_union_masks():
     assert not threshold_masks(torch.zeros(2, 3, 3), percentile=10).any()
     with pytest.raises(ValueError, match='`percentile`'): threshold_masks(m, percentile=-1)
     with pytest.raises(ValueError, match='`tau`'): threshold_masks(m, tau=2)
+
+def _blurred_object(seed, bg='noise'):
+    img, inst, _ = draw_sample(['star'], size=(96, 64), obj_frac=0.15, background=bg, n_distractors=0, seed=seed)
+    obj = inst > 0
+    low = F.adaptive_avg_pool2d(torch.tensor(obj, dtype=torch.float32)[None], (8, 8))[0]   # a feature-resolution map
+    return img, obj, low
+
+def test_graphcut_follows_the_object_outline():
+    pytest.importorskip('maxflow')
+    iou = lambda a, b: (a & b).sum() / (a | b).sum()
+    for seed, bg in [(0, 'noise'), (5, 'plain'), (7, 'texture')]:
+        img, obj, low = _blurred_object(seed, bg)
+        gc = graphcut_mask(img, low)
+        up = F.interpolate(low[None, None], size=obj.shape, mode='bilinear', align_corners=False)[0, 0]
+        th = threshold_masks(up, tau=0.5).numpy()
+        assert gc.shape == obj.shape and gc.dtype == bool
+        assert iou(gc, obj) > 0.8 and iou(gc, obj) > iou(th, obj) + 0.15, (seed, iou(gc, obj), iou(th, obj))
+        # seeds are hard constraints: the top 5% of the map is object, the bottom 30% background
+        full = F.interpolate(low[None, None], size=obj.shape, mode='bilinear', align_corners=False)[0, 0].numpy()
+        assert gc[full >= np.percentile(full, 95)].all() and not gc[full <= np.percentile(full, 30)].any()
+
+def test_graphcut_flat_map_and_errors(monkeypatch):
+    pytest.importorskip('maxflow')
+    img, obj, low = _blurred_object(0)
+    assert graphcut_mask(img, torch.zeros(8, 8)).all()
+    with pytest.raises(ValueError, match='`bg_pct` < `fg_pct`'): graphcut_mask(img, low, fg_pct=30, bg_pct=30)
+    with pytest.raises(ValueError, match='`smoothness`'): graphcut_mask(img, low, smoothness=-1)
+    monkeypatch.setitem(__import__('sys').modules, 'maxflow', None)   # as if PyMaxflow were not installed
+    with pytest.raises(ImportError, match=r"fastai_attncrop\[segment\]"): graphcut_mask(img, low)
