@@ -13,9 +13,9 @@ from PIL import Image, ImageDraw
 from fastprogress.fastprogress import progress_bar
 
 # %% auto #0
-__all__ = ['SHAPES', 'BACKGROUNDS', 'GT_COLUMNS', 'atomic_write', 'save_image_atomic', 'write_text_atomic', 'write_csv_atomic',
-           'shape_mask', 'draw_sample', 'mask_box', 'make_shapes', 'read_boxes_csv', 'read_voc', 'read_coco',
-           'segmentation_mask', 'read_instance_mask']
+__all__ = ['SHAPES', 'BACKGROUNDS', 'PATTERNS', 'GT_COLUMNS', 'atomic_write', 'save_image_atomic', 'write_text_atomic',
+           'write_csv_atomic', 'fill_pattern', 'shape_mask', 'draw_sample', 'mask_box', 'make_shapes', 'read_boxes_csv',
+           'read_voc', 'read_coco', 'segmentation_mask', 'read_instance_mask']
 
 # %% ../nbs/00_data.ipynb #0a101265
 def atomic_write(path, write_fn, suffix=None):
@@ -80,6 +80,24 @@ def _draw_shape(d:ImageDraw.ImageDraw, name, w, h):
 
 SHAPES = ('circle', 'square', 'triangle', 'star', 'cross', 'ring', 'diamond', 'hexagon', 'arrow', 'chevron', 'frame', 'pentagon')
 BACKGROUNDS = ('plain', 'noise', 'gradient', 'texture', 'mixed')
+PATTERNS = ('hstripes', 'checker', 'dots', 'solid', 'diagonal', 'vstripes', 'grid', 'rings', 'antidiagonal', 'blocks', 'hstripes', 'checker')
+
+# %% ../nbs/00_data.ipynb #aebbc0d8
+def fill_pattern(name:str, w:int, h:int, period:int=6, phase:int=0) -> np.ndarray:
+    "Boolean (h, w) two-colour pattern `name` with stripe `period` in pixels."
+    yy, xx = np.mgrid[0:h, 0:w] + phase
+    half = max(1, period//2)
+    if name=='hstripes': return (yy//half) % 2 == 0
+    if name=='vstripes': return (xx//half) % 2 == 0
+    if name=='checker': return (xx//half + yy//half) % 2 == 0
+    if name=='diagonal': return ((xx+yy)//half) % 2 == 0
+    if name=='antidiagonal': return ((xx-yy)//half) % 2 == 0
+    if name=='dots': return ((xx % period) - period/2)**2 + ((yy % period) - period/2)**2 > (period/3)**2
+    if name=='grid': return (xx % period >= 2) & (yy % period >= 2)
+    if name=='rings': return (np.hypot(xx-phase-w/2, yy-phase-h/2)//half) % 2 == 0
+    if name=='blocks': return (xx//period + yy//period) % 2 == 0
+    if name=='solid': return np.ones((h, w), bool)
+    raise ValueError(f"unknown pattern {name!r}; available: {sorted(set(PATTERNS))}")
 
 # %% ../nbs/00_data.ipynb #32333a37
 def shape_mask(name:str, w:int, h:int) -> np.ndarray:
@@ -182,8 +200,9 @@ def _contrasting_colour(rng, bg_patch):
     return np.where(mean > 127, 0, 255)
 
 # %% ../nbs/00_data.ipynb #bd51bd6a
-def draw_sample(labels, size=(64, 64), obj_frac=(0.1, 0.4), background='mixed', n_distractors=(2, 5), seed=0):
+def draw_sample(labels, size=(64, 64), obj_frac=(0.1, 0.4), background='mixed', n_distractors=(2, 5), fill='pattern', seed=0):
     "Draw one image with one object per entry of `labels`; returns (PIL image, uint8 instance mask, list of boxes)."
+    if fill not in ('pattern', 'solid'): raise ValueError(f"`fill` must be 'pattern' or 'solid', got {fill!r}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     W, H = size
     frac = _range(obj_frac, 'obj_frac', 1e-6, 1)
@@ -201,8 +220,13 @@ def draw_sample(labels, size=(64, 64), obj_frac=(0.1, 0.4), background='mixed', 
     img = np.array(pil)
     inst = np.zeros((H, W), np.uint8)
     for k, (lbl, (x, y, w, h)) in enumerate(zip(labels, corners), start=1):
-        m = shape_mask(lbl, w, h)
-        img[y:y+h, x:x+w][m] = _contrasting_colour(rng, img[y:y+h, x:x+w])
+        m, patch = shape_mask(lbl, w, h), img[y:y+h, x:x+w]
+        c1 = _contrasting_colour(rng, patch)
+        if fill=='pattern':
+            c2 = _contrasting_colour(rng, np.broadcast_to(c1, (1, 1, 3)))
+            pat = fill_pattern(PATTERNS[SHAPES.index(lbl)], w, h, int(rng.integers(4, 8)), int(rng.integers(0, 8)))
+            patch[m & pat], patch[m & ~pat] = c1, c2
+        else: patch[m] = c1
         inst[y:y+h, x:x+w][m] = k
     return Image.fromarray(img), inst, [mask_box(inst==k) for k in range(1, len(labels)+1)]
 
@@ -218,7 +242,7 @@ def mask_box(mask) -> tuple:
 def _meta(**kw): return json.loads(json.dumps(kw))  # normalize tuples to lists, as they come back from JSON
 
 def make_shapes(dest, n_train=100, n_valid=25, classes=4, size=64, obj_frac=(0.1, 0.4), n_objects=1, multi_label=False,
-                background='mixed', n_distractors=(2, 5), seed=0, overwrite=False) -> Path:
+                background='mixed', n_distractors=(2, 5), fill='pattern', seed=0, overwrite=False) -> Path:
     "Write a synthetic localization dataset to `dest` (images, instance masks, `boxes.csv`, `labels.csv`); return `dest`."
     dest = Path(dest)
     n_train, n_valid = (_range(n, name, 0, integer=True)[0] for n, name in ((n_train, 'n_train'), (n_valid, 'n_valid')))
@@ -230,8 +254,9 @@ def make_shapes(dest, n_train=100, n_valid=25, classes=4, size=64, obj_frac=(0.1
         raise ValueError(f"`n_objects` up to {n_obj[1]} with `multi_label=True` needs as many classes, got {len(classes)}")
     if background not in BACKGROUNDS: raise ValueError(f"unknown `background` {background!r}; available: {list(BACKGROUNDS)}")
     nd = _range(n_distractors, 'n_distractors', 0, integer=True)
+    if fill not in ('pattern', 'solid'): raise ValueError(f"`fill` must be 'pattern' or 'solid', got {fill!r}")
     meta = _meta(n_train=n_train, n_valid=n_valid, classes=classes, size=sizes, obj_frac=frac, n_objects=n_obj,
-                 multi_label=bool(multi_label), background=background, n_distractors=nd, seed=int(seed), version=1)
+                 multi_label=bool(multi_label), background=background, n_distractors=nd, fill=fill, seed=int(seed), version=1)
     meta_path = dest/'meta.json'
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
@@ -255,7 +280,7 @@ def make_shapes(dest, n_train=100, n_valid=25, classes=4, size=64, obj_frac=(0.1
         else:
             labels, rel = [classes[ci]]*k, f"{split}/{classes[ci]}/{classes[ci]}_{i:05d}.png"
         W, H = sizes[int(rng.integers(len(sizes)))]
-        img, inst, boxes = draw_sample(labels, (W, H), frac, background, nd, rng)
+        img, inst, boxes = draw_sample(labels, (W, H), frac, background, nd, fill, rng)
         save_image_atomic(img, dest/rel)
         save_image_atomic(Image.fromarray(inst), dest/'masks'/rel)
         for k_, (lbl, b) in enumerate(zip(labels, boxes), start=1):
