@@ -444,3 +444,11 @@ def test_smoothgrad(learn, xb):
         mean = sum(saliency_maps(learn, xb + torch.randn(xb.shape, generator=gen)*0.2*rng, method, target=plain.target).maps
                    for _ in range(3)) / 3
         torch.testing.assert_close(a.maps, mean, atol=1e-6, rtol=1e-5)
+
+def test_smoothgrad_several_layers(learn, xb):
+    "The per-layer maps of a SmoothGrad result are smoothed too (equal to SmoothGrad on that layer alone)."
+    sg = SmoothGrad('gradcam', n=2, sigma=0.2, seed=1)
+    sm = saliency_maps(learn, xb, sg, layers=['0.6', '0.7'])
+    assert set(sm.layer_maps) == {'0.6', '0.7'} and sm.nonfinite.shape == (4,)
+    for name, m in sm.layer_maps.items():
+        torch.testing.assert_close(m, saliency_maps(learn, xb, sg, layers=name).maps, atol=1e-6, rtol=1e-5)
