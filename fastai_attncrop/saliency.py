@@ -357,6 +357,8 @@ class SmoothGrad:
         gen = torch.Generator(device='cpu').manual_seed(self.seed)
         rng = (xb.flatten(1).amax(1) - xb.flatten(1).amin(1)).view(-1, 1, 1, 1)
         total = torch.zeros_like(clean.maps)
+        layer_total = {k: torch.zeros_like(v) for k, v in clean.layer_maps.items()}
+        bad = torch.zeros_like(clean.nonfinite)
         for _ in range(self.n):
             noisy = xb + torch.randn(xb.shape, generator=gen).to(xb) * self.sigma * rng
             # every row explains its (image, class): run per rank so an image can have several targets
@@ -364,7 +366,11 @@ class SmoothGrad:
                 rows = (clean.rank==r).nonzero().squeeze(1)
                 sub = saliency_maps(model, noisy[clean.img_idx[rows]], self.method, target=clean.target[rows], **kwargs)
                 total[rows] += sub.maps
-        clean.maps, clean.method = total / self.n, f"smoothgrad({self.method.name})"
+                for k in layer_total: layer_total[k][rows] += sub.layer_maps[k]
+                bad[rows] |= sub.nonfinite
+        # the per-layer maps and the non-finite flags describe the noisy passes too, not the clean one
+        clean.maps, clean.method, clean.nonfinite = total / self.n, f"smoothgrad({self.method.name})", bad
+        clean.layer_maps = {k: v / self.n for k, v in layer_total.items()}
         return clean
 
 # %% ../nbs/01_saliency.ipynb #b765b81b

@@ -1,0 +1,193 @@
+"""Saliency benchmark (issue 3): images/s and peak memory of our Grad-CAM / Grad-CAM++ against plain inference,
+pytorch-grad-cam, TorchCAM, Captum and the fastbook hook recipe, on CPU, fastai resnet18/resnet34 learners
+(`pretrained=False`) at 224 px, batch sizes 1, 16, 64.
+
+    PYTHONPATH=. python bench/saliency.py [--out bench/results/saliency.md] [--threads N] [--memory-format channels_last]
+
+Speed: methods are interleaved within every round (order rotated each round) so drift hits all alike; one warm-up
+round, then the median of a few timed rounds (fewer at batch 64 to fit 10 minutes on 2 cores). Every method makes
+maps at the input size for the predicted class of every image: ours include `normalize_maps(sm.upsampled())`,
+pytorch-grad-cam resizes and normalizes itself, TorchCAM, Captum and fastbook stop at the feature map.
+Memory: after the speed rounds, one more call of each method with glibc told to return freed memory to the OS
+(`mallopt`), the resident set sampled every ms by a thread; reported is the peak minus the RSS before the call.
+The last line printed is one JSON object: the batch-64 resnet34 ratios (our images/s / theirs)."""
+import argparse, ctypes, gc, datetime, json, os, platform, statistics, sys, tempfile, threading, time, warnings
+from pathlib import Path
+warnings.filterwarnings('ignore')
+import psutil, torch, torch.nn as nn
+from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, resnet18, resnet34
+from fastai_attncrop.data import make_shapes
+from fastai_attncrop.saliency import saliency_maps, normalize_maps
+
+REPS = {1: (1, 5), 16: (1, 3), 64: (1, 2)}   # (warm-up rounds, timed rounds) per batch size
+
+# ------------------------------------------------------------------------------------------------------------ methods
+def m_inference(model, x):
+    with torch.inference_mode(): return model(x)
+
+def m_ours(method):
+    def f(model, x):
+        sm = saliency_maps(model, x, method)
+        return normalize_maps(sm.upsampled())
+    return f
+
+def m_pytorch_grad_cam(model, x):
+    from pytorch_grad_cam import GradCAM
+    with GradCAM(model=model, target_layers=[model[0]]) as cam: return cam(input_tensor=x, targets=None)
+
+def m_torchcam(model, x):
+    from torchcam.methods import GradCAM
+    with GradCAM(model, target_layer=model[0]) as ext:
+        out = model(x)
+        return ext(class_idx=out.argmax(1).tolist(), scores=out)[0]
+
+def m_captum(model, x):
+    from captum.attr import LayerGradCam
+    with torch.no_grad(): pred = model(x).argmax(1)       # Captum needs the target classes up front
+    return LayerGradCam(model, model[0]).attribute(x, target=pred, relu_attributions=True)
+
+class _Hook:
+    "fastbook chapter 18: forward hook storing the activations."
+    def __init__(self, m): self.hook = m.register_forward_hook(self.hook_func)
+    def hook_func(self, m, i, o): self.stored = o.detach().clone()
+    def __enter__(self, *args): return self
+    def __exit__(self, *args): self.hook.remove()
+
+class _HookBwd:
+    "fastbook chapter 18: backward hook storing the gradients (full backward hook: the book's one is deprecated)."
+    def __init__(self, m): self.hook = m.register_full_backward_hook(self.hook_func)
+    def hook_func(self, m, gi, go): self.stored = go[0].detach().clone()
+    def __enter__(self, *args): return self
+    def __exit__(self, *args): self.hook.remove()
+
+def m_fastbook(model, x):
+    with _HookBwd(model[0]) as hookg:
+        with _Hook(model[0]) as hook:
+            output = model(x)
+            act = hook.stored
+        model.zero_grad()
+        output[torch.arange(len(x)), output.argmax(1)].sum().backward()
+        grad = hookg.stored
+    w = grad.mean(dim=[2, 3], keepdim=True)
+    return (w * act).sum(1).relu()
+
+METHODS = {'inference': m_inference, 'ours gradcam': m_ours('gradcam'), 'ours gradcampp': m_ours('gradcampp'),
+           'pytorch-grad-cam': m_pytorch_grad_cam, 'torchcam': m_torchcam, 'captum': m_captum, 'fastbook': m_fastbook}
+
+# ------------------------------------------------------------------------------------------------------------ helpers
+def peak_rss_delta(fn):
+    "Peak resident memory (MiB) above the level before `fn()`, sampled every millisecond."
+    gc.collect(); _trim()
+    proc, peak, stop = psutil.Process(), [0], threading.Event()
+    base = proc.memory_info().rss
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss); time.sleep(0.001)
+    t = threading.Thread(target=sample, daemon=True); t.start()
+    try: fn()
+    finally: stop.set(); t.join()
+    peak[0] = max(peak[0], proc.memory_info().rss)
+    return (peak[0] - base) / 2**20
+
+def _trim():
+    try: ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except OSError: pass
+
+def release_freed_memory():
+    "Ask glibc to hand freed blocks back to the OS at once (mmap for big blocks, trim the heap), for RSS sampling."
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+        libc.mallopt(-3, 128*1024)   # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 128*1024)   # M_TRIM_THRESHOLD
+        _trim()
+        return True
+    except OSError: return False
+
+def make_models(fmt):
+    tmp = Path(tempfile.mkdtemp())
+    path = make_shapes(tmp/'shapes', n_train=4, n_valid=4, classes=4, size=64, seed=0)
+    dls = ImageDataLoaders.from_folder(path, train='train', valid='valid', item_tfms=Resize(224), bs=4, num_workers=0)
+    models = {}
+    for name, arch in [('resnet18', resnet18), ('resnet34', resnet34)]:
+        torch.manual_seed(0)
+        learn = vision_learner(dls, arch, pretrained=False)
+        models[name] = learn.model.eval().to(memory_format=fmt)
+    return models
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--out', default='bench/results/saliency.md')
+    ap.add_argument('--threads', type=int, default=None)
+    ap.add_argument('--memory-format', default='channels_last', choices=['channels_last', 'contiguous'])
+    ap.add_argument('--bs', default='1,16,64')
+    ap.add_argument('--archs', default='resnet18,resnet34')
+    a = ap.parse_args()
+    if a.threads: torch.set_num_threads(a.threads)
+    fmt = torch.channels_last if a.memory_format == 'channels_last' else torch.contiguous_format
+    t0, load0 = time.time(), os.getloadavg()
+    models = make_models(fmt)
+    bss, archs = [int(b) for b in a.bs.split(',')], a.archs.split(',')
+    speed, mem = {}, {}
+    for arch in archs:
+        model = models[arch]
+        for bs in bss:
+            torch.manual_seed(bs)
+            x = torch.randn(bs, 3, 224, 224).contiguous(memory_format=fmt)
+            warm, timed = REPS.get(bs, (1, 2))
+            times = {m: [] for m in METHODS}
+            names = list(METHODS)
+            for r in range(warm + timed):
+                order = names[r % len(names):] + names[:r % len(names)]
+                for m in order:
+                    s = time.perf_counter(); METHODS[m](model, x); dt = time.perf_counter() - s
+                    if r >= warm: times[m].append(dt)
+            for m in names: speed[arch, bs, m] = bs / statistics.median(times[m])
+            print(f"{arch} bs {bs}: " + ', '.join(f"{m} {speed[arch, bs, m]:.1f}" for m in names) + f"  ({time.time()-t0:.0f} s)",
+                  flush=True)
+    released = release_freed_memory()
+    for arch in archs:
+        for bs in bss:
+            torch.manual_seed(bs)
+            x = torch.randn(bs, 3, 224, 224).contiguous(memory_format=fmt)
+            for m in METHODS: mem[arch, bs, m] = peak_rss_delta(lambda: METHODS[m](models[arch], x))
+    total, load1 = time.time() - t0, os.getloadavg()
+
+    # ------------------------------------------------------------------------------------------------------ report
+    lines = [f"# Saliency benchmark", "",
+             f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, "
+             f"{psutil.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+             f"{a.memory_format} model and input, fastai `vision_learner(pretrained=False)` at 224 px, random input. "
+             f"Load average before/after: {load0[0]:.2f} / {load1[0]:.2f}. Run time {total:.0f} s. "
+             f"Command: `PYTHONPATH=. python bench/saliency.py" + (f" --threads {a.threads}" if a.threads else '') + "`.", "",
+             "images/s (median of the timed rounds; higher is better) and peak RSS above the level before the call "
+             f"(MiB{'' if released else ', glibc trimming unavailable: approximate'}).", "",
+             "| model | bs | " + " | ".join(METHODS) + " |", "|---|---|" + "---|"*len(METHODS)]
+    for arch in archs:
+        for bs in bss:
+            lines.append(f"| {arch} | {bs} | " + " | ".join(f"{speed[arch, bs, m]:.1f} ({mem[arch, bs, m]:.0f} MiB)" for m in METHODS) + " |")
+    lines += ["", "Ratios (our images/s / theirs):", "", "| model | bs | gradcam/inference | gradcampp/inference | "
+              "gradcam/pytorch-grad-cam | gradcam/torchcam | gradcam/captum | gradcam/fastbook |", "|---|---|---|---|---|---|---|---|"]
+    for arch in archs:
+        for bs in bss:
+            g = speed[arch, bs, 'ours gradcam']
+            lines.append(f"| {arch} | {bs} | {g/speed[arch, bs, 'inference']:.2f} | "
+                         f"{speed[arch, bs, 'ours gradcampp']/speed[arch, bs, 'inference']:.2f} | "
+                         + " | ".join(f"{g/speed[arch, bs, m]:.2f}" for m in ['pytorch-grad-cam', 'torchcam', 'captum', 'fastbook']) + " |")
+    key = ('resnet34', 64)
+    res = {}
+    if key + ('inference',) in speed:
+        g, gp = speed[key + ('ours gradcam',)], speed[key + ('ours gradcampp',)]
+        res = {'gradcam_vs_inference': round(g / speed[key + ('inference',)], 3),
+               'gradcampp_vs_inference': round(gp / speed[key + ('inference',)], 3),
+               'gradcam_vs_pytorch_grad_cam': round(g / speed[key + ('pytorch-grad-cam',)], 3),
+               'gradcam_vs_torchcam': round(g / speed[key + ('torchcam',)], 3)}
+        lines += ["", "Batch-64 resnet34 ratios (targets: >= 0.95 vs inference, >= 3.5 vs pytorch-grad-cam, >= 1.1 vs TorchCAM):",
+                  "", "```json", json.dumps(res), "```"]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(report)
+    print(json.dumps(res))
+
+if __name__ == '__main__': main()
