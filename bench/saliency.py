@@ -2,7 +2,13 @@
 pytorch-grad-cam, TorchCAM, Captum and the fastbook hook recipe, on CPU, fastai resnet18/resnet34 learners
 (`pretrained=False`) at 224 px, batch sizes 1, 16, 64.
 
-    PYTHONPATH=. python bench/saliency.py [--out bench/results/saliency.md] [--threads N] [--memory-format channels_last]
+    PYTHONPATH=. python bench/saliency.py [--out bench/results/saliency.md] [--threads N] [--others-format contiguous]
+
+Memory format, as issue 3 asks: the models are built as fastai builds them (contiguous) and the batches come as
+a DataLoader gives them (contiguous). Ours runs with the engine's defaults, which hand the model a channels_last
+input on the CPU; "inference" gets that same channels_last input, so that ratio compares like with like. The
+reference libraries get the model and batch as their users would (`--others-format contiguous`, the default), or
+a channels_last model and input (`--others-format channels_last`) to see what they would gain from it.
 
 Speed: methods are interleaved within every round (order rotated each round) so drift hits all alike; one warm-up
 round, then the median of a few timed rounds (fewer at batch 64 to fit 10 minutes on 2 cores). Every method makes
@@ -11,18 +17,21 @@ pytorch-grad-cam resizes and normalizes itself, TorchCAM, Captum and fastbook st
 Memory: after the speed rounds, one more call of each method with glibc told to return freed memory to the OS
 (`mallopt`), the resident set sampled every ms by a thread; reported is the peak minus the RSS before the call.
 The last line printed is one JSON object: the batch-64 resnet34 ratios (our images/s / theirs)."""
-import argparse, ctypes, gc, datetime, json, os, platform, statistics, sys, tempfile, threading, time, warnings
+import argparse, copy, ctypes, gc, datetime, json, os, platform, statistics, sys, tempfile, threading, time, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import psutil, torch, torch.nn as nn
 from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, resnet18, resnet34
 from fastai_attncrop.data import make_shapes
-from fastai_attncrop.saliency import saliency_maps, normalize_maps
+from fastai_attncrop.saliency import saliency_maps, normalize_maps, _use_channels_last
 
 REPS = {1: (1, 5), 16: (1, 3), 64: (1, 2)}   # (warm-up rounds, timed rounds) per batch size
 
 # ------------------------------------------------------------------------------------------------------------ methods
 def m_inference(model, x):
+    "Plain inference, in the memory format our engine uses for this model (see `_use_channels_last`)."
+    p = next(model.parameters())
+    if _use_channels_last(None, p.device, p.dtype): x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(): return model(x)
 
 def m_ours(method):
@@ -73,6 +82,7 @@ def m_fastbook(model, x):
 
 METHODS = {'inference': m_inference, 'ours gradcam': m_ours('gradcam'), 'ours gradcampp': m_ours('gradcampp'),
            'pytorch-grad-cam': m_pytorch_grad_cam, 'torchcam': m_torchcam, 'captum': m_captum, 'fastbook': m_fastbook}
+OURS = {'inference', 'ours gradcam', 'ours gradcampp'}   # run on the model and batch as fastai makes them
 
 # ------------------------------------------------------------------------------------------------------------ helpers
 def peak_rss_delta(fn):
@@ -103,7 +113,7 @@ def release_freed_memory():
         return True
     except OSError: return False
 
-def make_models(fmt):
+def make_models():
     tmp = Path(tempfile.mkdtemp())
     path = make_shapes(tmp/'shapes', n_train=4, n_valid=4, classes=4, size=64, seed=0)
     dls = ImageDataLoaders.from_folder(path, train='train', valid='valid', item_tfms=Resize(224), bs=4, num_workers=0)
@@ -111,35 +121,37 @@ def make_models(fmt):
     for name, arch in [('resnet18', resnet18), ('resnet34', resnet34)]:
         torch.manual_seed(0)
         learn = vision_learner(dls, arch, pretrained=False)
-        models[name] = learn.model.eval().to(memory_format=fmt)
+        models[name] = learn.model.eval()
     return models
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--out', default='bench/results/saliency.md')
     ap.add_argument('--threads', type=int, default=None)
-    ap.add_argument('--memory-format', default='channels_last', choices=['channels_last', 'contiguous'])
+    ap.add_argument('--others-format', default='contiguous', choices=['contiguous', 'channels_last'],
+                    help="memory format of the model and batch given to the reference libraries")
     ap.add_argument('--bs', default='1,16,64')
     ap.add_argument('--archs', default='resnet18,resnet34')
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
-    fmt = torch.channels_last if a.memory_format == 'channels_last' else torch.contiguous_format
+    fmt = torch.channels_last if a.others_format == 'channels_last' else torch.contiguous_format
     t0, load0 = time.time(), os.getloadavg()
-    models = make_models(fmt)
+    models = make_models()
+    others = {k: copy.deepcopy(m).to(memory_format=fmt) for k, m in models.items()} if fmt == torch.channels_last else models
+    def run(m, arch, x): return METHODS[m](models[arch], x) if m in OURS else METHODS[m](others[arch], x.contiguous(memory_format=fmt))
     bss, archs = [int(b) for b in a.bs.split(',')], a.archs.split(',')
     speed, mem = {}, {}
     for arch in archs:
-        model = models[arch]
         for bs in bss:
             torch.manual_seed(bs)
-            x = torch.randn(bs, 3, 224, 224).contiguous(memory_format=fmt)
+            x = torch.randn(bs, 3, 224, 224)
             warm, timed = REPS.get(bs, (1, 2))
             times = {m: [] for m in METHODS}
             names = list(METHODS)
             for r in range(warm + timed):
                 order = names[r % len(names):] + names[:r % len(names)]
                 for m in order:
-                    s = time.perf_counter(); METHODS[m](model, x); dt = time.perf_counter() - s
+                    s = time.perf_counter(); run(m, arch, x); dt = time.perf_counter() - s
                     if r >= warm: times[m].append(dt)
             for m in names: speed[arch, bs, m] = bs / statistics.median(times[m])
             print(f"{arch} bs {bs}: " + ', '.join(f"{m} {speed[arch, bs, m]:.1f}" for m in names) + f"  ({time.time()-t0:.0f} s)",
@@ -148,17 +160,19 @@ def main():
     for arch in archs:
         for bs in bss:
             torch.manual_seed(bs)
-            x = torch.randn(bs, 3, 224, 224).contiguous(memory_format=fmt)
-            for m in METHODS: mem[arch, bs, m] = peak_rss_delta(lambda: METHODS[m](models[arch], x))
+            x = torch.randn(bs, 3, 224, 224)
+            for m in METHODS: mem[arch, bs, m] = peak_rss_delta(lambda: run(m, arch, x))
     total, load1 = time.time() - t0, os.getloadavg()
 
     # ------------------------------------------------------------------------------------------------------ report
     lines = [f"# Saliency benchmark", "",
              f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, "
              f"{psutil.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-             f"{a.memory_format} model and input, fastai `vision_learner(pretrained=False)` at 224 px, random input. "
+             f"fastai `vision_learner(pretrained=False)` at 224 px, random input; ours with the engine's defaults "
+             f"(channels_last input on CPU), inference on the same input, references with a {a.others_format} model and input. "
              f"Load average before/after: {load0[0]:.2f} / {load1[0]:.2f}. Run time {total:.0f} s. "
-             f"Command: `PYTHONPATH=. python bench/saliency.py" + (f" --threads {a.threads}" if a.threads else '') + "`.", "",
+             f"Command: `PYTHONPATH=. python bench/saliency.py" + (f" --threads {a.threads}" if a.threads else '')
+             + (f" --others-format {a.others_format}" if a.others_format != 'contiguous' else '') + "`.", "",
              "images/s (median of the timed rounds; higher is better) and peak RSS above the level before the call "
              f"(MiB{'' if released else ', glibc trimming unavailable: approximate'}).", "",
              "| model | bs | " + " | ".join(METHODS) + " |", "|---|---|" + "---|"*len(METHODS)]

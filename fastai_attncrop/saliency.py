@@ -278,6 +278,11 @@ def _fuse(layer_maps:list) -> torch.Tensor:
     size = max((m.shape[-2:] for m in layer_maps), key=lambda s: s[0]*s[1])
     return torch.stack([upsample_maps(normalize_maps(m), size) for m in layer_maps]).mean(0)
 
+def _use_channels_last(flag, device, dtype) -> bool:
+    "Whether to hand the model a channels_last input: `flag`, or by default where it is faster (CPU; half precision on GPU)."
+    if flag is not None: return bool(flag)
+    return device.type=='cpu' or dtype in (torch.float16, torch.bfloat16)
+
 def _model_of(model):
     "The nn.Module, its vocab and its device, from a Learner or a module."
     vocab = None
@@ -297,15 +302,16 @@ def get_method(method) -> Method:
 
 # %% ../nbs/01_saliency.ipynb #600f4677
 def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=None, k=1, multi_label=False,
-                  thresh=0.75, max_k=20, vocab=None) -> SaliencyMaps:
+                  thresh=0.75, max_k=20, vocab=None, channels_last=None) -> SaliencyMaps:
     "Saliency maps of `method` for batch `xb` (N, 3, H, W) explaining `target` (default: the predicted class)."
     if isinstance(method, SmoothGrad): return method(model, xb, target=target, layers=layers, k=k, multi_label=multi_label,
-                                                     thresh=thresh, max_k=max_k, vocab=vocab)
+                                                     thresh=thresh, max_k=max_k, vocab=vocab, channels_last=channels_last)
     meth = get_method(method)
     model, vocab_, device, dtype = _model_of(model)
     vocab = vocab if vocab is not None else vocab_
     if not isinstance(xb, torch.Tensor) or xb.ndim!=4: raise ValueError(f"`xb` must be a (N, C, H, W) image batch, got {getattr(xb, 'shape', type(xb))}")
     xb = xb.to(device=device, dtype=dtype if dtype.is_floating_point else xb.dtype)
+    if _use_channels_last(channels_last, device, dtype): xb = xb.contiguous(memory_format=torch.channels_last)
     lays = [] if meth.on_input else resolve_layers(model, layers, xb)
     guide = guided_relus(model) if meth.guided else contextlib.nullcontext()
     with frozen_eval(model), guide, ActivationCut(lays) as cut, torch.enable_grad():

@@ -385,6 +385,12 @@ def test_channels_last(dls, xb):
                 assert torch.equal(sm.target, ref.target)
                 torch.testing.assert_close(sm.maps, ref.maps, atol=1e-5, rtol=1e-4)
         finally: learn.model.to(memory_format=torch.contiguous_format)
+        for flag in (False, True):  # the engine's own input format choice does not change the maps
+            sm = saliency_maps(learn, xb, method, channels_last=flag)
+            torch.testing.assert_close(sm.maps, ref.maps, atol=1e-5, rtol=1e-4)
+    # the engine only converts the input: the model's weights keep their memory format
+    saliency_maps(learn, xb, 'gradcam')
+    assert all(p.is_contiguous() for p in learn.model.parameters())
 
 # ----------------------------------------------------------------------------------------------- zero and non-finite
 class ZeroForDark(nn.Module):
