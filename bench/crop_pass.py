@@ -1,0 +1,78 @@
+"""Benchmark (not a timed test): the whole box pass of `learn.attention_crop` against `learn.get_preds` on the same
+DataLoader in the same run, and the peak memory of the box pass at two numbers of items (each in its own process).
+
+    python bench/crop_pass.py                      # 1k items for the ratio, peak RSS at 1k and 10k items
+    python bench/crop_pass.py --n-small 200 --n-large 2000 --n-time 500   # reduced scale
+
+The items repeat the images of a small synthetic set (the pass reads and boxes every item, repeated or not).
+Prints a table, then as the last line one JSON object:
+{"crop_pass_vs_get_preds": r, "peak_rss_mb_1k": a, "peak_rss_mb_10k": b}
+r = time of get_preds / time of the box pass (1 = as fast as inference; target >= 0.9)."""
+import argparse, json, resource, subprocess, sys, tempfile, time, warnings
+from pathlib import Path
+warnings.filterwarnings('ignore')
+
+def setup(size, n_img, threads):
+    import torch
+    from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, set_seed
+    from fastai_attncrop.data import make_shapes
+    from fastai_attncrop.models import small_cnn
+    if threads: torch.set_num_threads(threads)
+    root = make_shapes(Path(tempfile.gettempdir())/f'attncrop_bench_{size}_{n_img}', n_train=n_img, n_valid=2, classes=4, size=size, seed=0)
+    set_seed(0)
+    dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(size), bs=64, num_workers=0)
+    learn = vision_learner(dls, small_cnn, pretrained=False)
+    return learn, [str(p) for p in dls.train_ds.items]
+
+def items_of(paths, n): return (paths * (n // len(paths) + 1))[:n]
+
+def child(args):
+    "One box pass over `args.child` items; prints the peak RSS in MB."
+    from fastai_attncrop.learner import box_pass
+    learn, paths = setup(args.size, args.n_img, args.threads)
+    box_pass(learn, items_of(paths, args.child), bs=args.bs, cache=False, progress=False)
+    print(json.dumps({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))
+
+def main(args):
+    from fastai_attncrop.learner import box_pass
+    learn, paths = setup(args.size, args.n_img, args.threads)
+    items = items_of(paths, args.n_time)
+    dl = learn.dls.test_dl(items, bs=args.bs)
+    learn.get_preds(dl=learn.dls.test_dl(items[:args.bs], bs=args.bs))   # warm up
+    box_pass(learn, items[:args.bs], bs=args.bs, cache=False, progress=False)
+    t_pred, t_box = [], []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        with learn.no_bar(): learn.get_preds(dl=dl)
+        t_pred.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        box_pass(learn, items, bs=args.bs, cache=False, progress=False, chunk_batches=8)
+        t_box.append(time.perf_counter() - t0)
+    tp, tb = min(t_pred), min(t_box)
+    rss = {}
+    for n in (args.n_small, args.n_large):
+        out = subprocess.run([sys.executable, __file__, '--child', str(n), '--size', str(args.size), '--bs', str(args.bs),
+                              '--n-img', str(args.n_img), '--threads', str(args.threads)], capture_output=True, text=True, check=True)
+        rss[n] = json.loads(out.stdout.strip().splitlines()[-1])['peak_rss_mb']
+    print(f"{'what':<34}{'value':>12}")
+    print(f"{'items timed / image size / bs':<34}{f'{len(items)} / {args.size} / {args.bs}':>12}")
+    print(f"{'get_preds (s, best of ' + str(args.repeats) + ')':<34}{tp:>12.3f}")
+    print(f"{'box pass (s, best of ' + str(args.repeats) + ')':<34}{tb:>12.3f}")
+    print(f"{'items/s get_preds | box pass':<34}{f'{len(items)/tp:.0f} | {len(items)/tb:.0f}':>12}")
+    for n, v in rss.items(): print(f"{f'peak RSS of a box pass, {n} items (MB)':<34}{v:>12.0f}")
+    print(json.dumps({'crop_pass_vs_get_preds': round(tp/tb, 3), 'peak_rss_mb_1k': round(rss[args.n_small], 1),
+                      'peak_rss_mb_10k': round(rss[args.n_large], 1)}))
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--n-time', type=int, default=1000, help='items of the timed comparison')
+    p.add_argument('--n-small', type=int, default=1000, help='items of the first peak-RSS run (the "1k" key)')
+    p.add_argument('--n-large', type=int, default=10000, help='items of the second peak-RSS run (the "10k" key)')
+    p.add_argument('--n-img', type=int, default=50, help='distinct images per class of the synthetic set')
+    p.add_argument('--size', type=int, default=64)
+    p.add_argument('--bs', type=int, default=64)
+    p.add_argument('--repeats', type=int, default=2)
+    p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
+    p.add_argument('--child', type=int, default=0, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    child(a) if a.child else main(a)

@@ -1,0 +1,75 @@
+"""Benchmark (not a timed test): does re-fitting on attention crops help on small objects?
+
+On a synthetic set whose objects cover `--obj-frac` (default 5-10%) of the image, over `--seeds` seeds:
+* baseline: `fit_one_cycle(E)` from scratch;
+* attncrop: the same budget of training images seen: `fit_one_cycle(E1)`, then `learn.attention_crop` for the rest,
+  whose mixed training set is 1/(1 - crop_share) times larger, so it gets (E - E1)*(1 - crop_share) epochs.
+Both are scored on the same uncropped validation images. Prints a table, then as the last line one JSON object
+{"baseline_error": a, "attncrop_error": b} (mean validation error over the seeds).
+
+    python bench/refit.py                                   # full scale
+    python bench/refit.py --n-train 60 --epochs 6 --seeds 3 # reduced scale"""
+import argparse, json, tempfile, time, warnings
+from functools import partial
+from pathlib import Path
+warnings.filterwarnings('ignore')
+import numpy as np, torch
+from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, set_seed
+from fastai_attncrop.data import make_shapes
+from fastai_attncrop.models import small_cnn
+import fastai_attncrop.learner  # noqa: F401  (patches Learner.attention_crop)
+
+def learner(root, size, bs, seed):
+    set_seed(seed, reproducible=True)
+    dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(size), bs=bs, num_workers=0, seed=seed)
+    return vision_learner(dls, small_cnn, pretrained=False, metrics=accuracy)
+
+def error(learn):
+    with learn.no_bar(): return 1 - float(learn.validate()[1])
+
+def main(a):
+    if a.threads: torch.set_num_threads(a.threads)
+    root = make_shapes(Path(tempfile.gettempdir())/f'attncrop_refit_{a.n_train}_{a.size}', n_train=a.n_train, n_valid=a.n_valid,
+                       classes=a.classes, size=a.size, obj_frac=tuple(a.obj_frac), seed=0)
+    margins = 'adaptive' if a.margins == ['adaptive'] else [float(m) for m in a.margins]
+    e1 = a.epochs1 if a.epochs1 is not None else a.epochs // 2
+    e2 = max(1, round((a.epochs - e1) * (1 - a.crop_share)))
+    rows = []
+    for seed in range(a.seeds):
+        t0 = time.time()
+        base = learner(root, a.size, a.bs, seed)
+        with base.no_bar(), base.no_logging(): base.fit_one_cycle(a.epochs, a.lr)
+        eb = error(base)
+        ac = learner(root, a.size, a.bs, seed)
+        with ac.no_bar(), ac.no_logging(): ac.fit_one_cycle(e1, a.lr)
+        res = ac.attention_crop(epochs=e2, lr=a.lr2, margins=margins, crop_share=a.crop_share, crop_valid=a.crop_valid,
+                                cache=False, progress=False, seed=seed)
+        ea = 1 - res.metrics_after['accuracy']
+        rows.append((seed, eb, 1 - res.metrics_before['accuracy'], ea, time.time() - t0))
+    print(f"objects {a.obj_frac} of the area, {a.classes} classes x {a.n_train} training images, {a.size}px; "
+          f"baseline {a.epochs} epochs; attncrop {e1} epochs + attention_crop {e2} epochs on the mixed set "
+          f"(margins {margins}, crop_share {a.crop_share}, crop_valid {a.crop_valid})")
+    print(f"{'seed':>4} {'baseline err':>13} {'before refit':>13} {'attncrop err':>13} {'time (s)':>9}")
+    for r in rows: print(f"{r[0]:>4} {r[1]:>13.3f} {r[2]:>13.3f} {r[3]:>13.3f} {r[4]:>9.0f}")
+    b, c = float(np.mean([r[1] for r in rows])), float(np.mean([r[3] for r in rows]))
+    print(f"{'mean':>4} {b:>13.3f} {np.mean([r[2] for r in rows]):>13.3f} {c:>13.3f}")
+    print(json.dumps({'baseline_error': round(b, 4), 'attncrop_error': round(c, 4)}))
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--n-train', type=int, default=300, help='training images per class')
+    p.add_argument('--n-valid', type=int, default=50, help='validation images per class')
+    p.add_argument('--classes', type=int, default=4)
+    p.add_argument('--size', type=int, default=64)
+    p.add_argument('--obj-frac', type=float, nargs=2, default=[0.05, 0.1])
+    p.add_argument('--epochs', type=int, default=10, help='budget E, in epochs over the plain training set')
+    p.add_argument('--epochs1', type=int, default=None, help='epochs before the re-fit (default E // 2)')
+    p.add_argument('--lr', type=float, default=3e-3)
+    p.add_argument('--lr2', type=float, default=1e-3, help='learning rate of the re-fit')
+    p.add_argument('--margins', nargs='+', default=['0.95', '0.8', '0.6'], help="margins, or 'adaptive'")
+    p.add_argument('--crop-share', type=float, default=0.5)
+    p.add_argument('--crop-valid', action='store_true')
+    p.add_argument('--bs', type=int, default=32)
+    p.add_argument('--seeds', type=int, default=3)
+    p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
+    main(p.parse_args())

@@ -1,0 +1,94 @@
+"Tests of fastai_attncrop.crop: margins, crop boxes, the AttentionCrop transform, mixed DataLoaders and export_crops."
+import hashlib, random
+from pathlib import Path
+import numpy as np, pandas as pd, pytest, torch
+import matplotlib; matplotlib.use('Agg')
+import matplotlib.pyplot as plt
+from PIL import Image
+from fastai.vision.all import ImageDataLoaders, Resize, aug_transforms
+import fastai_attncrop.crop as crop_mod
+from fastai_attncrop.data import make_shapes, read_boxes_csv
+from fastai_attncrop.crop import (check_margins, margin_eps, margin_cols, df_margins, adaptive_margin, crop_box, CropItem,
+                                  CropImage, AttentionCrop, mixed_items, attention_dls, export_crops, gt_recall)
+
+@pytest.fixture(scope='module')
+def shapes(tmp_path_factory):
+    root = make_shapes(tmp_path_factory.mktemp('crop')/'shapes', n_train=6, n_valid=2, classes=2, size=48, obj_frac=(0.05, 0.2), seed=1)
+    gt = read_boxes_csv(root/'boxes.csv')
+    # "boxes" = the ground truth at 0.95, its centre half at 0.6: the crop module does not care where boxes come from
+    cx, cy, w, h = (gt.xmin+gt.xmax)/2, (gt.ymin+gt.ymax)/2, gt.xmax-gt.xmin, gt.ymax-gt.ymin
+    bx = pd.DataFrame({'item': [str(root/p) for p in gt.image], 'label': gt.label, 'split': gt.split, 'area_ratio': 0.03,
+                       'width': gt.width, 'height': gt.height,
+                       **dict(zip(margin_cols(0.95), [gt.xmin*1., gt.ymin*1., gt.xmax*1., gt.ymax*1.])),
+                       **dict(zip(margin_cols(0.6), [cx-w/4, cy-h/4, cx+w/4, cy+h/4]))})
+    return root, gt, bx
+
+def test_margins():
+    assert margin_eps(0.95) == pytest.approx(0.025) and margin_eps(1) == 0
+    assert margin_cols(0.8) == ['x0_80', 'y0_80', 'x1_80', 'y1_80']
+    for bad in (0, -1, 1.01, [0.5, 2], [], 'x'):
+        with pytest.raises(ValueError, match=r'`margins`.*\(0, 1\]|`margins`'): check_margins(bad)
+    assert adaptive_margin([0.01, 0.3, 0.9], [0.95, 0.8, 0.6]).tolist() == [0.6, 0.8, 0.95]
+
+def test_crop_box_rounds_outwards_inside_image():
+    assert crop_box((1.5, 2.5, 3.1, 3.9), (10, 10)) == (1, 2, 4, 4)
+    assert crop_box((9.9, 9.9, 12, 12), (10, 10)) == (9, 9, 10, 10)
+
+def test_attention_crop_random_on_train_fixed_elsewhere(shapes):
+    root, gt, bx = shapes
+    tfm = AttentionCrop(bx, margins=[0.95, 0.6])
+    it = CropItem(bx.item[0], bx.label[0], crop=True)
+    g = gt.iloc[0]
+    full = (g.xmax-g.xmin, g.ymax-g.ymin)
+    random.seed(0)
+    train_sizes = {tfm(CropImage.create(it), split_idx=0).size for _ in range(30)}
+    assert full in train_sizes and len(train_sizes) == 2
+    assert {tfm(CropImage.create(it), split_idx=1).size for _ in range(10)} == {full}   # widest margin by default
+    assert AttentionCrop(bx, [0.95, 0.6], valid_margin=0.6)(CropImage.create(it), split_idx=1).size != full
+    assert tfm(CropImage.create(it._replace(crop=False)), split_idx=0).size == (48, 48)
+    with pytest.raises(KeyError, match='no box'): tfm(CropImage.create(CropItem(str(root/'masks'/gt.image[0]), 'x', True)), split_idx=1)
+
+def test_mixed_dls_labels_share_and_show_batch(shapes):
+    root, gt, bx = shapes
+    dls0 = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(48), batch_tfms=aug_transforms(), bs=8, num_workers=0)
+    dls = attention_dls(dls0, bx, margins=[0.95, 0.6], crop_share=0.5)
+    items = dls.train_ds.items
+    assert sum(o.crop for o in items) == 12 and sum(not o.crop for o in items) == 12
+    assert all(o.label == Path(o.path).parent.name for o in items)
+    assert not any(o.crop for o in dls.valid_ds.items)
+    assert [dls.vocab[int(dls.train_ds[i][1])] for i in range(len(items))] == [o.label for o in items]
+    xb, yb = dls.one_batch(); assert xb.shape[-2:] == (48, 48)
+    dls.show_batch(max_n=4); plt.close('all')
+    dv = attention_dls(dls0, bx, margins=[0.95, 0.6], crop_valid=True)
+    assert all(o.crop for o in dv.valid_ds.items)
+    assert all(o.crop for o in mixed_items(bx, crop_share=1) if not o.valid) and len(mixed_items(bx, crop_share=0)) == len(bx)
+
+def _digest(folder):
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob('*')) if p.is_file()}
+
+def test_export_crops_resumable_and_originals_untouched(shapes, tmp_path, monkeypatch):
+    root, gt, bx = shapes
+    before = _digest(root)
+    ref = export_crops(bx, tmp_path/'ref', margin=0.95, root=root, progress=False)
+    assert ref.written.all()
+    real, n = crop_mod.save_image_atomic, [0]
+    def flaky(*a, **k):
+        n[0] += 1
+        if n[0] == 5: raise KeyboardInterrupt('interrupted')
+        return real(*a, **k)
+    monkeypatch.setattr(crop_mod, 'save_image_atomic', flaky)
+    with pytest.raises(KeyboardInterrupt): export_crops(bx, tmp_path/'out', margin=0.95, root=root, progress=False)
+    assert len(_digest(tmp_path/'out')) == 4           # four finished files, no partial one
+    monkeypatch.setattr(crop_mod, 'save_image_atomic', real)
+    again = export_crops(bx, tmp_path/'out', margin=0.95, root=root, progress=False)
+    assert again.written.sum() == len(bx) - 4
+    assert _digest(tmp_path/'out') == _digest(tmp_path/'ref')
+    assert _digest(root) == before
+    with pytest.raises(ValueError, match='inside the source tree'): export_crops(bx, root/'crops', root=root)
+    assert np.allclose(gt_recall(bx, gt, root, 0.95), 1)
+
+def test_df_margins_and_errors(shapes):
+    _, _, bx = shapes
+    assert df_margins(bx) == [0.95, 0.6]
+    with pytest.raises(ValueError, match='no boxes for margin'): AttentionCrop(bx, [0.8])
+    with pytest.raises(ValueError, match='crop_share'): mixed_items(bx, crop_share=-0.1)

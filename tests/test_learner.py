@@ -1,0 +1,122 @@
+"""End-to-end tests of fastai_attncrop.learner on a tiny synthetic set (CPU, seconds): box pass, cache and resume,
+attention_crop's mixed DataLoaders and result, crops holding the object, the callback's hooks, the plots."""
+import time, warnings
+from functools import partial
+from pathlib import Path
+import numpy as np, pandas as pd, pytest, torch
+import matplotlib; matplotlib.use('Agg')
+import matplotlib.pyplot as plt
+from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, set_seed
+import fastai_attncrop.learner as L
+from fastai_attncrop.data import make_shapes, read_boxes_csv
+from fastai_attncrop.models import small_cnn
+from fastai_attncrop.crop import gt_recall, margin_cols, CropImage, AttentionCrop, crop_box
+from fastai_attncrop.learner import box_pass, learner_items, AttentionCropCallback, AttentionCropResult
+
+warnings.filterwarnings('ignore')
+
+class Interrupted(Exception): "Stands for a crash or Ctrl-C in the middle of a pass."
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    torch.set_num_threads(1)   # small models on a shared CPU
+    tmp = tmp_path_factory.mktemp('learner')
+    root = make_shapes(tmp/'shapes', n_train=100, n_valid=8, classes=3, size=48, obj_frac=(0.2, 0.4), background='plain', seed=0)
+    set_seed(0)
+    dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(48), bs=16, num_workers=0)
+    learn = vision_learner(dls, partial(small_cnn, widths=(16, 32, 64, 64)), pretrained=False, metrics=accuracy)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(8, 3e-3)
+    return tmp, root, learn, read_boxes_csv(root/'boxes.csv')
+
+def _counting(monkeypatch, fail_at=None):
+    real, n = L.saliency_maps, [0]
+    def wrapped(*a, **k):
+        n[0] += 1
+        if fail_at is not None and n[0] == fail_at: raise Interrupted('interrupted')
+        return real(*a, **k)
+    monkeypatch.setattr(L, 'saliency_maps', wrapped)
+    return n
+
+def test_box_pass_table_and_cache_hit(setup, monkeypatch):
+    tmp, root, learn, gt = setup
+    calls = _counting(monkeypatch)
+    bx = box_pass(learn, margins=(1, 0.95, 0.6), cache=tmp/'c1', progress=False)
+    n = calls[0]
+    assert len(bx) == 324 and n == -(-324//16)   # 21 batches (the chunks hold 8 batches each)
+    for c in ['item', 'split', 'label', 'target', 'prob', 'correct', 'width', 'height', 'area_ratio', 'zero', *margin_cols(0.95)]:
+        assert c in bx.columns
+    assert (bx.x0_100 <= bx.x0_95).all() and (bx.x0_95 <= bx.x0_60).all() and (bx.x1_60 <= bx.x1_95).all()
+    assert bx.area_ratio.between(0, 1).all() and bx.prob.between(0, 1).all()
+    assert (bx.label == [Path(p).parent.name for p in bx.item]).all()
+    t0 = time.time()
+    again = box_pass(learn, margins=(1, 0.95, 0.6), cache=tmp/'c1', progress=False)
+    assert calls[0] == n and time.time() - t0 < 2          # cache hit: no saliency pass at all
+    pd.testing.assert_frame_equal(again, bx)
+    with torch.no_grad(): learn.model[1][-1].weight[0, 0] += 1e-3   # other weights: another key
+    box_pass(learn, margins=(1, 0.95, 0.6), cache=tmp/'c1', progress=False)
+    with torch.no_grad(): learn.model[1][-1].weight[0, 0] -= 1e-3
+    assert calls[0] == 2*n and len(list((tmp/'c1').glob('*.pkl'))) == 2
+
+def test_box_pass_resume_is_identical(setup, monkeypatch):
+    tmp, root, learn, gt = setup
+    ref = box_pass(learn, margins=(0.95, 0.8), cache=False, chunk_batches=2, progress=False)
+    calls = _counting(monkeypatch, fail_at=6)
+    with pytest.raises(Interrupted): box_pass(learn, margins=(0.95, 0.8), cache=tmp/'c2', chunk_batches=2, progress=False)
+    parts = list((tmp/'c2').glob('*.parts/*.pkl'))
+    assert len(parts) == 2 and not list((tmp/'c2').glob('*.pkl'))
+    monkeypatch.undo(); calls = _counting(monkeypatch)
+    res = box_pass(learn, margins=(0.95, 0.8), cache=tmp/'c2', chunk_batches=2, progress=False)
+    assert calls[0] == 21 - 4                                # the two finished chunks were not recomputed
+    pd.testing.assert_frame_equal(res, ref)
+    assert not list((tmp/'c2').glob('*.parts'))
+
+def test_crops_contain_the_object_for_easy_images(setup):
+    tmp, root, learn, gt = setup
+    bx = box_pass(learn, margins=(1, 0.95), cache=tmp/'c1', progress=False)
+    easy = bx[bx.correct & (bx.prob > 0.8)]
+    assert len(easy) >= 30
+    r = gt_recall(easy, gt, root, 1)
+    assert np.median(r) == 1 and (r > 0.9).mean() > 0.8
+    # AttentionCrop crops exactly the integer box around it
+    tfm, row = AttentionCrop(bx, [1]), easy.iloc[0]
+    img = CropImage.create(L.CropItem(row['item'], row['label'], crop=True))
+    x0, y0, x1, y1 = crop_box(row[margin_cols(1)].to_numpy(float), img.size)
+    assert tfm(img, split_idx=0).size == (x1 - x0, y1 - y0)
+
+def test_attention_crop_mixed_dls_and_result(setup):
+    tmp, root, learn, gt = setup
+    w0 = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    res = learn.attention_crop(epochs=1, lr=1e-4, margins=(0.95, 0.8), crop_share=0.5, fresh=True, cache=tmp/'c3', progress=False)
+    assert isinstance(res, AttentionCropResult) and res.learn is not learn
+    assert all(torch.equal(v, learn.model.state_dict()[k]) for k, v in w0.items())   # fresh: original untouched
+    items = res.dls.train_ds.items
+    crops = [o for o in items if o.crop]
+    assert len(crops) == 300 and len(items) == 600
+    assert all(o.label == Path(o.path).parent.name for o in items)
+    ys = [res.dls.vocab[int(res.dls.train_ds[i][1])] for i in range(0, 600, 37)]
+    assert ys == [items[i].label for i in range(0, 600, 37)]
+    assert not any(o.crop for o in res.dls.valid_ds.items) and len(res.dls.valid_ds) == 24
+    assert set(res.metrics_before) == set(res.metrics_after) == {'valid_loss', 'accuracy'}
+    assert 'training items cropped' in repr(res)
+    with pytest.raises(ValueError, match=r'`margins`.*\(0, 1\]'): learn.attention_crop(margins=[0.9, 1.5])
+
+def test_callback_leaves_no_hooks(setup):
+    tmp, root, learn, gt = setup
+    def n_hooks(m): return sum(len(x._forward_hooks) + len(x._forward_pre_hooks) + len(x._backward_hooks) for x in m.modules())
+    items = learner_items(learn)
+    cb = AttentionCropCallback(every=1, margins=(0.95,), items=items.item[items.split=='valid'].tolist())
+    with learn.no_bar(), learn.no_logging(): learn.fit(2, 0, cbs=cb)
+    assert sorted(cb.history) == [0, 1] and len(learn.attention_boxes) == 24
+    assert n_hooks(learn.model) == 0
+    cb2 = AttentionCropCallback(margins=(0.95,), items=items.item[:5].tolist())
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 0, cbs=cb2)
+    assert list(cb2.history) == [0] and n_hooks(learn.model) == 0
+
+def test_show_attention_and_projection(setup):
+    tmp, root, learn, gt = setup
+    axs = learn.show_attention(n=4, gt=gt)
+    assert sum(len(ax.patches) for ax in axs[:4]) == 8      # one predicted and one true box each
+    bx = box_pass(learn, margins=(1, 0.95), cache=tmp/'c1', progress=False)
+    un, cr = learn.show_projection(bx, margin=0.95)
+    assert un.shape == cr.shape == (24, 2)
+    plt.close('all')
