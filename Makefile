@@ -34,19 +34,21 @@ test: install-dev sync-check pytest nbtest
 export: install-dev
 	$(VENV)/bin/nbdev-export
 
-# nbdev-export must leave the generated package (and README) exactly as committed in the working tree.
+# nbdev-clean, nbdev-export and make_readme must leave the notebooks, the generated package and the README exactly
+# as they are in the working tree.
 sync-check: install-dev
-	@tmp=$$(mktemp -d); cp -r fastai_attncrop $$tmp/before; cp README.md $$tmp/README.before; \
-	 $(VENV)/bin/nbdev-export && $(PY) tools/make_readme.py; \
-	 if ! diff -r -x __pycache__ $$tmp/before fastai_attncrop || ! diff $$tmp/README.before README.md; then \
-	   echo "nbdev-export / make_readme changed files: notebooks and generated files are out of sync" >&2; rm -rf $$tmp; exit 1; fi; \
-	 rm -rf $$tmp; echo "sync-check: notebooks, fastai_attncrop/ and README.md agree"
+	@tmp=$$(mktemp -d); cp -r fastai_attncrop $$tmp/before; cp -r nbs $$tmp/nbs; cp README.md $$tmp/README.before; \
+	 $(VENV)/bin/nbdev-clean && $(VENV)/bin/nbdev-export && $(PY) tools/make_readme.py; \
+	 if ! diff -r -x __pycache__ $$tmp/before fastai_attncrop || ! diff -r -x llms.txt $$tmp/nbs nbs || ! diff $$tmp/README.before README.md; then \
+	   echo "nbdev-clean / nbdev-export / make_readme changed files: notebooks and generated files are out of sync" >&2; rm -rf $$tmp; exit 1; fi; \
+	 rm -rf $$tmp; echo "sync-check: notebooks are clean; fastai_attncrop/ and README.md agree with them"
 
 pytest: install-dev
 	$(VENV)/bin/pytest tests/ -q
 
+# Two notebooks run at once on two cores: one thread each, or OpenMP threads stall on each other.
 nbtest: install-dev
-	$(VENV)/bin/nbdev-test --n-workers 2
+	OMP_NUM_THREADS=1 $(VENV)/bin/nbdev-test --n-workers 2
 
 readme: install-dev
 	$(PY) tools/make_readme.py
