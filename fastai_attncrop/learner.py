@@ -122,7 +122,7 @@ def _chunk_rows(learn, chunk:pd.DataFrame, dl, method, margins, target, area_tau
             k = np.flatnonzero((wh[i:i+n] == s).all(1))
             img_b[k] = frames[s].to_image(bx[k]).numpy()
         cols['boxes'].append(img_b)
-        cols['area_ratio'].append(threshold_masks(sm.upsampled(), area_tau).flatten(1).float().mean(1).cpu().numpy())
+        cols['area_ratio'].append(threshold_masks(sm.maps, area_tau).flatten(1).float().mean(1).cpu().numpy())
         cols['zero'].append(fallback_maps(sm.maps).cpu().numpy())
         cols['target'].append(sm.target.cpu().numpy()); cols['prob'].append(sm.prob.float().cpu().numpy())
         i += n
