@@ -291,10 +291,15 @@ def test_auto_layer_fastai(dls, arch):
     model = vision_learner(dls, arch, pretrained=False).model
     assert find_target_layer(model) is model[0]
 
-def test_auto_layer_timm(dls):
-    pytest.importorskip('timm')
-    model = vision_learner(dls, 'resnet18', pretrained=False).model
-    assert find_target_layer(model) is model[0]
+def test_auto_layer_timm(dls, xb):
+    pytest.importorskip('timm')   # in the dev extra; fastai wraps a timm model when the arch is given by name
+    torch.manual_seed(0)
+    learn = vision_learner(dls, 'resnet18', pretrained=False)
+    model = learn.model
+    assert type(model[0]).__name__ == 'TimmBody' and find_target_layer(model) is model[0]
+    sm = saliency_maps(learn, xb)
+    ref = ref_maps(model, model[0], xb, sm.target, 'gradcam')
+    torch.testing.assert_close(sm.normalized(), normalize_maps(ref), atol=1e-4, rtol=0)
 
 def test_auto_layer_plain_and_given(learn, xb):
     model = tv_resnet18()
