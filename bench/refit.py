@@ -43,13 +43,13 @@ def main(a):
         ac = learner(root, a.size, a.bs, seed)
         with ac.no_bar(), ac.no_logging(): ac.fit_one_cycle(e1, a.lr)
         res = ac.attention_crop(epochs=e2, lr=a.lr2, margins=margins, crop_share=a.crop_share, crop_valid=a.crop_valid,
-                                cache=False, progress=False, seed=seed)
+                                target=None if a.target == 'pred' else 'label', cache=False, progress=False, seed=seed)
         ea = 1 - res.metrics_after['accuracy']
         ec = 1 - res.metrics_after_cropped['accuracy'] if res.metrics_after_cropped else float('nan')
         rows.append((seed, eb, 1 - res.metrics_before['accuracy'], ea, ec, time.time() - t0))
     print(f"objects {a.obj_frac} of the area, {a.classes} classes x {a.n_train} training images, {a.size}px; "
           f"baseline {a.epochs} epochs; attncrop {e1} epochs + attention_crop {e2} epochs on the mixed set "
-          f"(margins {margins}, crop_share {a.crop_share}, crop_valid {a.crop_valid})")
+          f"(margins {margins}, crop_share {a.crop_share}, crop_valid {a.crop_valid}, boxes for the {a.target})")
     # the errors are on the uncropped validation images; 'cropped valid' is the re-fitted model on validation images
     # cropped with its own boxes (only with --crop-valid), as they would be shown at labelling time
     print(f"{'seed':>4} {'baseline err':>13} {'before refit':>13} {'attncrop err':>13} {'cropped valid':>14} {'time (s)':>9}")
@@ -72,6 +72,8 @@ if __name__ == '__main__':
     p.add_argument('--margins', nargs='+', default=['0.95', '0.8', '0.6'], help="margins, or 'adaptive'")
     p.add_argument('--crop-share', type=float, default=0.5)
     p.add_argument('--crop-valid', action='store_true')
+    p.add_argument('--target', default='pred', choices=['pred', 'label'],
+                   help="class the boxes explain: the model's prediction, or each item's known label")
     p.add_argument('--bs', type=int, default=32)
     p.add_argument('--seeds', type=int, default=3)
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
