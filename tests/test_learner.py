@@ -19,7 +19,6 @@ class Interrupted(Exception): "Stands for a crash or Ctrl-C in the middle of a p
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
-    torch.set_num_threads(1)   # small models on a shared CPU
     tmp = tmp_path_factory.mktemp('learner')
     root = make_shapes(tmp/'shapes', n_train=100, n_valid=8, classes=3, size=48, obj_frac=(0.2, 0.4), background='plain', seed=0)
     set_seed(0)

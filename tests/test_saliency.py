@@ -18,14 +18,6 @@ SIZE = 96          # 3x3 feature maps for resnet/vgg/densenet bodies
 CLASSES = ['circle', 'star', 'cross']
 
 # ---------------------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "Tiny inputs: one intra-op thread is faster, and immune to OpenMP stalls when another process holds a core."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 @pytest.fixture(scope='module')
 def dls(tmp_path_factory):
     path = make_shapes(tmp_path_factory.mktemp('sal')/'shapes', n_train=4, n_valid=4, classes=CLASSES, size=SIZE, seed=1)
