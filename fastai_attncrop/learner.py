@@ -22,7 +22,7 @@ from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
 import fastai_attncrop
 from .data import atomic_write
-from .saliency import saliency_maps, get_method, show_saliency
+from .saliency import saliency_maps, get_method, show_saliency, frozen_eval
 from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame
 from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropItem, attention_dls,
                                   crop_image)
@@ -303,11 +303,8 @@ def penultimate_features(learn:Learner, dl) -> torch.Tensor:
     feats = []
     h = lin[-1].register_forward_hook(lambda m, i, o: feats.append(i[0].detach().float().flatten(1).cpu()))
     try:
-        with torch.no_grad():
-            model = learn.model; training = model.training; model.eval()
-            try:
-                for b in dl: model(b[0])
-            finally: model.train(training)
+        with frozen_eval(learn.model), torch.no_grad():   # every module's own train/eval flag comes back afterwards
+            for b in dl: learn.model(b[0])
     finally: h.remove()
     return torch.cat(feats)
 

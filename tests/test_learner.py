@@ -119,3 +119,14 @@ def test_show_attention_and_projection(setup):
     un, cr = learn.show_projection(bx, margin=0.95)
     assert un.shape == cr.shape == (24, 2)
     plt.close('all')
+
+def test_penultimate_features_restore_each_modules_mode(setup):
+    tmp, root, learn, gt = setup
+    model = learn.model
+    model.train(); model[0][0].eval()            # mixed modes: e.g. a body layer the user keeps in eval mode
+    before = [m.training for m in model.modules()]
+    feats = L.penultimate_features(learn, learn.dls.valid)
+    assert feats.shape == (len(learn.dls.valid_ds), model[1][-1].in_features)
+    assert [m.training for m in model.modules()] == before
+    assert all(len(m._forward_hooks) == 0 for m in model.modules())
+    model.eval()
