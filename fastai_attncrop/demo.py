@@ -20,6 +20,7 @@ from .models import small_cnn
 from .saliency import saliency_maps, show_saliency
 from .boxes import mass_box
 from .metrics import boxes_from_maps, evaluate_localization, eps_curve, plot_eps_curve
+from .crop import crop_image
 
 # %% auto #0
 __all__ = ['METHODS', 'run_demo', 'main']
@@ -58,9 +59,8 @@ def _write_crops(root, preds, dest):
     "Crop each validation image to its Grad-CAM box (rounded outwards) into `dest/<class>/`; returns the count."
     n = 0
     for r in preds[preds.method=='Grad-CAM'].itertuples():
-        img = Image.open(root/r.image)
-        box = (int(np.floor(r.xmin)), int(np.floor(r.ymin)), int(np.ceil(r.xmax)), int(np.ceil(r.ymax)))
-        save_image_atomic(img.crop(box), dest/Path(r.image).relative_to('valid'))
+        with Image.open(root/r.image) as img:
+            save_image_atomic(crop_image(img, (r.xmin, r.ymin, r.xmax, r.ymax)), dest/Path(r.image).relative_to('valid'))
         n += 1
     return n
 
