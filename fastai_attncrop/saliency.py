@@ -345,9 +345,11 @@ def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=
     cleaned = [_sanitize(m) for m in per_layer]
     per_layer, bad = [c[0] for c in cleaned], torch.stack([c[1] for c in cleaned]).any(0)
     maps = per_layer[0] if len(per_layer)==1 else _fuse(per_layer)
-    names = {id(m): n for n, m in model.named_modules()}
-    return SaliencyMaps(maps, img_idx, tgt, probs[img_idx, tgt], rank, tuple(xb.shape[-2:]), meth.name, bad,
-                        {names.get(id(l), str(i)): m for i, (l, m) in enumerate(zip(lays, per_layer))} if len(lays) > 1 else {})
+    layer_maps = {}
+    if len(lays) > 1:
+        names = {id(m): n for n, m in model.named_modules()}
+        layer_maps = {names.get(id(l), str(i)): m for i, (l, m) in enumerate(zip(lays, per_layer))}
+    return SaliencyMaps(maps, img_idx, tgt, probs[img_idx, tgt], rank, tuple(xb.shape[-2:]), meth.name, bad, layer_maps)
 
 # %% ../nbs/01_saliency.ipynb #03d1c508
 class SmoothGrad:
