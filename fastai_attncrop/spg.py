@@ -147,7 +147,7 @@ class SPGCallback(Callback):
         self.heads, self._handles, self._acts, self._out, self._mets, self._mods, self._fitting = None, [], {}, None, [], None, False
 
     # --- recorder columns
-    def epoch_loss(self, key): return self._sums[key] / self._n if self._n else math.nan
+    def epoch_loss(self, key): return float(self._sums[key]) / self._n if self._n else math.nan
     def before_train(self): self._sums, self._n = {k: 0. for k in self.KEYS}, 0
 
     # --- optimizer membership of the heads' parameters
@@ -207,7 +207,8 @@ class SPGCallback(Callback):
             self.heads.to(next(self.learn.model.parameters()).device)
             self._add_params()
         self._mets = [_SPGLossValue(self, k) for k in self.KEYS]
-        self.learn.metrics = list(self.learn.metrics) + self._mets
+        # columns of an earlier fit that ended in an exception (fastai then sends no after_fit) are dropped first
+        self.learn.metrics = [m for m in self.learn.metrics if not isinstance(m, _SPGLossValue)] + self._mets
 
     def before_batch(self):
         if not (self._fitting and self.training) or self.pct_train < self.start: return
@@ -234,7 +235,7 @@ class SPGCallback(Callback):
         self._out = None
         losses, _ = spg_losses(att, *logits, deep_th=self.deep_th, shallow_th=self.shallow_th, fused_th=self.fused_th)
         self.learn.loss_grad = self.loss_grad + sum(w * losses[k] for w, k in zip(self.weights, self.KEYS))
-        for k in self.KEYS: self._sums[k] += float(losses[k].detach())
+        for k in self.KEYS: self._sums[k] += losses[k].detach()     # summed on the device: no sync per batch
         self._n += 1
 
     def after_batch(self): self._remove_hooks(); self._out = None
