@@ -149,7 +149,8 @@ def _image_sizes(paths):
 
 def _paths_dl(learn, cls, paths, bs, **kwargs):
     "A DataLoader of the image files `paths`, opened by `OpenImage(cls)`, with the learner's validation transforms."
-    return learn.dls.valid.new(Datasets(list(paths), tfms=[[OpenImage(cls)]]), bs=bs, shuffle=False, drop_last=False, **kwargs)
+    ds = Datasets(list(paths), tfms=[[OpenImage(cls)]], split_idx=1)   # split_idx=1: random transforms act as at valid time
+    return learn.dls.valid.new(ds, bs=bs, shuffle=False, drop_last=False, **kwargs)
 
 def _probe(learn, cls, paths) -> dict:
     "{position: reason} of the `paths` that fail on their own (opening or item transforms)."
@@ -352,17 +353,17 @@ def _fresh_learner(learn:Learner, dls) -> Learner:
 # %% ../nbs/06_learner.ipynb #a4fda4e5
 @contextlib.contextmanager
 def _undone_on_failure(learn:Learner):
-    "On any exception inside the block (Ctrl-C included), put back the learner's weights, modes, `requires_grad`, optimizer state and DataLoaders."
+    "On any exception inside the block (Ctrl-C included), put back the learner's weights, gradients, modes, `requires_grad`, optimizer state and DataLoaders."
     weights = {k: v.detach().clone() for k, v in learn.model.state_dict().items()}
     modes = [(m, m.training) for m in learn.model.modules()]
-    flags = [(p, p.requires_grad) for p in learn.model.parameters()]
+    flags = [(p, p.requires_grad, None if p.grad is None else p.grad.detach().clone()) for p in learn.model.parameters()]
     opt, dls = learn.opt, learn.dls
     opt_state = copy.deepcopy(opt.state_dict()) if opt is not None else None
     try: yield learn
     except BaseException:
         learn.model.load_state_dict(weights)
         for m, t in modes: m.training = t
-        for p, f in flags: p.requires_grad_(f)
+        for p, f, g in flags: p.requires_grad_(f); p.grad = g   # a step cut short leaves its gradient, which the next fit would add to
         if opt is not None: opt.load_state_dict(opt_state)
         learn.opt, learn.dls = opt, dls
         raise
