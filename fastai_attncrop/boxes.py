@@ -74,7 +74,8 @@ def mass_box(maps, eps=0.025, size=None, upsample='bilinear'):
     (x0, x1), (y0, y1) = mass_edges(mx, eps), mass_edges(my, eps)
     box = torch.stack([x0, y0, x1, y1], 1)
     if upsample=='scale': box = box * box.new_tensor([W/w, H/h, W/w, H/h])
-    box = torch.where(fallback_maps(m)[:, None], box.new_tensor([0, 0, W, H]), box)
+    empty = ~(mx.sum(1) > 0) | ~(my.sum(1) > 0)   # resampled to a smaller `size`, a map can lose all its mass
+    box = torch.where((fallback_maps(m) | empty)[:, None], box.new_tensor([0, 0, W, H]), box)
     box = box.to(m.dtype if m.is_floating_point() else torch.get_default_dtype())
     return box[0] if single else box
 

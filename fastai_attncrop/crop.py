@@ -36,8 +36,8 @@ def check_margins(margins) -> list:
     return [float(m) for m in ms]
 
 def margin_eps(m) -> float:
-    "The mass cut from each side of a box of retention margin `m`: `(1 - m) / 2`."
-    return (1 - check_margins(m)[0]) / 2
+    "The mass cut from each side of a box of retention margin `m`: `(1 - m) / 2` (just below 0.5 for a tiny `m`)."
+    return min((1 - check_margins(m)[0]) / 2, math.nextafter(0.5, 0))
 
 def margin_cols(m) -> list:
     "Column names `[x0_<m>, y0_<m>, x1_<m>, y1_<m>]` of the box of margin `m` (in percent) in a boxes DataFrame."

@@ -62,6 +62,7 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
 def exif_orientation(im:Image.Image) -> int:
     "The EXIF orientation (1..8) in the header of an opened image; 1 when absent or invalid."
     try:
+        if im.format == 'TIFF': return 1      # Pillow's TIFF reader applies the orientation itself (its size is already turned)
         if im.format == 'PNG' and 'exif' not in im.info: return 1   # reading a trailing eXIf chunk would decode the image
         o = int(im.getexif().get(0x0112, 1))
     except Exception: return 1
@@ -87,11 +88,12 @@ def load_image(path, mode='RGB') -> Image.Image:
     "Decode image file `path` in `mode` (None: as stored), EXIF orientation applied; `UnreadableImageError` if it cannot be read."
     try:
         with Image.open(path) as im:
-            o = exif_orientation(im)
+            o, header = exif_orientation(im), im.size
             im.load()
             out = _convert(im, mode)
             if out is im: out = im.copy()
     except Exception as e: raise UnreadableImageError(path, _reason(e)) from e
+    if out.size != header: raise UnreadableImageError(path, f"decoded size {out.size} differs from the header's {header}")
     return out.transpose(_TRANSPOSE[o]) if o != 1 else out
 
 def image_size(path) -> tuple:

@@ -104,7 +104,7 @@ def test_eps_zero_is_minmax_box(m):
 @HYP
 @given(maps_st, st.integers(0, 5), st.integers(0, 5), st.floats(0, 0.49))
 def test_shifting_the_map_shifts_the_box(m, dx, dy, eps):
-    if m.sum() == 0: return
+    if fallback_maps(torch.tensor(m)): return   # no mass, or all equal: the whole map, wherever it is
     shifted = np.pad(m, ((dy, 2), (dx, 3)))
     a = mass_box(torch.tensor(m), eps).numpy()
     b = mass_box(torch.tensor(shifted), eps).numpy()
