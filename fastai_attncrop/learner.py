@@ -174,9 +174,11 @@ def load_batches(learn, paths, positions=None, bs=64, failures:dict=None, on_err
                 yield todo[done:done+n], b[0]
                 done += n
             return
-        except Exception:
+        except Exception as e:
             batch = todo[done:done+bs]
-            bad = {batch[i]: r for i, r in _probe(learn, cls, [paths[j] for j in batch]).items()}
+            culprit = [i for i in batch if isinstance(e, UnreadableImageError) and paths[i] == e.path]
+            bad = ({culprit[0]: e.reason} if culprit else       # our loader names the file; anything else: load one by one
+                   {batch[i]: r for i, r in _probe(learn, cls, [paths[j] for j in batch]).items()})
             if not bad: raise                      # not an item's fault (collation, batch transforms): a real error
             if on_error == 'raise':
                 i = min(bad); raise UnreadableImageError(paths[i], bad[i]) from None

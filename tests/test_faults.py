@@ -84,6 +84,19 @@ def test_unreadable_files_reported_pass_goes_on(setup, tmp_path):
     pd.testing.assert_frame_equal(again, res)
     assert [o.path for o in mixed_items(res.assign(label='circle', split='train'), crop_share=0)] == ok.item.tolist()
 
+def test_unreadable_files_reported_from_worker_processes(setup, tmp_path):
+    "With DataLoader workers the loader's exception comes back re-wrapped: the failing batch is then loaded item by item."
+    tmp, root, learn = setup
+    good = _valid(learn)
+    bad = _plant_bad_files(tmp_path/'bad', good[0])
+    dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(48), bs=8, num_workers=2)
+    workers = Learner(dls, learn.model, loss_func=learn.loss_func)
+    items = good[:5] + list(bad) + good[5:]
+    res = box_pass(workers, items, margins=(0.95,), cache=False, progress=False)
+    ref = box_pass(learn, items, margins=(0.95,), cache=False, progress=False)
+    assert sorted(res[res.error.notna()].item) == sorted(bad)
+    pd.testing.assert_frame_equal(res.drop(columns='error'), ref.drop(columns='error'), atol=1e-4)
+
 def test_unreadable_files_raise_on_request(setup, tmp_path):
     tmp, root, learn = setup
     good = _valid(learn)
@@ -434,3 +447,11 @@ def test_results_are_deterministic(setup, tmp_path):
     r2 = learn.attention_crop(epochs=1, lr=1e-3, fresh=True, cache=tmp_path/'c', progress=False)
     assert all(torch.equal(v, r2.learn.model.state_dict()[k]) for k, v in r1.learn.model.state_dict().items())
     assert [o for o in r1.dls.train_ds.items] == [o for o in r2.dls.train_ds.items]
+
+def test_box_chunk_rows_concatenate_to_the_box_pass(setup):
+    "The per-chunk function that a wrapper (sharding, other machines) can call: its rows make the box pass's table."
+    tmp, root, learn = setup
+    items = learner_items(learn)
+    rows = pd.concat([box_chunk(learn, items.iloc[s:s+40], margins=(0.95, 0.6), bs=8) for s in range(0, len(items), 40)],
+                     ignore_index=True)
+    pd.testing.assert_frame_equal(rows, box_pass(learn, items, margins=(0.95, 0.6), bs=8, cache=False, progress=False))
