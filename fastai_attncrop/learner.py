@@ -428,7 +428,7 @@ def show_attention(self:Learner, items=None, n=8, method='gradcam', margin=0.95,
                    ncols=4, figsize=None, alpha=0.5):
     "Input images with their saliency overlay, the box at `margin` (red) and ground-truth boxes from `gt` (green)."
     paths = [str(_item_path(o)) for o in (self.dls.valid_ds.items if items is None else items)][:n]
-    xb = _test_dl(self, paths, len(paths)).one_batch()[0]
+    xb = _paths_dl(self, check_vision_learner(self), paths, len(paths)).one_batch()[0]   # opened as the box pass opens them
     sm = saliency_maps(self, xb, method)
     H, W = sm.input_size
     boxes = mass_box(sm.maps, margin_eps(margin), size=(W, H)).cpu()
@@ -471,7 +471,7 @@ def show_projection(self:Learner, boxes:pd.DataFrame, margin=0.8, split='valid',
     for p, b in zip(paths, bx):
         crops.append(crop_image(load_image(p), b))
     bs = bs or self.dls.valid.bs
-    f = [penultimate_features(self, _test_dl(self, x, bs)) for x in (paths, crops)]
+    f = [penultimate_features(self, dl) for dl in (_paths_dl(self, check_vision_learner(self), paths, bs), _test_dl(self, crops, bs))]
     X = torch.cat(f)
     mu = X.mean(0)
     _, _, V = torch.linalg.svd(X - mu, full_matrices=False)
