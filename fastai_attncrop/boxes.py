@@ -26,10 +26,10 @@ def _as_batch(maps):
 def _work_dtype(device): return torch.float32 if device.type=='mps' else torch.float64  # MPS has no float64
 
 def fallback_maps(maps) -> torch.Tensor:
-    "Bool flags (B,): True where a map has no positive mass or a non-finite value, so its box is the whole image."
+    "Bool flags (B,): True where a map has no positive mass, all values equal, or a non-finite value: its box is the whole image."
     m, single = _as_batch(maps)
     flat = m.flatten(1)
-    flags = ~torch.isfinite(flat).all(1) | ~(flat > 0).any(1)
+    flags = ~torch.isfinite(flat).all(1) | ~(flat > 0).any(1) | (flat.amax(1) == flat.amin(1))
     return flags[0] if single else flags
 
 # %% ../nbs/02_boxes.ipynb #512d3230
@@ -74,7 +74,8 @@ def mass_box(maps, eps=0.025, size=None, upsample='bilinear'):
     (x0, x1), (y0, y1) = mass_edges(mx, eps), mass_edges(my, eps)
     box = torch.stack([x0, y0, x1, y1], 1)
     if upsample=='scale': box = box * box.new_tensor([W/w, H/h, W/w, H/h])
-    box = torch.where(fallback_maps(m)[:, None], box.new_tensor([0, 0, W, H]), box)
+    empty = ~(mx.sum(1) > 0) | ~(my.sum(1) > 0)   # resampled to a smaller `size`, a map can lose all its mass
+    box = torch.where((fallback_maps(m) | empty)[:, None], box.new_tensor([0, 0, W, H]), box)
     box = box.to(m.dtype if m.is_floating_point() else torch.get_default_dtype())
     return box[0] if single else box
 
@@ -134,10 +135,10 @@ def adjust_boxes(boxes, img_wh, pad=0., pad_rel=0., min_size=0.):
 # %% ../nbs/02_boxes.ipynb #8dee3153
 def _tfm_window(tfm, wh):
     "Window (x0, y0, x1, y1) of a `wh`-sized image that item transform `tfm` shows at valid time, and its output size."
-    from fastai.vision.augment import Resize, RandomResizedCrop, CropPad, ResizeMethod
+    from fastai.vision.augment import Resize, RandomResizedCrop, CropPad, RandomCrop, ResizeMethod
     from fastai.data.transforms import ToTensor
     w, h = wh
-    if isinstance(tfm, ToTensor): return (0, 0, w, h), (w, h)
+    if isinstance(tfm, ToTensor) or getattr(tfm, 'split_idx', None) == 0: return (0, 0, w, h), (w, h)  # train-only: not applied
     if isinstance(tfm, Resize):
         out = tuple(tfm.size)
         if tfm.method==ResizeMethod.Squish: return (0, 0, w, h), out
@@ -155,11 +156,12 @@ def _tfm_window(tfm, wh):
         ox, oy = (fw-tfm.size[0])//2, (fh-tfm.size[1])//2
         sx, sy = w/fw, h/fh
         return (ox*sx, oy*sy, (ox+tfm.size[0])*sx, (oy+tfm.size[1])*sy), tuple(tfm.size)
-    if isinstance(tfm, CropPad):
+    if isinstance(tfm, (CropPad, RandomCrop)):   # RandomCrop crops the centre at valid time
         x0, y0 = (w-tfm.size[0])//2, (h-tfm.size[1])//2
         return (x0, y0, x0+tfm.size[0], y0+tfm.size[1]), tuple(tfm.size)
-    raise TypeError(f"cannot map boxes through item transform {type(tfm).__name__}: "
-                    "supported are Resize, RandomResizedCrop (valid time), CropPad and ToTensor")
+    raise TypeError(f"cannot map boxes through the valid-time item transform {type(tfm).__name__}: the box mapping knows "
+                    "Resize (squish, crop, pad), RandomResizedCrop, CropPad, RandomCrop, ToTensor and train-only transforms "
+                    "(split_idx=0); build the validation DataLoaders with one of those as item_tfms (e.g. item_tfms=Resize(224))")
 
 # %% ../nbs/02_boxes.ipynb #e9322549
 def _flatten_tfms(tfms):

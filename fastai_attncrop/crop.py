@@ -15,14 +15,14 @@ from PIL import Image
 from fastprogress.fastprogress import progress_bar
 from fastai.vision.all import (PILImage, RandTransform, DataBlock, ImageBlock, CategoryBlock, FuncSplitter, ToTensor,
                                IntToFloatTensor, DataLoaders)
-from .data import save_image_atomic
+from .data import save_image_atomic, load_image, UnreadableImageError
 from .boxes import adjust_boxes
 from .metrics import box_scores
 
 # %% auto #0
-__all__ = ['check_margins', 'margin_eps', 'margin_cols', 'df_margins', 'adaptive_margin', 'crop_box', 'crop_image', 'CropItem',
-           'crop_item_label', 'crop_item_is_valid', 'CropImage', 'gt_recall', 'AttentionCrop', 'mixed_items',
-           'attention_dls', 'export_crops']
+__all__ = ['check_margins', 'margin_eps', 'margin_cols', 'df_margins', 'failed_rows', 'adaptive_margin', 'crop_box', 'crop_image',
+           'CropItem', 'crop_item_label', 'crop_item_is_valid', 'CropImage', 'gt_recall', 'AttentionCrop',
+           'mixed_items', 'attention_dls', 'export_crops']
 
 # %% ../nbs/05_crop.ipynb #51002cd2
 def check_margins(margins) -> list:
@@ -36,8 +36,8 @@ def check_margins(margins) -> list:
     return [float(m) for m in ms]
 
 def margin_eps(m) -> float:
-    "The mass cut from each side of a box of retention margin `m`: `(1 - m) / 2`."
-    return (1 - check_margins(m)[0]) / 2
+    "The mass cut from each side of a box of retention margin `m`: `(1 - m) / 2` (just below 0.5 for a tiny `m`)."
+    return min((1 - check_margins(m)[0]) / 2, math.nextafter(0.5, 0))
 
 def margin_cols(m) -> list:
     "Column names `[x0_<m>, y0_<m>, x1_<m>, y1_<m>]` of the box of margin `m` (in percent) in a boxes DataFrame."
@@ -47,6 +47,10 @@ def margin_cols(m) -> list:
 def df_margins(df:pd.DataFrame) -> list:
     "The margins whose boxes a boxes DataFrame holds, in column order."
     return [float(c[3:])/100 for c in df.columns if c.startswith('x0_')]
+
+def failed_rows(df:pd.DataFrame) -> np.ndarray:
+    "Bool flags: rows of a boxes DataFrame whose image could not be read (their `error` column says why; no boxes)."
+    return df['error'].notna().to_numpy() if 'error' in df.columns else np.zeros(len(df), bool)
 
 # %% ../nbs/05_crop.ipynb #993d733b
 def adaptive_margin(area_ratio, margins) -> np.ndarray:
@@ -86,17 +90,19 @@ class CropImage(PILImage):
     @classmethod
     def create(cls, o, **kwargs):
         path, crop = (o.path, o.crop) if isinstance(o, CropItem) else (o, False)
-        img = super().create(path, **kwargs)
+        if isinstance(path, (str, os.PathLike)): img = cls(load_image(path, **{**cls._open_args, **kwargs}))  # as the boxes see it
+        else: img = super().create(path, **kwargs)
         img.attncrop_src, img.attncrop_crop = str(path), bool(crop)
         return img
 
 # %% ../nbs/05_crop.ipynb #8d10b34a
 def gt_recall(boxes:pd.DataFrame, gt:pd.DataFrame, root, margin=0.95) -> np.ndarray:
-    "Per item of `boxes`, the share of its ground-truth boxes (union) inside its box at `margin`."
+    "Per item of `boxes`, the share of its ground-truth boxes (union) inside its box at `margin` (NaN for unreadable images)."
     root = Path(root).resolve()
     by_image = {k: g[['xmin', 'ymin', 'xmax', 'ymax']].to_numpy(float) for k, g in gt.groupby('image')}
     out = []
-    for p, b, w, h in zip(boxes['item'], boxes[margin_cols(margin)].to_numpy(float), boxes['width'], boxes['height']):
+    for p, b, w, h, bad in zip(boxes['item'], boxes[margin_cols(margin)].to_numpy(float), boxes['width'], boxes['height'], failed_rows(boxes)):
+        if bad: out.append(np.nan); continue   # an unreadable image has no box
         key = Path(p).resolve().relative_to(root).as_posix()
         if key not in by_image: raise KeyError(f"no ground truth for {key!r} in `gt`")
         out.append(box_scores(b, by_image[key], (w, h))['recall'])
@@ -143,10 +149,11 @@ def _plain_tfms(pipe, drop):
     return [t for t in getattr(pipe, 'fs', []) if not isinstance(t, drop)]
 
 def mixed_items(boxes:pd.DataFrame, crop_share=0.5, crop_valid=False, seed=0) -> list:
-    "`CropItem`s: each image once uncropped and cropped copies making up `crop_share` of the training items."
+    "`CropItem`s: each image once uncropped and cropped copies making up `crop_share` of the training items; unreadable images left out."
     if not 0 <= crop_share <= 1: raise ValueError(f"`crop_share` must be in [0, 1], got {crop_share!r}")
     missing = [c for c in ('item', 'label', 'split') if c not in boxes.columns]
     if missing: raise ValueError(f"`boxes` needs the column(s) {missing} (as written by the box pass over a learner's items)")
+    boxes = boxes[~failed_rows(boxes)]   # unreadable images (reported by the box pass) cannot be trained on
     if boxes['label'].isna().any(): raise ValueError("`boxes` has items without a label")
     tr = boxes[boxes['split']=='train']; va = boxes[boxes['split']=='valid']
     paths, labels = tr['item'].astype(str).tolist(), tr['label'].astype(str).tolist()
@@ -183,14 +190,18 @@ def export_crops(boxes:pd.DataFrame, dest, margin=0.95, root=None, pad_rel=0., o
     dest = Path(dest).resolve()
     if dest == root or root in dest.parents:
         raise ValueError(f"`dest` {dest} lies inside the source tree {root}: choose a folder outside it")
-    out, written = [], []
+    out, written, errors = [], [], []
     bxs = boxes[cols].to_numpy(np.float64)
-    for p, b in zip(progress_bar(src, leave=False) if progress else src, bxs):
+    known = [None if pd.isna(e) else str(e) for e in boxes['error']] if 'error' in boxes.columns else [None]*len(boxes)
+    for p, b, err in zip(progress_bar(src, leave=False) if progress else src, bxs, known):
         try: rel = p.relative_to(root)
         except ValueError: raise ValueError(f"item {p} is not under `root` {root}") from None
         target = dest/rel
         done = target.exists() and not overwrite
-        if not done:
-            with Image.open(p) as img: save_image_atomic(crop_image(img, b, pad_rel), target, **save_kwargs)
-        out.append(str(target)); written.append(not done)
-    return pd.DataFrame({'item': boxes['item'].astype(str).tolist(), 'dest': out, 'written': written})
+        if err is None and not np.isfinite(b).all(): err = f"no finite box at margin {margin}"
+        if not done and err is None:
+            try: crop = crop_image(load_image(p, mode=None), b, pad_rel)   # as stored (mode, depth), EXIF orientation applied
+            except UnreadableImageError as e: err = e.reason
+            else: save_image_atomic(crop, target, **save_kwargs)
+        out.append(str(target)); written.append(not done and err is None); errors.append(err)
+    return pd.DataFrame({'item': boxes['item'].astype(str).tolist(), 'dest': out, 'written': written, 'error': errors})

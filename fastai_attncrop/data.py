@@ -14,8 +14,9 @@ from fastprogress.fastprogress import progress_bar
 
 # %% auto #0
 __all__ = ['SHAPES', 'BACKGROUNDS', 'PATTERNS', 'GT_COLUMNS', 'atomic_write', 'save_image_atomic', 'write_text_atomic',
-           'write_csv_atomic', 'fill_pattern', 'shape_mask', 'draw_sample', 'mask_box', 'make_shapes', 'read_boxes_csv',
-           'read_voc', 'read_coco', 'segmentation_mask', 'read_instance_mask']
+           'write_csv_atomic', 'UnreadableImageError', 'exif_orientation', 'load_image', 'image_size', 'fill_pattern',
+           'shape_mask', 'draw_sample', 'mask_box', 'make_shapes', 'read_boxes_csv', 'read_voc', 'read_coco',
+           'segmentation_mask', 'read_instance_mask']
 
 # %% ../nbs/00_data.ipynb #0a101265
 def atomic_write(path, write_fn, suffix=None):
@@ -45,6 +46,62 @@ def write_text_atomic(text:str, path):
 def write_csv_atomic(df:pd.DataFrame, path):
     "Write a DataFrame to CSV atomically (without its index)."
     return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+
+# %% ../nbs/00_data.ipynb #0aac4e86
+class UnreadableImageError(OSError):
+    "An image file that cannot be read: `path` and a `reason`."
+    def __init__(self, path, reason):
+        super().__init__(f"cannot read image {str(path)!r}: {reason}")
+        self.path, self.reason = str(path), reason
+    def __reduce__(self): return type(self), (self.path, self.reason)
+
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+def exif_orientation(im:Image.Image) -> int:
+    "The EXIF orientation (1..8) in the header of an opened image; 1 when absent or invalid."
+    try:
+        if im.format == 'TIFF': return 1      # Pillow's TIFF reader applies the orientation itself (its size is already turned)
+        if im.format == 'PNG' and 'exif' not in im.info: return 1   # reading a trailing eXIf chunk would decode the image
+        o = int(im.getexif().get(0x0112, 1))
+    except Exception: return 1
+    return o if o in _TRANSPOSE else 1
+
+def _reason(e:BaseException) -> str: return f"{type(e).__name__}: {e}"
+
+# %% ../nbs/00_data.ipynb #071d4f21
+def _to_8bit(im:Image.Image) -> Image.Image:
+    "A 16/32-bit integer or float grayscale image scaled to mode 'L'."
+    a = np.asarray(im, dtype=np.float64)
+    a = np.nan_to_num(a, nan=0., posinf=0., neginf=0.)
+    if im.mode.startswith('I;16') or (im.mode == 'I' and a.max(initial=0) > 255): a = a / 257
+    elif im.mode == 'F' and a.max(initial=0) <= 1: a = a * 255
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), 'L')
+
+def _convert(im:Image.Image, mode) -> Image.Image:
+    if mode is None or im.mode == mode: return im
+    if im.mode.startswith('I') or im.mode == 'F': im = _to_8bit(im)
+    return im.convert(mode)
+
+def load_image(path, mode='RGB') -> Image.Image:
+    "Decode image file `path` in `mode` (None: as stored), EXIF orientation applied; `UnreadableImageError` if it cannot be read."
+    try:
+        with Image.open(path) as im:
+            o, header = exif_orientation(im), im.size
+            im.load()
+            out = _convert(im, mode)
+            if out is im: out = im.copy()
+    except Exception as e: raise UnreadableImageError(path, _reason(e)) from e
+    if out.size != header: raise UnreadableImageError(path, f"decoded size {out.size} differs from the header's {header}")
+    return out.transpose(_TRANSPOSE[o]) if o != 1 else out
+
+def image_size(path) -> tuple:
+    "(width, height) of image file `path` as `load_image` returns it, from the header; `UnreadableImageError` if it cannot be opened."
+    try:
+        with Image.open(path) as im: (w, h), o = im.size, exif_orientation(im)
+    except Exception as e: raise UnreadableImageError(path, _reason(e)) from e
+    return (h, w) if o in (5, 6, 7, 8) else (w, h)
 
 # %% ../nbs/00_data.ipynb #7c02367b
 def _star(n=5, inner=0.45):

@@ -7,7 +7,7 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/learner.html.md"""
 
 # %% ../nbs/06_learner.ipynb #69fd41e5
 from __future__ import annotations
-import copy, hashlib, os, shutil
+import contextlib, copy, hashlib, os, shutil, warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -18,17 +18,20 @@ from PIL import Image
 from fastcore.basics import patch
 from fastprogress.fastprogress import progress_bar
 from fastai.learner import Learner
+from fastai.torch_core import set_seed
 from fastai.callback.core import Callback
-from fastai.data.core import DataLoaders
+from fastai.data.core import DataLoaders, Datasets
+from fasttransform import Transform
 import fastai_attncrop
-from .data import atomic_write
-from .saliency import saliency_maps, get_method, show_saliency, frozen_eval
+from .data import atomic_write, load_image, image_size, UnreadableImageError, _reason
+from .saliency import saliency_maps, get_method, show_saliency, frozen_eval, SmoothGrad
 from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame
 from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropItem, attention_dls,
-                                  crop_image)
+                                  crop_image, failed_rows)
 
 # %% auto #0
-__all__ = ['ADAPTIVE_MARGINS', 'learner_items', 'box_pass', 'AttentionCropResult', 'fresh_model', 'AttentionCropCallback',
+__all__ = ['ADAPTIVE_MARGINS', 'FIT_METHODS', 'learner_items', 'image_class', 'check_vision_learner', 'OpenImage', 'load_batches',
+           'box_chunk', 'box_pass', 'AttentionCropResult', 'fresh_model', 'AttentionCropCallback',
            'penultimate_features']
 
 # %% ../nbs/06_learner.ipynb #b5396abf
@@ -64,13 +67,17 @@ def _hash_model(h, model:nn.Module):
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
+def _file_stamp(p) -> str:
+    try: st = os.stat(p)
+    except OSError as e: return type(e).__name__   # a missing file is reported by the pass, not here
+    return f"{st.st_size}|{st.st_mtime_ns}"
+
 def _cache_key(learn, items:pd.DataFrame, params:dict) -> str:
     "Hash of the model's weights, the items (path, size, mtime, split, label) and `params`."
     h = hashlib.sha256()
     _hash_model(h, learn.model)
     for p, s, l in zip(items['item'], items['split'], items['label']):
-        st = os.stat(p)
-        h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}|{s}|{l}\n".encode())
+        h.update(f"{p}|{_file_stamp(p)}|{s}|{l}\n".encode())
     h.update(repr(sorted(params.items())).encode())
     return h.hexdigest()[:24]
 
@@ -102,69 +109,184 @@ def _as_items(learn, items) -> pd.DataFrame:
         if c not in df.columns: df[c] = None
     return df[['item', 'split', 'label']].reset_index(drop=True)
 
-def _image_sizes(paths) -> np.ndarray:
-    "(n, 2) array of the (width, height) of the image files `paths`, read from their headers (nothing is decoded)."
-    sizes = []
-    for p in paths:
-        with Image.open(p) as im: sizes.append(im.size)
-    return np.array(sizes, dtype=int).reshape(-1, 2)
+# %% ../nbs/06_learner.ipynb #6e950fb2
+def image_class(learn):
+    "The fastai image class (`PILImage`, `PILImageBW`, `CropImage`, ...) that opens the learner's input files, or None."
+    from fastai.vision.core import PILBase
+    tls = getattr(getattr(getattr(learn, 'dls', None), 'valid_ds', None), 'tls', None)
+    if not tls: return None
+    for t in tls[0].tfms.fs:
+        try: impls = [m.implementation for m in t.encodes.methods]
+        except Exception: continue
+        for f in impls:
+            c = getattr(f, '__self__', None)
+            if isinstance(c, type) and issubclass(c, PILBase): return c
+    return None
 
-def _chunk_rows(learn, chunk:pd.DataFrame, dl, wh, method, margins, target, area_tau, tfms, frames, vocab, tick):
-    "Rows of the boxes table for the items of `chunk` (original sizes `wh`), batch by batch from `dl`."
-    cols = {k: [] for k in ('target', 'prob', 'area_ratio', 'zero', 'boxes')}
-    i = 0
-    for b in dl:
-        xb = b[0]; n = len(xb)
-        tg = None
-        if target == 'label': tg = [list(vocab).index(l) for l in chunk['label'].iloc[i:i+n]]
-        sm = saliency_maps(learn, xb, method, target=tg)
+def check_vision_learner(learn):
+    "The learner's image class; a `TypeError` naming the problem if `learn` is not a Learner over image files."
+    cls = image_class(learn)
+    if cls is None:
+        what = type(getattr(getattr(learn, 'dls', None), 'valid_ds', learn)).__name__
+        raise TypeError(f"the box pass needs a vision Learner whose inputs are image files opened by a fastai image class "
+                        f"(ImageBlock / PILImage); this one's validation data is a {what} without one. Pass a Learner "
+                        "built with ImageDataLoaders or a DataBlock with ImageBlock (e.g. vision_learner(dls, resnet18))")
+    return cls
+
+class OpenImage(Transform):
+    "Type transform of the box pass: open an image file with `load_image` as image class `cls` (mode from `cls._open_args`)."
+    def __init__(self, cls): super().__init__(); self.cls = cls
+    def encodes(self, o): return self.cls(load_image(o, self.cls._open_args.get('mode')))
+
+# %% ../nbs/06_learner.ipynb #1b182e5d
+def _image_sizes(paths):
+    "(n, 2) array of the (width, height) of image files `paths` from their headers, and {position: reason} of those that fail."
+    sizes, errors = np.zeros((len(paths), 2), dtype=int), {}
+    for i, p in enumerate(paths):
+        try: sizes[i] = image_size(p)
+        except UnreadableImageError as e: errors[i] = e.reason
+    return sizes, errors
+
+def _paths_dl(learn, cls, paths, bs, **kwargs):
+    "A DataLoader of the image files `paths`, opened by `OpenImage(cls)`, with the learner's validation transforms."
+    ds = Datasets(list(paths), tfms=[[OpenImage(cls)]], split_idx=1)   # split_idx=1: random transforms act as at valid time
+    return learn.dls.valid.new(ds, bs=bs, shuffle=False, drop_last=False, **kwargs)
+
+def _probe(learn, cls, paths) -> dict:
+    "{position: reason} of the `paths` that fail on their own (opening or item transforms)."
+    bad = {}
+    for i, p in enumerate(paths):
+        try: _paths_dl(learn, cls, [p], 1, num_workers=0).one_batch()
+        except UnreadableImageError as e: bad[i] = e.reason
+        except Exception as e: bad[i] = _reason(e)
+    return bad
+
+def load_batches(learn, paths, positions=None, bs=64, failures:dict=None, on_error='report'):
+    "Yield `(positions, xb)` batches of the image files `paths`; those that fail go to `failures` ({position: reason}) or raise."
+    cls = check_vision_learner(learn)
+    todo = list(range(len(paths)) if positions is None else positions)
+    failures = {} if failures is None else failures
+    while todo:
+        done = 0
+        try:
+            for b in _paths_dl(learn, cls, [paths[i] for i in todo], bs):
+                n = len(b[0])
+                yield todo[done:done+n], b[0]
+                done += n
+            return
+        except Exception as e:
+            batch = todo[done:done+bs]
+            culprit = [i for i in batch if isinstance(e, UnreadableImageError) and paths[i] == e.path]
+            bad = ({culprit[0]: e.reason} if culprit else       # our loader names the file; anything else: load one by one
+                   {batch[i]: r for i, r in _probe(learn, cls, [paths[j] for j in batch]).items()})
+            if not bad: raise                      # not an item's fault (collation, batch transforms): a real error
+            if on_error == 'raise':
+                i = min(bad); raise UnreadableImageError(paths[i], bad[i]) from None
+            failures.update(bad)
+            todo = [i for i in batch if i not in bad] + todo[done+bs:]
+
+# %% ../nbs/06_learner.ipynb #cbf63b3d
+def _check_target(target, vocab, labels=None):
+    if target is None: return
+    names = [] if vocab is None else [str(v) for v in vocab]
+    if target == 'label':
+        if vocab is None or labels is None or pd.isna(labels).any(): raise ValueError("target='label' needs a label for every item and a vocab")
+        bad = sorted({str(l) for l in labels} - set(names))
+        if bad: raise ValueError(f"target='label': label(s) {bad[:5]} are not in the vocab {names}")
+        return
+    if not isinstance(target, str) or target not in names:
+        raise ValueError(f"`target` must be None (the predicted class), 'label', or a class name of the vocab {names}, got {target!r}")
+
+def _targets(target, vocab, labels):
+    "Class index per item of a batch for `target`, or None for the predicted class."
+    if target is None: return None
+    names = [str(v) for v in vocab]
+    return [names.index(str(l)) for l in labels] if target == 'label' else [names.index(target)]*len(labels)
+
+def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5,
+              bs=64, on_error='report', sizes=None, frames:dict=None, tick=None) -> pd.DataFrame:
+    "Rows of the boxes table (see `box_pass`) for the items of `chunk` (columns `item`, `split`, `label`)."
+    margins, vocab, tfms = check_margins(margins), getattr(learn.dls, 'vocab', None), _frame_tfms(learn)
+    frames = {} if frames is None else frames
+    paths = chunk['item'].astype(str).tolist()
+    n, M = len(paths), len(margins)
+    wh, failures = sizes if sizes is not None else _image_sizes(paths)
+    failures = dict(failures)
+    if failures and on_error == 'raise': i = min(failures); raise UnreadableImageError(paths[i], failures[i])
+    boxes, prob, area = np.full((n, M, 4), np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    zero, tgt = np.zeros(n, bool), np.full(n, -1)
+    labels = chunk['label'].to_numpy()
+    for pos, xb in load_batches(learn, paths, [i for i in range(n) if i not in failures], bs, failures, on_error):
+        pos = np.asarray(pos)
+        sm = saliency_maps(learn, xb, method, target=_targets(target, vocab, labels[pos]))
         H, W = sm.input_size
         bx = torch.stack([mass_box(sm.maps, margin_eps(m), size=(W, H)) for m in margins], 1).double().cpu()  # (n, M, 4)
-        img_b = np.empty(tuple(bx.shape))
-        for s in {tuple(x) for x in wh[i:i+n].tolist()}:       # one frame per original image size
+        for s in {tuple(x) for x in wh[pos].tolist()}:          # one frame per original image size
             if s not in frames: frames[s] = InputFrame.from_tfms(tfms, s)
-            k = np.flatnonzero((wh[i:i+n] == s).all(1))
-            img_b[k] = frames[s].to_image(bx[k]).numpy()
-        cols['boxes'].append(img_b)
-        cols['area_ratio'].append(threshold_masks(sm.maps, area_tau).flatten(1).float().mean(1).cpu().numpy())
-        cols['zero'].append(fallback_maps(sm.maps).cpu().numpy())
-        cols['target'].append(sm.target.cpu().numpy()); cols['prob'].append(sm.prob.float().cpu().numpy())
-        i += n
-        tick()
-    c = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in cols.items()}
+            if tuple(frames[s].input_wh) != (W, H):
+                raise ValueError(f"the validation batch transforms change the input size ({frames[s].input_wh[0]}x{frames[s].input_wh[1]} "
+                                 f"after the item transforms, {W}x{H} in the batch): boxes can only be mapped back through item "
+                                 "transforms. Resize with item_tfms (e.g. item_tfms=Resize(224)) and use size-preserving batch_tfms "
+                                 "(e.g. aug_transforms() without `size`)")
+            k = np.flatnonzero((wh[pos] == s).all(1))
+            boxes[pos[k]] = frames[s].to_image(bx[k]).numpy()
+        area[pos] = threshold_masks(sm.maps, area_tau).flatten(1).float().mean(1).cpu().numpy()
+        zero[pos] = fallback_maps(sm.maps).cpu().numpy()
+        tgt[pos], prob[pos] = sm.target.cpu().numpy(), sm.prob.float().cpu().numpy()
+        if tick is not None: tick()
+    ok = tgt >= 0
     out = chunk.reset_index(drop=True).copy()
-    out['target'] = [str(vocab[t]) for t in c['target']] if vocab is not None else c['target'].astype(int)
-    out['prob'] = c['prob'].astype(float)
-    out['correct'] = out['label'].notna() & (out['label'].astype(str) == out['target'].astype(str))
+    out['target'] = [str(vocab[t]) if o else None for t, o in zip(tgt, ok)] if vocab is not None else tgt
+    out['prob'] = prob
+    out['correct'] = out['label'].notna() & (out['label'].astype(str) == out['target'].astype(str)) & ok
     out['width'], out['height'] = wh[:, 0], wh[:, 1]
-    out['area_ratio'], out['zero'] = c['area_ratio'].astype(float), c['zero'].astype(bool)
-    bxs = c['boxes'].reshape(len(out), len(margins), 4)
+    out['area_ratio'], out['zero'] = area, zero
     for j, m in enumerate(margins):
-        for k, name in enumerate(margin_cols(m)): out[name] = bxs[:, j, k]
+        for k, name in enumerate(margin_cols(m)): out[name] = boxes[:, j, k]
+    out['error'] = pd.Series([failures.get(i) for i in range(n)], dtype=object)
     return out
 
-# %% ../nbs/06_learner.ipynb #6e950fb2
+# %% ../nbs/06_learner.ipynb #5be51ee0
 def box_pass(learn:Learner, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5, bs=None,
-             cache=True, chunk_batches=8, progress=True) -> pd.DataFrame:
+             cache=True, chunk_batches=8, progress=True, on_error='report') -> pd.DataFrame:
     "Boxes DataFrame (see the table above) of `items` (default: the learner's training and validation items)."
     margins = check_margins(margins)
-    if target not in (None, 'label'): raise ValueError(f"`target` must be None (the predicted class) or 'label', got {target!r}")
+    if on_error not in ('report', 'raise'): raise ValueError(f"`on_error` must be 'report' or 'raise', got {on_error!r}")
     if not 0 <= area_tau < 1: raise ValueError(f"`area_tau` must be in [0, 1), got {area_tau!r}")
+    for v, name in ((bs, 'bs'), (chunk_batches, 'chunk_batches')):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            raise ValueError(f"`{name}` must be an integer >= 1, got {v!r}")
+    meth = method if isinstance(method, SmoothGrad) else get_method(method)
+    check_vision_learner(learn)
     df = _as_items(learn, items)
     vocab = getattr(learn.dls, 'vocab', None)
-    if target == 'label' and (df['label'].isna().any() or vocab is None): raise ValueError("target='label' needs a label for every item")
+    _check_target(target, vocab, df['label'])
     bs = int(bs or learn.dls.valid.bs or 64)
     cs = bs*int(chunk_batches)
     tfms = _frame_tfms(learn)
-    params = dict(method=repr(get_method(method)) if isinstance(method, str) else repr(method), margins=margins,
+    InputFrame.from_tfms(tfms, (64, 48))   # an item transform the box mapping does not know fails here, before any work
+    params = dict(method=repr(meth), margins=margins,
                   target=target, area_tau=area_tau, bs=bs, chunk=cs, tfms=repr(tfms),
                   after_batch=repr(learn.dls.valid.after_batch), version=fastai_attncrop.__version__)
     cdir = _cache_dir(learn, cache)
-    final = parts = None
+    final = parts = out = None
     if cdir is not None:
         key = _cache_key(learn, df, params)
         final, parts = cdir/f"boxes-{key}.pkl", cdir/f"boxes-{key}.parts"
-        if final.exists(): return pd.read_pickle(final)
+        if final.exists(): out = pd.read_pickle(final)
+    if out is None: out = _run_chunks(learn, df, cs, bs, meth, margins, target, area_tau, on_error, parts, final, progress)
+    return _check_failures(out, on_error)
+
+def _check_failures(out:pd.DataFrame, on_error) -> pd.DataFrame:
+    bad = failed_rows(out)
+    if bad.any():
+        first = out[bad].iloc[0]
+        if on_error == 'raise': raise UnreadableImageError(first['item'], first['error'])
+        warnings.warn(f"box pass: {bad.sum()} of {len(out)} images could not be read and have no boxes (see the `error` "
+                      f"column), e.g. {first['item']}: {first['error']}")
+    return out
+
+def _run_chunks(learn, df, cs, bs, method, margins, target, area_tau, on_error, parts, final, progress):
     chunks = [df.iloc[s:s+cs] for s in range(0, len(df), cs)]
     done = {c: pd.read_pickle(parts/f"{c:05d}.pkl") for c in range(len(chunks))
             if parts is not None and (parts/f"{c:05d}.pkl").exists()}
@@ -173,7 +295,7 @@ def box_pass(learn:Learner, items=None, method='gradcam', margins=(0.95, 0.8, 0.
     bar = progress_bar(range(total), leave=False) if progress and total else None
     count = [0]
     def tick():
-        count[0] += 1
+        count[0] = min(count[0] + 1, total)
         if bar is not None: bar.update(count[0])
     if bar is not None: bar.update(0)
     frames = {}
@@ -181,10 +303,9 @@ def box_pass(learn:Learner, items=None, method='gradcam', margins=(0.95, 0.8, 0.
     # second time cost as much as 10% of the pass when done in line.
     ex = ThreadPoolExecutor(1)
     try:
-        sizes = {c: ex.submit(_image_sizes, chunks[c]['item']) for c in todo}
+        sizes = {c: ex.submit(_image_sizes, chunks[c]['item'].astype(str).tolist()) for c in todo}
         for c in todo:
-            dl = _test_dl(learn, chunks[c]['item'], bs)
-            rows = _chunk_rows(learn, chunks[c], dl, sizes[c].result(), method, margins, target, area_tau, tfms, frames, vocab, tick)
+            rows = box_chunk(learn, chunks[c], method, margins, target, area_tau, bs, on_error, sizes[c].result(), frames, tick)
             if parts is not None: _write_pickle(rows, parts/f"{c:05d}.pkl"); rows = pd.read_pickle(parts/f"{c:05d}.pkl")
             done[c] = rows
     finally: ex.shutdown(wait=True, cancel_futures=True)
@@ -232,24 +353,54 @@ def _fresh_learner(learn:Learner, dls) -> Learner:
                    wd_bn_bias=learn.wd_bn_bias, train_bn=learn.train_bn, moms=learn.moms)
 
 # %% ../nbs/06_learner.ipynb #a4fda4e5
+@contextlib.contextmanager
+def _undone_on_failure(learn:Learner):
+    "On any exception inside the block (Ctrl-C included), put back the learner's weights, gradients, modes, `requires_grad`, optimizer state and DataLoaders."
+    weights = {k: v.detach().clone() for k, v in learn.model.state_dict().items()}
+    modes = [(m, m.training) for m in learn.model.modules()]
+    flags = [(p, p.requires_grad, None if p.grad is None else p.grad.detach().clone()) for p in learn.model.parameters()]
+    opt, dls = learn.opt, learn.dls
+    opt_state = copy.deepcopy(opt.state_dict()) if opt is not None else None
+    try: yield learn
+    except BaseException:
+        learn.model.load_state_dict(weights)
+        for m, t in modes: m.training = t
+        for p, f, g in flags: p.requires_grad_(f); p.grad = g   # a step cut short leaves its gradient, which the next fit would add to
+        if opt is not None: opt.load_state_dict(opt_state)
+        learn.opt, learn.dls = opt, dls
+        raise
+
+def _check_fit(learn, fit):
+    ok = callable(getattr(learn, fit, None)) if isinstance(fit, str) else callable(fit)
+    if not ok: raise ValueError(f"`fit` must name a fitting method of the Learner ({', '.join(FIT_METHODS)}, ...) or be a "
+                                f"function fit(learn, epochs, lr, **kwargs), got {fit!r}")
+
+FIT_METHODS = ('fit_one_cycle', 'fit', 'fine_tune', 'fit_flat_cos', 'fit_sgdr')
+
 @patch
 def attention_crop(self:Learner, epochs=3, lr=None, margins=(0.95, 0.8, 0.6), crop_share=0.5, crop_valid=False,
                    valid_margin=None, method='gradcam', target=None, fresh=False, fit='fit_one_cycle', cache=True, bs=None,
-                   pad_rel=0., seed=0, item_tfms=None, batch_tfms=None, progress=True, **fit_kwargs) -> AttentionCropResult:
+                   pad_rel=0., seed=0, item_tfms=None, batch_tfms=None, progress=True, on_error='report', **fit_kwargs) -> AttentionCropResult:
     "Box the learner's items with saliency maps, mix crops into its DataLoaders and re-fit; metrics before and after."
     grid = list(ADAPTIVE_MARGINS) if margins == 'adaptive' else check_margins(margins)
     if valid_margin is not None: grid += [m for m in check_margins(valid_margin) if m not in grid]
+    if not 0 <= crop_share <= 1: raise ValueError(f"`crop_share` must be in [0, 1], got {crop_share!r}")
+    if not 0 <= pad_rel: raise ValueError(f"`pad_rel` must be >= 0, got {pad_rel!r}")
+    _check_fit(self, fit)
+    check_vision_learner(self)
     valid0 = self.dls.valid
     before = _metrics(self, valid0)
-    boxes = box_pass(self, method=method, margins=grid, target=target, bs=bs, cache=cache, progress=progress)
+    boxes = box_pass(self, method=method, margins=grid, target=target, bs=bs, cache=cache, progress=progress, on_error=on_error)
+    set_seed(seed)   # the crops drawn, a fresh model's weights and the shuffling: the same call gives the same result
     dls = attention_dls(self.dls, boxes, margins, crop_share=crop_share, crop_valid=crop_valid, valid_margin=valid_margin,
                         pad_rel=pad_rel, item_tfms=item_tfms, batch_tfms=batch_tfms, bs=bs, seed=seed)
-    if fresh: learn = _fresh_learner(self, dls)
-    else: learn = self; learn.dls = dls
-    fit_fn = getattr(learn, fit) if isinstance(fit, str) else partial(fit, learn)
-    if progress: fit_fn(epochs, *([] if lr is None else [lr]), **fit_kwargs)
-    else:
-        with learn.no_bar(), learn.no_logging(): fit_fn(epochs, *([] if lr is None else [lr]), **fit_kwargs)
+    learn = _fresh_learner(self, dls) if fresh else self
+    with (contextlib.nullcontext() if fresh else _undone_on_failure(learn)):
+        learn.dls = dls
+        fit_fn = getattr(learn, fit) if isinstance(fit, str) else partial(fit, learn)
+        if progress: fit_fn(epochs, *([] if lr is None else [lr]), **fit_kwargs)
+        else:
+            with learn.no_bar(), learn.no_logging(): fit_fn(epochs, *([] if lr is None else [lr]), **fit_kwargs)
     return AttentionCropResult(boxes, dls, learn, before, _metrics(learn, valid0),
                                _metrics(learn, dls.valid) if crop_valid else None)
 
@@ -277,7 +428,7 @@ def show_attention(self:Learner, items=None, n=8, method='gradcam', margin=0.95,
                    ncols=4, figsize=None, alpha=0.5):
     "Input images with their saliency overlay, the box at `margin` (red) and ground-truth boxes from `gt` (green)."
     paths = [str(_item_path(o)) for o in (self.dls.valid_ds.items if items is None else items)][:n]
-    xb = _test_dl(self, paths, len(paths)).one_batch()[0]
+    xb = _paths_dl(self, check_vision_learner(self), paths, len(paths)).one_batch()[0]   # opened as the box pass opens them
     sm = saliency_maps(self, xb, method)
     H, W = sm.input_size
     boxes = mass_box(sm.maps, margin_eps(margin), size=(W, H)).cpu()
@@ -290,7 +441,7 @@ def show_attention(self:Learner, items=None, n=8, method='gradcam', margin=0.95,
         try: key = Path(p).resolve().relative_to(root.resolve()).as_posix()
         except ValueError: key = p
         if key in by_image:
-            with Image.open(p) as im: frame = InputFrame.from_tfms(tfms, im.size)
+            frame = InputFrame.from_tfms(tfms, image_size(p))
             for g in frame.to_input(by_image[key][['xmin', 'ymin', 'xmax', 'ymax']].to_numpy(float)).tolist():
                 ax.add_patch(plt.Rectangle((g[0]-.5, g[1]-.5), g[2]-g[0], g[3]-g[1], fill=False, ec='lime', lw=2))
     return axs
@@ -311,15 +462,16 @@ def penultimate_features(learn:Learner, dl) -> torch.Tensor:
 @patch
 def show_projection(self:Learner, boxes:pd.DataFrame, margin=0.8, split='valid', max_n=300, bs=None, figsize=(10, 4.5)):
     "Penultimate features of uncropped items and of their crops at `margin`, one PCA, side by side, coloured by label."
-    df = boxes[boxes['split']==split] if split is not None else boxes
+    df = boxes[~failed_rows(boxes)]
+    df = df[df['split']==split] if split is not None else df
     df = df.iloc[:max_n]
     if not len(df): raise ValueError(f"`boxes` has no items of split {split!r}")
     paths, bx = df['item'].astype(str).tolist(), df[margin_cols(margin)].to_numpy(np.float64)
     crops = []
     for p, b in zip(paths, bx):
-        with Image.open(p) as im: crops.append(crop_image(im.convert('RGB'), b))
+        crops.append(crop_image(load_image(p), b))
     bs = bs or self.dls.valid.bs
-    f = [penultimate_features(self, _test_dl(self, x, bs)) for x in (paths, crops)]
+    f = [penultimate_features(self, dl) for dl in (_paths_dl(self, check_vision_learner(self), paths, bs), _test_dl(self, crops, bs))]
     X = torch.cat(f)
     mu = X.mean(0)
     _, _, V = torch.linalg.svd(X - mu, full_matrices=False)

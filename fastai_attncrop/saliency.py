@@ -293,6 +293,9 @@ def _model_of(model):
     p = next(model.parameters(), None)
     return model, vocab, (p.device if p is not None else torch.device('cpu')), (p.dtype if p is not None else torch.float32)
 
+_NO_GRAD = ("the class scores get no gradient from the target layer (its output does not reach them, or is detached): "
+            "pass `layers=` a layer on the path to the scores (`layers=None` picks the last feature map)")
+
 def get_method(method) -> Method:
     "A `Method` from its name (see `METHODS`)."
     if isinstance(method, Method): return method
@@ -320,6 +323,10 @@ def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=
         if not isinstance(out, torch.Tensor) or out.ndim!=2: raise ValueError(f"the model must return (N, n_classes) scores, got {getattr(out, 'shape', type(out))}")
         if not meth.on_input and len(cut.acts)!=len(lays):
             raise ValueError("a target layer was not run by the model's forward pass; check `layers`")
+        for l, a in ([] if meth.on_input else zip(lays, (cut.acts[i] for i in range(len(lays))))):
+            if a.ndim != 4: raise ValueError(f"the target layer {type(l).__name__} gives an output of shape {tuple(a.shape)}, not a "
+                                             "(N, C, h, w) feature map: CAM methods need a convolutional layer; pass `layers=` one "
+                                             "(a module or a dotted name such as 'layer4'), or use method='gradient'")
         img_idx, tgt, rank = select_targets(out.detach(), target, k, multi_label, thresh, max_k, vocab)
         probs = out.detach().float().sigmoid() if multi_label else out.detach().float().softmax(1)
         acts = [x] if meth.on_input else [cut.acts[i] for i in range(len(lays))]
@@ -330,8 +337,7 @@ def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=
             W = _cam_head_weights(model[1])[tgt]                                # (N, C)
             per_layer = [(W[:, :, None, None] * acts[0][img_idx].detach().float()).sum(1).relu()]
         else:
-            for a in acts:
-                if not a.requires_grad: raise ValueError("a target layer's output does not depend on anything that gets a gradient; choose another layer")
+            if not out.requires_grad or not all(a.requires_grad for a in acts): raise ValueError(_NO_GRAD)
             per_layer = [torch.zeros((len(tgt),) + tuple(a.shape[-2:]), device=device) for a in acts]
             K = int(rank.max()) + 1 if len(rank) else 0
             for r in range(K):
@@ -339,7 +345,7 @@ def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=
                 score = out[img_idx[rows], tgt[rows]].sum()
                 grads = torch.autograd.grad(score, acts, retain_graph=r < K-1, allow_unused=True)
                 for li, (a, g) in enumerate(zip(acts, grads)):
-                    if g is None: raise ValueError("the target score does not depend on the target layer; choose another layer")
+                    if g is None: raise ValueError(_NO_GRAD)
                     ii = img_idx[rows]
                     per_layer[li][rows] = _combine(meth, a[ii].detach(), g[ii])
     cleaned = [_sanitize(m) for m in per_layer]
