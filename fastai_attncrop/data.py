@@ -19,14 +19,18 @@ __all__ = ['SHAPES', 'BACKGROUNDS', 'PATTERNS', 'GT_COLUMNS', 'atomic_write', 's
            'segmentation_mask', 'read_instance_mask']
 
 # %% ../nbs/00_data.ipynb #0a101265
+def _umask():
+    m = os.umask(0); os.umask(m); return m
+
 def atomic_write(path, write_fn, suffix=None):
-    "Call `write_fn(tmp_path)` on a temporary file next to `path`, then rename it onto `path`."
+    "Call `write_fn(tmp_path)` on a temporary file next to `path`, then rename it onto `path` (usual file permissions)."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix=suffix or path.suffix)
     os.close(fd)
     try:
         write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600 files: give the result the mode `open` would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.remove(tmp)
