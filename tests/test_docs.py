@@ -31,7 +31,7 @@ def nb_title(nb: Path) -> str:
     "The `# Title` of a notebook's first markdown cell, read from the source notebook itself."
     cells = json.loads(nb.read_text())['cells']
     md = next(''.join(c['source']) for c in cells if c['cell_type'] == 'markdown')
-    return re.match(r'#\s+(.+)', md.strip()).group(1).strip()
+    return re.match(r'#\s+(.+)', md.strip()).group(1).strip().replace('`', '')  # `code` renders without its backticks
 
 def source_notebooks():
     return sorted(p for p in (root/'nbs').glob('*.ipynb') if not p.name.startswith(('_', '.')))

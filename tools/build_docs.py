@@ -6,7 +6,8 @@ Every notebook in `nbs/` becomes one HTML page, in three steps, each redone only
    outputs back (figures, tables); successful ones move to `_build/exec/`. This is the project's notebook test.
 2. process: nbdev's own processors (`nbdev.processors.FilterDefaults`, as `nbdev-preview` applies them) turn each
    executed notebook into its documentation form: frontmatter from the title cell, `show_doc` cells added and run
-   for every exported function, exported and hidden cells removed, links to documented names added.
+   for every exported function, exported and hidden cells removed, links to documented names added. The outputs
+   of the other cells are those of the nbdev-test run (`doc_filters`).
 3. render: nbconvert's basic HTML template renders the processed notebook (figures embedded as data URIs); the
    quarto cell options nbdev leaves (`echo`, `output`, `include`) are applied here; every page gets
    a sidebar linking all pages: home, tutorials (`*tutorial*` notebooks) and the API reference (the rest).
@@ -80,14 +81,44 @@ def execute(nbs: list[Path], n_workers=2, force=False) -> list[Path]:
     return failed
 
 # ---------------------------------------------------------------------------------------------------- 2. process
+_SHOW_DIRS = {'export', 'exports', 'exporti', 'exec_doc'}
+
+def _imports_only(src: str) -> str:
+    "The import statements of a cell's source (empty if it has none or does not parse)."
+    import ast
+    try: tree = ast.parse(src)
+    except SyntaxError: return ''
+    return '\n'.join(ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
+
+def doc_filters():
+    "nbdev's `FilterDefaults`, with its `exec_show_docs` made for notebooks that `nbdev-test` already ran."
+    from nbdev.processors import FilterDefaults, exec_show_docs
+    class exec_show_docs_executed(exec_show_docs):
+        """Run exported and `show_doc` cells as nbdev does; of the other cells, only their imports (nbdev runs the whole
+        cell when it mixes imports with other code, which fails on names an earlier, unrun cell defines), keeping
+        the outputs of the real run."""
+        def __call__(self, cell):
+            if cell.cell_type != 'code' or not cell.get('source') or getattr(cell, 'has_sd', False) \
+               or (getattr(cell, 'directives_', {}) or {}).keys() & _SHOW_DIRS or cell.source.lstrip().startswith('show_doc'):
+                return super().__call__(cell)
+            src, outs = cell.source, cell.get('outputs')
+            try:
+                cell.source = _imports_only(src)
+                if cell.source: super().__call__(cell)
+            finally:
+                cell.source = src
+                if outs is not None: cell['outputs'] = outs
+    class DocFilters(FilterDefaults):
+        def base_procs(self): return [exec_show_docs_executed if p is exec_show_docs else p for p in super().base_procs()]
+    return DocFilters()
+
 def process(nb_path: Path):
     "Apply nbdev's doc processors to the executed notebook at `nb_path` (run with the notebook's folder as cwd)."
     from fastcore.nbio import read_nb
-    from nbdev.processors import FilterDefaults
     warnings.filterwarnings('ignore', message='Found cells containing imports')
     nb = read_nb(nb_path)
     cwd = os.getcwd(); os.chdir(nb_path.parent)
-    try: FilterDefaults()(nb)
+    try: doc_filters()(nb)
     finally: os.chdir(cwd)
     return nb
 
@@ -211,6 +242,10 @@ def _doc_url() -> str:
 
 SECTIONS = ('Home', 'Tutorials', 'API reference')
 
+def title_html(title: str) -> str:
+    "A page title as HTML, its `code` spans as <code>."
+    return re.sub(r'`([^`]+)`', r'<code>\1</code>', html.escape(title))
+
 def sidebar(pages: list[dict], current: str) -> str:
     parts = [f'<a class="brand" href="index.html">{PKG}</a>']
     for sec in SECTIONS:
@@ -219,7 +254,7 @@ def sidebar(pages: list[dict], current: str) -> str:
         parts.append(f'<h4>{sec}</h4><ul>')
         for p in items:
             cls = ' class="current"' if p['page'] == current else ''
-            parts.append(f'<li><a{cls} href="{p["page"]}">{html.escape(p["title"])}</a></li>')
+            parts.append(f'<li><a{cls} href="{p["page"]}">{title_html(p["title"])}</a></li>')
         parts.append('</ul>')
     return '\n'.join(parts)
 
@@ -227,7 +262,7 @@ PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} – {pkg}</title><link rel="stylesheet" href="style.css"></head>
 <body><nav class="sidebar" id="sidebar">{sidebar}</nav>
-<main class="content"><header class="page-header"><h1 class="title">{title}</h1>{desc}</header>
+<main class="content"><header class="page-header"><h1 class="title">{h1}</h1>{desc}</header>
 {body}
 <footer>Built from <code>{source}</code>: executed by <code>nbdev-test</code>, processed by nbdev, rendered by nbconvert.</footer>
 </main></body></html>
@@ -240,7 +275,7 @@ def write_site(pages: list[dict], out=SITE):
     for p in pages:
         desc = markdown2html(p['description']) if p['description'] else ''
         desc = f'<div class="description">{desc}</div>' if desc else ''
-        (out/p['page']).write_text(PAGE.format(title=html.escape(p['title']), pkg=PKG, sidebar=sidebar(pages, p['page']),
+        (out/p['page']).write_text(PAGE.format(title=html.escape(p['title'].replace('`', '')), h1=title_html(p['title']), pkg=PKG, sidebar=sidebar(pages, p['page']),
             desc=desc, body=_links(p['body'], names, doc_url), source=p['source']))
     (out/'style.css').write_text(style())
     (out/'pages.json').write_text(json.dumps([{k: v for k, v in p.items() if k != 'body'} for p in pages], indent=1))
