@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 OUT     ?= demo_out
 
-.PHONY: demo test install install-dev export sync-check pytest nbtest readme clean
+.PHONY: demo test docs install install-dev export sync-check pytest nbtest readme clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,14 @@ install-dev: $(VENV)/.stamp-dev
 demo: install
 	$(PY) -m fastai_attncrop.demo --out $(OUT)
 
-## Tests: notebooks and modules in sync, pytest, then every notebook executed by nbdev-test
-test: install-dev sync-check pytest nbtest
+## Tests: notebooks and modules in sync, every notebook executed by nbdev-test, the docs site built from those runs,
+## then pytest (tests/test_docs.py opens the site in headless Chromium when it is installed)
+test: install-dev sync-check nbtest docs pytest
+
+## Docs: the static site in _site/ (offline, no quarto): notebooks executed (only those that changed since the last
+## run), processed by nbdev's processors, rendered by nbconvert; open _site/index.html
+docs: install-dev
+	OMP_NUM_THREADS=1 $(PY) tools/build_docs.py --n-workers 2
 
 export: install-dev
 	$(VENV)/bin/nbdev-export
@@ -47,11 +53,12 @@ pytest: install-dev
 	$(VENV)/bin/pytest tests/ -q
 
 # Two notebooks run at once on two cores: one thread each, or OpenMP threads stall on each other.
+# nbdev-test runs every notebook on a copy in _build/ with --save, so that `make docs` renders those outputs.
 nbtest: install-dev
-	OMP_NUM_THREADS=1 $(VENV)/bin/nbdev-test --n-workers 2
+	OMP_NUM_THREADS=1 $(PY) tools/build_docs.py --execute --force --n-workers 2
 
 readme: install-dev
 	$(PY) tools/make_readme.py
 
 clean:
-	rm -rf $(OUT) _proc _docs .pytest_cache
+	rm -rf $(OUT) _proc _docs _build _site screenshots .pytest_cache

@@ -8,6 +8,7 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/metrics.html.md"""
 from __future__ import annotations
 import numpy as np, pandas as pd, torch, torch.nn.functional as F
 import matplotlib.pyplot as plt
+from PIL import Image
 from .boxes import mass_box, component_boxes, fallback_maps
 
 # %% auto #0

@@ -161,3 +161,16 @@ def test_eps_curve_monotone():
     curve = eps_curve(maps, gt)
     assert (np.diff(curve.area_reduction) >= -1e-9).all() and (np.diff(curve.recall) <= 1e-9).all()
     assert curve.area_reduction.iloc[0] == pytest.approx(0, abs=1e-9)   # eps = 0: dense maps give the whole image
+
+def test_show_boxes_reads_images_from_root(tmp_path):
+    "show_boxes opens the images by path under `root` (it once failed: PIL's Image was not imported)."
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from PIL import Image
+    from fastai_attncrop.metrics import show_boxes
+    Image.new('RGB', (20, 10), 'white').save(tmp_path/'a.png')
+    gt = pd.DataFrame(dict(image=['a.png'], label='x', xmin=[2], ymin=[2], xmax=[8], ymax=[6]))
+    fig = show_boxes(None, gt, gt.assign(xmin=[1]), root=tmp_path, ncols=1)
+    ax = fig.axes[0]
+    assert ax.images[0].get_array().shape[:2] == (10, 20) and len(ax.patches) == 2
+    plt.close(fig)
