@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy, hashlib, os, shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import SimpleNamespace
 from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn
@@ -144,9 +145,9 @@ def _chunk_rows(learn, chunk:pd.DataFrame, dl, wh, method, margins, target, area
     return out
 
 # %% ../nbs/06_learner.ipynb #6e950fb2
-def box_pass(learn:Learner, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5, bs=None,
-             cache=True, chunk_batches=8, progress=True) -> pd.DataFrame:
-    "Boxes DataFrame (see the table above) of `items` (default: the learner's training and validation items)."
+def _box_plan(learn, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5, bs=None,
+              cache=True, chunk_batches=8) -> SimpleNamespace:
+    "The checked arguments of a box pass: its items cut in chunks, the frame transforms and the cache files (or None)."
     margins = check_margins(margins)
     if target not in (None, 'label'): raise ValueError(f"`target` must be None (the predicted class) or 'label', got {target!r}")
     if not 0 <= area_tau < 1: raise ValueError(f"`area_tau` must be in [0, 1), got {area_tau!r}")
@@ -164,12 +165,23 @@ def box_pass(learn:Learner, items=None, method='gradcam', margins=(0.95, 0.8, 0.
     if cdir is not None:
         key = _cache_key(learn, df, params)
         final, parts = cdir/f"boxes-{key}.pkl", cdir/f"boxes-{key}.parts"
-        if final.exists(): return pd.read_pickle(final)
-    chunks = [df.iloc[s:s+cs] for s in range(0, len(df), cs)]
-    done = {c: pd.read_pickle(parts/f"{c:05d}.pkl") for c in range(len(chunks))
-            if parts is not None and (parts/f"{c:05d}.pkl").exists()}
-    todo = [c for c in range(len(chunks)) if c not in done]
-    total = sum(-(-len(chunks[c])//bs) for c in todo)
+    return SimpleNamespace(df=df, chunks=[df.iloc[s:s+cs] for s in range(0, len(df), cs)], bs=bs, tfms=tfms, vocab=vocab,
+                           method=method, margins=margins, target=target, area_tau=area_tau, final=final, parts=parts)
+
+def _saved_parts(plan) -> dict:
+    "The chunks of an interrupted pass that are already on disk, by chunk index."
+    if plan.parts is None: return {}
+    return {c: pd.read_pickle(plan.parts/f"{c:05d}.pkl") for c in range(len(plan.chunks)) if (plan.parts/f"{c:05d}.pkl").exists()}
+
+def _save_part(plan, c, rows) -> pd.DataFrame:
+    "Write chunk `c` atomically (with a cache) and return it as read back, so that resumed and fresh results are identical."
+    if plan.parts is None: return rows
+    _write_pickle(rows, plan.parts/f"{c:05d}.pkl")
+    return pd.read_pickle(plan.parts/f"{c:05d}.pkl")
+
+def _box_chunks(learn, plan, todo, progress=True):
+    "Yield `(c, rows)` for each chunk index `c` of `todo`, in order."
+    total = sum(-(-len(plan.chunks[c])//plan.bs) for c in todo)
     bar = progress_bar(range(total), leave=False) if progress and total else None
     count = [0]
     def tick():
@@ -181,19 +193,31 @@ def box_pass(learn:Learner, items=None, method='gradcam', margins=(0.95, 0.8, 0.
     # second time cost as much as 10% of the pass when done in line.
     ex = ThreadPoolExecutor(1)
     try:
-        sizes = {c: ex.submit(_image_sizes, chunks[c]['item']) for c in todo}
+        sizes = {c: ex.submit(_image_sizes, plan.chunks[c]['item']) for c in todo}
         for c in todo:
-            dl = _test_dl(learn, chunks[c]['item'], bs)
-            rows = _chunk_rows(learn, chunks[c], dl, sizes[c].result(), method, margins, target, area_tau, tfms, frames, vocab, tick)
-            if parts is not None: _write_pickle(rows, parts/f"{c:05d}.pkl"); rows = pd.read_pickle(parts/f"{c:05d}.pkl")
-            done[c] = rows
+            dl = _test_dl(learn, plan.chunks[c]['item'], plan.bs)
+            yield c, _chunk_rows(learn, plan.chunks[c], dl, sizes[c].result(), plan.method, plan.margins, plan.target,
+                                 plan.area_tau, plan.tfms, frames, plan.vocab, tick)
     finally: ex.shutdown(wait=True, cancel_futures=True)
     if bar is not None: bar.on_iter_end()
-    out = pd.concat([done[c] for c in range(len(chunks))], ignore_index=True) if chunks else pd.DataFrame()
-    if final is not None:
-        _write_pickle(out, final)
-        shutil.rmtree(parts, ignore_errors=True)
+
+def _box_table(plan, done:dict) -> pd.DataFrame:
+    "The chunks of `done` in order as one table; with a cache, written once (atomically) and the chunk files removed."
+    out = pd.concat([done[c] for c in range(len(plan.chunks))], ignore_index=True) if plan.chunks else pd.DataFrame()
+    if plan.final is not None:
+        _write_pickle(out, plan.final)
+        shutil.rmtree(plan.parts, ignore_errors=True)
     return out
+
+def box_pass(learn:Learner, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5, bs=None,
+             cache=True, chunk_batches=8, progress=True) -> pd.DataFrame:
+    "Boxes DataFrame (see the table above) of `items` (default: the learner's training and validation items)."
+    plan = _box_plan(learn, items, method, margins, target, area_tau, bs, cache, chunk_batches)
+    if plan.final is not None and plan.final.exists(): return pd.read_pickle(plan.final)
+    done = _saved_parts(plan)
+    for c, rows in _box_chunks(learn, plan, [c for c in range(len(plan.chunks)) if c not in done], progress):
+        done[c] = _save_part(plan, c, rows)
+    return _box_table(plan, done)
 
 # %% ../nbs/06_learner.ipynb #ac8a935c
 ADAPTIVE_MARGINS = (0.95, 0.9, 0.8, 0.7, 0.6)
@@ -235,13 +259,13 @@ def _fresh_learner(learn:Learner, dls) -> Learner:
 @patch
 def attention_crop(self:Learner, epochs=3, lr=None, margins=(0.95, 0.8, 0.6), crop_share=0.5, crop_valid=False,
                    valid_margin=None, method='gradcam', target=None, fresh=False, fit='fit_one_cycle', cache=True, bs=None,
-                   pad_rel=0., seed=0, item_tfms=None, batch_tfms=None, progress=True, **fit_kwargs) -> AttentionCropResult:
+                   pad_rel=0., seed=0, item_tfms=None, batch_tfms=None, progress=True, boxes=None, **fit_kwargs) -> AttentionCropResult:
     "Box the learner's items with saliency maps, mix crops into its DataLoaders and re-fit; metrics before and after."
     grid = list(ADAPTIVE_MARGINS) if margins == 'adaptive' else check_margins(margins)
     if valid_margin is not None: grid += [m for m in check_margins(valid_margin) if m not in grid]
     valid0 = self.dls.valid
     before = _metrics(self, valid0)
-    boxes = box_pass(self, method=method, margins=grid, target=target, bs=bs, cache=cache, progress=progress)
+    if boxes is None: boxes = box_pass(self, method=method, margins=grid, target=target, bs=bs, cache=cache, progress=progress)
     dls = attention_dls(self.dls, boxes, margins, crop_share=crop_share, crop_valid=crop_valid, valid_margin=valid_margin,
                         pad_rel=pad_rel, item_tfms=item_tfms, batch_tfms=batch_tfms, bs=bs, seed=seed)
     if fresh: learn = _fresh_learner(self, dls)
