@@ -29,8 +29,8 @@ from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropIt
                                   crop_image)
 
 # %% auto #0
-__all__ = ['ADAPTIVE_MARGINS', 'learner_items', 'box_pass', 'AttentionCropResult', 'fresh_model', 'AttentionCropCallback',
-           'penultimate_features']
+__all__ = ['ADAPTIVE_MARGINS', 'learner_items', 'box_pass', 'AttentionCropResult', 'box_margins', 'fresh_model',
+           'AttentionCropCallback', 'penultimate_features']
 
 # %% ../nbs/06_learner.ipynb #b5396abf
 def _item_path(o): return o.path if isinstance(o, CropItem) else o
@@ -237,6 +237,12 @@ class AttentionCropResult:
         n = len(self.dls.train_ds); nc = sum(o.crop for o in self.dls.train_ds.items)
         return (f"AttentionCropResult: {len(self.boxes)} items boxed, {nc} of {n} training items cropped\n" + '\n'.join(rows))
 
+def box_margins(margins=(0.95, 0.8, 0.6), valid_margin=None) -> list:
+    "The margins `attention_crop` boxes the items at: `margins` (`'adaptive'`: `ADAPTIVE_MARGINS`) and `valid_margin`."
+    grid = list(ADAPTIVE_MARGINS) if margins == 'adaptive' else check_margins(margins)
+    if valid_margin is not None: grid += [m for m in check_margins(valid_margin) if m not in grid]
+    return grid
+
 def _metrics(learn, dl) -> dict:
     "Validation loss and metrics of `learn` on `dl`, by name."
     with learn.no_bar(): vals = learn.validate(dl=dl)
@@ -261,8 +267,7 @@ def attention_crop(self:Learner, epochs=3, lr=None, margins=(0.95, 0.8, 0.6), cr
                    valid_margin=None, method='gradcam', target=None, fresh=False, fit='fit_one_cycle', cache=True, bs=None,
                    pad_rel=0., seed=0, item_tfms=None, batch_tfms=None, progress=True, boxes=None, **fit_kwargs) -> AttentionCropResult:
     "Box the learner's items with saliency maps, mix crops into its DataLoaders and re-fit; metrics before and after."
-    grid = list(ADAPTIVE_MARGINS) if margins == 'adaptive' else check_margins(margins)
-    if valid_margin is not None: grid += [m for m in check_margins(valid_margin) if m not in grid]
+    grid = box_margins(margins, valid_margin)
     valid0 = self.dls.valid
     before = _metrics(self, valid0)
     if boxes is None: boxes = box_pass(self, method=method, margins=grid, target=target, bs=bs, cache=cache, progress=progress)
