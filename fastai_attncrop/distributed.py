@@ -22,7 +22,7 @@ from .learner import (box_pass, box_margins, _box_plan, _saved_parts, _save_part
                                      _write_pickle)
 
 # %% auto #0
-__all__ = ['setup_distributed', 'DistributedBoxPassError', 'distrib_box_pass', 'distrib_fit', 'run', 'main']
+__all__ = ['setup_distributed', 'DistributedBoxPassError', 'distrib_box_pass', 'distrib_fit', 'run_folder', 'main']
 
 # %% ../nbs/08_distributed.ipynb #59ca3efd
 def _use_cpu() -> bool: return not torch.cuda.is_available()
@@ -124,7 +124,7 @@ def _learner(data, arch, size, bs, seed, device):
     learn.model.to(device)
     return learn
 
-def run(data, out='boxes.pkl', arch='small_cnn', size=64, bs=64, weights=None, fit_epochs=0, lr=1e-2,
+def run_folder(data, out='boxes.pkl', arch='small_cnn', size=64, bs=64, weights=None, fit_epochs=0, lr=1e-2,
         margins=(0.95, 0.8, 0.6), method='gradcam', cache=None, refit_epochs=0, chunk_batches=8, seed=0) -> dict:
     "The launched script: learner, sharded box pass (and re-fit) in this process's share; rank 0 writes `out`."
     state = setup_distributed()
@@ -164,7 +164,7 @@ def main(data:str=None,             # image folder with train/ and valid/ (one s
     "Sharded box pass (and re-fit) of an image folder; launch with `torchrun` or `accelerate launch`."
     if data is None: raise SystemExit("--data is required: an image folder with train/ and valid/")
     try:
-        summary = run(data, out, arch, size, bs, weights, fit_epochs, lr, [float(m) for m in margins.split(',')],
+        summary = run_folder(data, out, arch, size, bs, weights, fit_epochs, lr, [float(m) for m in margins.split(',')],
                       method, cache, refit_epochs, chunk_batches, seed)
         if _world()[0] == 0: print(json.dumps(summary))
     finally: teardown_distrib()
