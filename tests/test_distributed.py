@@ -36,10 +36,13 @@ def launch(tmp, root, passes, fail=None, name='spec'):
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MASTER_ADDR': '127.0.0.1',
            'PYTHONPATH': os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get('PYTHONPATH', '')])}
     r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
-                        '--master_port', str(_free_port()), '--monitor_interval', '0.1', str(WORKER), str(tmp/f'{name}.json')],
+                        '--master_port', str(_free_port()), '--monitor_interval', '0.1', '--log-dir', str(tmp/f'logs-{name}'),
+                        '--redirects', '3', str(WORKER), str(tmp/f'{name}.json')],
                        capture_output=True, text=True, env=env, timeout=240)
-    out = r.stdout + r.stderr
-    reports = [json.loads(l) for l in r.stdout.splitlines() if l.startswith('{"rank"')]
+    # each rank's output in its own file: two ranks writing one pipe at once can cut each other's lines
+    logs = sorted((tmp/f'logs-{name}').rglob('*.log'))
+    out = r.stdout + r.stderr + ''.join(f.read_text() for f in logs)
+    reports = [json.loads(l) for f in logs if f.name == 'stdout.log' for l in f.read_text().splitlines() if l.startswith('{"rank"')]
     return r.returncode, out, sorted(reports, key=lambda o: o['rank'])
 
 def _finals(cache): return list(Path(cache).glob('boxes-*.pkl'))
