@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 import numpy as np, pandas as pd, torch, torch.nn as nn
 import matplotlib.pyplot as plt
 from PIL import Image
@@ -31,7 +32,7 @@ from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropIt
 
 # %% auto #0
 __all__ = ['ADAPTIVE_MARGINS', 'FIT_METHODS', 'learner_items', 'image_class', 'check_vision_learner', 'OpenImage', 'load_batches',
-           'box_chunk', 'box_pass', 'AttentionCropResult', 'fresh_model', 'AttentionCropCallback',
+           'box_chunk', 'box_pass', 'AttentionCropResult', 'fresh_model', 'box_margins', 'AttentionCropCallback',
            'penultimate_features']
 
 # %% ../nbs/06_learner.ipynb #b5396abf
@@ -247,9 +248,9 @@ def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95
     return out
 
 # %% ../nbs/06_learner.ipynb #5be51ee0
-def box_pass(learn:Learner, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5, bs=None,
-             cache=True, chunk_batches=8, progress=True, on_error='report') -> pd.DataFrame:
-    "Boxes DataFrame (see the table above) of `items` (default: the learner's training and validation items)."
+def _box_plan(learn, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5, bs=None,
+              cache=True, chunk_batches=8, on_error='report') -> SimpleNamespace:
+    "The checked arguments of a box pass: its items cut in chunks, the frame transforms and the cache files (or None)."
     margins = check_margins(margins)
     if on_error not in ('report', 'raise'): raise ValueError(f"`on_error` must be 'report' or 'raise', got {on_error!r}")
     if not 0 <= area_tau < 1: raise ValueError(f"`area_tau` must be in [0, 1), got {area_tau!r}")
@@ -269,29 +270,27 @@ def box_pass(learn:Learner, items=None, method='gradcam', margins=(0.95, 0.8, 0.
                   target=target, area_tau=area_tau, bs=bs, chunk=cs, tfms=repr(tfms),
                   after_batch=repr(learn.dls.valid.after_batch), version=fastai_attncrop.__version__)
     cdir = _cache_dir(learn, cache)
-    final = parts = out = None
+    final = parts = None
     if cdir is not None:
         key = _cache_key(learn, df, params)
         final, parts = cdir/f"boxes-{key}.pkl", cdir/f"boxes-{key}.parts"
-        if final.exists(): out = pd.read_pickle(final)
-    if out is None: out = _run_chunks(learn, df, cs, bs, meth, margins, target, area_tau, on_error, parts, final, progress)
-    return _check_failures(out, on_error)
+    return SimpleNamespace(df=df, chunks=[df.iloc[s:s+cs] for s in range(0, len(df), cs)], bs=bs, method=meth, margins=margins,
+                           target=target, area_tau=area_tau, on_error=on_error, final=final, parts=parts)
 
-def _check_failures(out:pd.DataFrame, on_error) -> pd.DataFrame:
-    bad = failed_rows(out)
-    if bad.any():
-        first = out[bad].iloc[0]
-        if on_error == 'raise': raise UnreadableImageError(first['item'], first['error'])
-        warnings.warn(f"box pass: {bad.sum()} of {len(out)} images could not be read and have no boxes (see the `error` "
-                      f"column), e.g. {first['item']}: {first['error']}")
-    return out
+def _saved_parts(plan) -> dict:
+    "The chunks of an interrupted pass that are already on disk, by chunk index."
+    if plan.parts is None: return {}
+    return {c: pd.read_pickle(plan.parts/f"{c:05d}.pkl") for c in range(len(plan.chunks)) if (plan.parts/f"{c:05d}.pkl").exists()}
 
-def _run_chunks(learn, df, cs, bs, method, margins, target, area_tau, on_error, parts, final, progress):
-    chunks = [df.iloc[s:s+cs] for s in range(0, len(df), cs)]
-    done = {c: pd.read_pickle(parts/f"{c:05d}.pkl") for c in range(len(chunks))
-            if parts is not None and (parts/f"{c:05d}.pkl").exists()}
-    todo = [c for c in range(len(chunks)) if c not in done]
-    total = sum(-(-len(chunks[c])//bs) for c in todo)
+def _save_part(plan, c, rows) -> pd.DataFrame:
+    "Write chunk `c` atomically (with a cache) and return it as read back, so that resumed and fresh results are identical."
+    if plan.parts is None: return rows
+    _write_pickle(rows, plan.parts/f"{c:05d}.pkl")
+    return pd.read_pickle(plan.parts/f"{c:05d}.pkl")
+
+def _box_chunks(learn, plan, todo, progress=True):
+    "Yield `(c, rows)` for each chunk index `c` of `todo`, in order."
+    total = sum(-(-len(plan.chunks[c])//plan.bs) for c in todo)
     bar = progress_bar(range(total), leave=False) if progress and total else None
     count = [0]
     def tick():
@@ -303,18 +302,39 @@ def _run_chunks(learn, df, cs, bs, method, margins, target, area_tau, on_error, 
     # second time cost as much as 10% of the pass when done in line.
     ex = ThreadPoolExecutor(1)
     try:
-        sizes = {c: ex.submit(_image_sizes, chunks[c]['item'].astype(str).tolist()) for c in todo}
+        sizes = {c: ex.submit(_image_sizes, plan.chunks[c]['item'].astype(str).tolist()) for c in todo}
         for c in todo:
-            rows = box_chunk(learn, chunks[c], method, margins, target, area_tau, bs, on_error, sizes[c].result(), frames, tick)
-            if parts is not None: _write_pickle(rows, parts/f"{c:05d}.pkl"); rows = pd.read_pickle(parts/f"{c:05d}.pkl")
-            done[c] = rows
+            yield c, box_chunk(learn, plan.chunks[c], plan.method, plan.margins, plan.target, plan.area_tau, plan.bs,
+                               plan.on_error, sizes[c].result(), frames, tick)
     finally: ex.shutdown(wait=True, cancel_futures=True)
     if bar is not None: bar.on_iter_end()
-    out = pd.concat([done[c] for c in range(len(chunks))], ignore_index=True) if chunks else pd.DataFrame()
-    if final is not None:
-        _write_pickle(out, final)
-        shutil.rmtree(parts, ignore_errors=True)
+
+def _box_table(plan, done:dict) -> pd.DataFrame:
+    "The chunks of `done` in order as one table; with a cache, written once (atomically) and the chunk files removed."
+    out = pd.concat([done[c] for c in range(len(plan.chunks))], ignore_index=True) if plan.chunks else pd.DataFrame()
+    if plan.final is not None:
+        _write_pickle(out, plan.final)
+        shutil.rmtree(plan.parts, ignore_errors=True)
     return out
+
+def _check_failures(out:pd.DataFrame, on_error) -> pd.DataFrame:
+    bad = failed_rows(out)
+    if bad.any():
+        first = out[bad].iloc[0]
+        if on_error == 'raise': raise UnreadableImageError(first['item'], first['error'])
+        warnings.warn(f"box pass: {bad.sum()} of {len(out)} images could not be read and have no boxes (see the `error` "
+                      f"column), e.g. {first['item']}: {first['error']}")
+    return out
+
+def box_pass(learn:Learner, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5, bs=None,
+             cache=True, chunk_batches=8, progress=True, on_error='report') -> pd.DataFrame:
+    "Boxes DataFrame (see the table above) of `items` (default: the learner's training and validation items)."
+    plan = _box_plan(learn, items, method, margins, target, area_tau, bs, cache, chunk_batches, on_error)
+    if plan.final is not None and plan.final.exists(): return _check_failures(pd.read_pickle(plan.final), on_error)
+    done = _saved_parts(plan)
+    for c, rows in _box_chunks(learn, plan, [c for c in range(len(plan.chunks)) if c not in done], progress):
+        done[c] = _save_part(plan, c, rows)
+    return _check_failures(_box_table(plan, done), on_error)
 
 # %% ../nbs/06_learner.ipynb #ac8a935c
 ADAPTIVE_MARGINS = (0.95, 0.9, 0.8, 0.7, 0.6)
@@ -370,6 +390,12 @@ def _undone_on_failure(learn:Learner):
         learn.opt, learn.dls = opt, dls
         raise
 
+def box_margins(margins=(0.95, 0.8, 0.6), valid_margin=None) -> list:
+    "The margins `attention_crop` boxes the items at: `margins` (`'adaptive'`: `ADAPTIVE_MARGINS`) and `valid_margin`."
+    grid = list(ADAPTIVE_MARGINS) if margins == 'adaptive' else check_margins(margins)
+    if valid_margin is not None: grid += [m for m in check_margins(valid_margin) if m not in grid]
+    return grid
+
 def _check_fit(learn, fit):
     ok = callable(getattr(learn, fit, None)) if isinstance(fit, str) else callable(fit)
     if not ok: raise ValueError(f"`fit` must name a fitting method of the Learner ({', '.join(FIT_METHODS)}, ...) or be a "
@@ -380,17 +406,18 @@ FIT_METHODS = ('fit_one_cycle', 'fit', 'fine_tune', 'fit_flat_cos', 'fit_sgdr')
 @patch
 def attention_crop(self:Learner, epochs=3, lr=None, margins=(0.95, 0.8, 0.6), crop_share=0.5, crop_valid=False,
                    valid_margin=None, method='gradcam', target=None, fresh=False, fit='fit_one_cycle', cache=True, bs=None,
-                   pad_rel=0., seed=0, item_tfms=None, batch_tfms=None, progress=True, on_error='report', **fit_kwargs) -> AttentionCropResult:
+                   pad_rel=0., seed=0, item_tfms=None, batch_tfms=None, progress=True, on_error='report', boxes=None,
+                   **fit_kwargs) -> AttentionCropResult:
     "Box the learner's items with saliency maps, mix crops into its DataLoaders and re-fit; metrics before and after."
-    grid = list(ADAPTIVE_MARGINS) if margins == 'adaptive' else check_margins(margins)
-    if valid_margin is not None: grid += [m for m in check_margins(valid_margin) if m not in grid]
+    grid = box_margins(margins, valid_margin)
     if not 0 <= crop_share <= 1: raise ValueError(f"`crop_share` must be in [0, 1], got {crop_share!r}")
     if not 0 <= pad_rel: raise ValueError(f"`pad_rel` must be >= 0, got {pad_rel!r}")
     _check_fit(self, fit)
     check_vision_learner(self)
     valid0 = self.dls.valid
     before = _metrics(self, valid0)
-    boxes = box_pass(self, method=method, margins=grid, target=target, bs=bs, cache=cache, progress=progress, on_error=on_error)
+    if boxes is None:
+        boxes = box_pass(self, method=method, margins=grid, target=target, bs=bs, cache=cache, progress=progress, on_error=on_error)
     set_seed(seed)   # the crops drawn, a fresh model's weights and the shuffling: the same call gives the same result
     dls = attention_dls(self.dls, boxes, margins, crop_share=crop_share, crop_valid=crop_valid, valid_margin=valid_margin,
                         pad_rel=pad_rel, item_tfms=item_tfms, batch_tfms=batch_tfms, bs=bs, seed=seed)
