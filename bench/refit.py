@@ -29,8 +29,9 @@ def error(learn):
 
 def main(a):
     if a.threads: torch.set_num_threads(a.threads)
-    root = make_shapes(Path(tempfile.gettempdir())/f'attncrop_refit_{a.n_train}_{a.size}', n_train=a.n_train, n_valid=a.n_valid,
-                       classes=a.classes, size=a.size, obj_frac=tuple(a.obj_frac), seed=0)
+    img_size = a.image_size or a.size
+    root = make_shapes(Path(tempfile.gettempdir())/f'attncrop_refit_{a.n_train}_{img_size}', n_train=a.n_train, n_valid=a.n_valid,
+                       classes=a.classes, size=img_size, obj_frac=tuple(a.obj_frac), seed=0)
     margins = 'adaptive' if a.margins == ['adaptive'] else [float(m) for m in a.margins]
     e1 = a.epochs1 if a.epochs1 is not None else a.epochs // 2
     e2 = max(1, round((a.epochs - e1) * (1 - a.crop_share)))
@@ -47,7 +48,7 @@ def main(a):
         ea = 1 - res.metrics_after['accuracy']
         ec = 1 - res.metrics_after_cropped['accuracy'] if res.metrics_after_cropped else float('nan')
         rows.append((seed, eb, 1 - res.metrics_before['accuracy'], ea, ec, time.time() - t0))
-    print(f"objects {a.obj_frac} of the area, {a.classes} classes x {a.n_train} training images, {a.size}px; "
+    print(f"objects {a.obj_frac} of the area, {a.classes} classes x {a.n_train} training images of {img_size}px, network input {a.size}px; "
           f"baseline {a.epochs} epochs; attncrop {e1} epochs + attention_crop {e2} epochs on the mixed set "
           f"(margins {margins}, crop_share {a.crop_share}, crop_valid {a.crop_valid}, boxes for the {a.target})")
     # the errors are on the uncropped validation images; 'cropped valid' is the re-fitted model on validation images
@@ -63,7 +64,9 @@ if __name__ == '__main__':
     p.add_argument('--n-train', type=int, default=300, help='training images per class')
     p.add_argument('--n-valid', type=int, default=50, help='validation images per class')
     p.add_argument('--classes', type=int, default=4)
-    p.add_argument('--size', type=int, default=64)
+    p.add_argument('--size', type=int, default=64, help='network input size (images are squashed to it)')
+    p.add_argument('--image-size', type=int, default=None, help='size of the generated images (default: --size); crops '
+                   'of larger images keep more of the object\'s pixels than the squashed whole image')
     p.add_argument('--obj-frac', type=float, nargs=2, default=[0.05, 0.1])
     p.add_argument('--epochs', type=int, default=10, help='budget E, in epochs over the plain training set')
     p.add_argument('--epochs1', type=int, default=None, help='epochs before the re-fit (default E // 2)')

@@ -298,7 +298,8 @@ def test_writes_are_atomic(setup, tmp_path, monkeypatch):
     assert [p for p in (tmp_path/'crops').rglob('*') if p.is_file()] == []
 
 _SIGINT_SCRIPT = '''
-import sys, time, torch
+import signal, sys, time, torch
+signal.signal(signal.SIGINT, signal.default_int_handler)   # a shell's background job starts with Ctrl-C ignored
 from functools import partial
 from fastai.vision.all import ImageDataLoaders, Resize, vision_learner
 import fastai_attncrop.learner as L
@@ -432,7 +433,11 @@ def test_interrupted_export_resumes_to_the_same_files(setup, tmp_path, monkeypat
         if n[0] == 17: os.kill(os.getpid(), signal.SIGINT)   # a real Ctrl-C, delivered in the middle of the export
         return real(*a, **k)
     monkeypatch.setattr(crop_mod, 'save_image_atomic', flaky)
-    with pytest.raises(KeyboardInterrupt): export_crops(bx, tmp_path/'out', root=root, progress=False)
+    # Python's own Ctrl-C handler, also when pytest runs as a shell's background job (which starts with SIGINT ignored)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt): export_crops(bx, tmp_path/'out', root=root, progress=False)
+    finally: signal.signal(signal.SIGINT, old)
     monkeypatch.undo()
     assert 0 < len(_digest(tmp_path/'out')) < len(bx)
     again = export_crops(bx, tmp_path/'out', root=root, progress=False)
