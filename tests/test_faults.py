@@ -23,13 +23,9 @@ warnings.filterwarnings('ignore')
 class Interrupted(Exception): "Stands for a crash in the middle of a pass."
 
 @pytest.fixture(scope='module')
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, shapes_learner):
     tmp = tmp_path_factory.mktemp('faults')
-    root = make_shapes(tmp/'shapes', n_train=40, n_valid=8, classes=3, size=48, obj_frac=(0.2, 0.4), background='plain', seed=0)
-    set_seed(0)
-    dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(48), bs=8, num_workers=0)
-    learn = vision_learner(dls, partial(small_cnn, widths=(16, 32, 32, 32)), pretrained=False, metrics=accuracy)
-    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(4, 3e-3)
+    root, learn = shapes_learner(tmp, n_train=40, bs=8, widths=(16, 32, 32, 32), epochs=4)
     return tmp, root, learn
 
 def _valid(learn): return learner_items(learn).query("split=='valid'").item.tolist()
