@@ -1,8 +1,10 @@
 """Benchmark (not a timed test): weakly-supervised localization on real photographs, in the seed paper's layout.
 
-Trains two classifiers from scratch with fastai (cached in git-ignored `bench/cache/localization/`):
-* full: all Imagenette training images of `--train-dir` (500 per class here);
-* small: `--small-per-class` images per class (the seed's "small model": 10 classes, < 100... here 100 per class).
+Two classifiers trained from scratch with fastai (resnet18, 128 px, `pretrained=False`):
+* full: `--weights` (../shared/data/weights/resnet18_imagenette128.pth, trained here from scratch on 9,103 Imagenette
+  images) when present, as the cached full model; otherwise (or with `--train-full`) the same recipe is trained on
+  all training images of `--train-dir` and cached in git-ignored `bench/cache/localization/`;
+* small: 100 images per class (the seed's "small model"), trained here and cached the same way.
 Then, on the box set (`--boxes-dir`: images/, labels.csv, boxes.csv, classes.csv), computes Grad-CAM and Grad-CAM++
 maps for the predicted and for the ground-truth class, cuts boxes with `mass_box` at eps = 2.5% (and a sweep of eps),
 and scores them with `evaluate_localization`: recall, precision, IoU, mAP, area reduction, BoxAcc@0.5, MaxBoxAccV2,
@@ -16,7 +18,7 @@ object for Grad-CAM on the full model at eps = 2.5% (predicted class).
 import argparse, json, platform, time, warnings, datetime
 from pathlib import Path
 warnings.filterwarnings('ignore')
-import numpy as np, pandas as pd, torch, torch.nn as nn, torchvision
+import numpy as np, pandas as pd, torch
 from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, parent_label, Resize, aug_transforms, Normalize, imagenet_stats, vision_learner,
                                create_vision_model, accuracy, set_seed, get_image_files, resnet18, GrandparentSplitter)
 
@@ -24,15 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent/'shared'/'data'
 CACHE = REPO/'bench'/'cache'/'localization'
 
-def resnet18_s16(pretrained=False, **kwargs):
-    "torchvision resnet18 whose last stage keeps stride 1: final features at stride 16 (14x14 at 224 px, 8x8 at 128)."
-    if pretrained: raise ValueError("no pretrained weights on these machines: use pretrained=False")
-    m = torchvision.models.resnet18(weights=None, **kwargs)
-    m.layer4[0].conv1.stride = (1, 1)
-    m.layer4[0].downsample[0].stride = (1, 1)
-    return m
-
-ARCHS = {'resnet18': resnet18, 'resnet18_s16': resnet18_s16}
+ARCHS = {'resnet18': resnet18}
 
 def _subset(files, per_class, seed=0):
     "The first `per_class` files of each class folder after a seeded shuffle."
@@ -169,7 +163,7 @@ def evaluate(models, a, labels, gt):
     except ImportError: print("pytorch-grad-cam is not installed: its row is left out")
     return maps, pd.concat(preds, ignore_index=True), acc
 
-def full_size(models): return MODELS['full'][1]
+def full_size(models): return MODELS['full'][1]   # the full model's training size
 
 def per_class_table(per_image, row, labels, pred_of):
     "Box-set accuracy against localization, per class, for one row of the table."
