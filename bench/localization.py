@@ -92,17 +92,15 @@ def load_batches(boxes_dir, images, size, bs=50):
         yield images[i:i+bs], (torch.tensor(np.stack(ims)).permute(0, 3, 1, 2).float()/255 - mean)/std
 
 def model_maps(learn, boxes_dir, images, size, method, target=None, layers=None, bs=50):
-    "{image: map} and {image: (pred idx, prob of the explained class)} of `method` over `images`."
+    "{image: map} and {image: (index of the explained class, its probability)} of `method` over `images`."
     vocab = list(learn.dls.vocab); maps, info = {}, {}
     tgt_of = None if target is None else dict(zip(images, target))
-    learn.model.eval()
     for names, xb in load_batches(boxes_dir, images, size, bs):
         t = None if tgt_of is None else [vocab.index(tgt_of[n]) for n in names]
-        sm = saliency_maps(learn, xb, method, target=t, layers=layers)
-        with torch.no_grad(): pred = learn.model(xb).argmax(1)
+        sm = saliency_maps(learn, xb, method, target=t, layers=layers)   # target None: the predicted class
         for r in range(len(sm)):
             n = names[int(sm.img_idx[r])]
-            maps[n], info[n] = sm.maps[r].cpu(), (int(pred[int(sm.img_idx[r])]), float(sm.prob[r]))
+            maps[n], info[n] = sm.maps[r].cpu(), (int(sm.target[r]), float(sm.prob[r]))
     return maps, info
 
 def pgc_maps(learn, boxes_dir, images, size, bs=50):
@@ -152,7 +150,7 @@ def evaluate(models, a, labels, gt):
                 m, info = model_maps(learn, a.boxes_dir, images, a.eval_size, meth, target)
                 add(f'{mname} · {label} · {tname}', m, info)
                 print(f"  {mname} {label} {tname}: {time.time()-t0:.0f}s", flush=True)
-                if tname == 'pred' and label == 'Grad-CAM': acc[mname] = {i: vocab[info[i][0]] for i in images}
+                if tname == 'pred' and label == 'Grad-CAM': acc[mname] = {i: vocab[info[i][0]] for i in images}  # the predicted class
     full = models['full']
     for name, kw in [('layer3', dict(layers='0.6')), ('layer3+layer4 fused', dict(layers=['0.6', '0.7']))]:
         m, info = model_maps(full, a.boxes_dir, images, a.eval_size, 'gradcam', None, **kw)

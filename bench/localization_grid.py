@@ -18,9 +18,6 @@ def post(m, kind):
     if kind == 'floor_median': return (m - m.median()).clamp(min=0)
     if kind == 'floor_mean': return (m - m.mean()).clamp(min=0)
     if kind == 'pow2': return m**2
-def flip_maps(method, layers, size):
-    m1, info1 = LB.model_maps(learn, a.boxes_dir, images, size, method, None, layers=layers)
-    return m1, info1
 configs = [('gradcam', None, 224), ('gradcam', None, 128), ('gradcam', None, 160), ('gradcampp', None, 224),
            ('gradcam', '0.6', 224), ('gradcampp', '0.6', 224), ('layercam', '0.6', 224), ('xgradcam', '0.6', 224),
            ('hirescam', '0.6', 224), ('gradcam', '0.5', 224), ('layercam', '0.5', 224), ('gradcam', ['0.6','0.7'], 224),
