@@ -105,7 +105,7 @@ def select_targets(logits, target=None, k=1, multi_label=False, thresh=0.75, max
             bad = sorted({t for t in names if t not in vocab})
             if bad: raise ValueError(f"`target`: class name(s) {bad} not in the vocab {vocab}")
             target = [vocab.index(t) for t in names]
-        t = torch.as_tensor(target, device=dev).long().reshape(-1)
+        t = torch.as_tensor(target, device=dev).as_subclass(torch.Tensor).long().reshape(-1)   # plain: fastai's TensorCategory too
         if t.numel()==1: t = t.expand(B)
         if t.numel()!=B: raise ValueError(f"`target` must give one class per image ({B}), got {t.numel()}")
         if ((t < 0) | (t >= n)).any(): raise ValueError(f"`target` class indices must be in [0, {n}), got {t.tolist()}")
@@ -313,7 +313,7 @@ def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=
     model, vocab_, device, dtype = _model_of(model)
     vocab = vocab if vocab is not None else vocab_
     if not isinstance(xb, torch.Tensor) or xb.ndim!=4: raise ValueError(f"`xb` must be a (N, C, H, W) image batch, got {getattr(xb, 'shape', type(xb))}")
-    xb = xb.to(device=device, dtype=dtype if dtype.is_floating_point else xb.dtype)
+    xb = xb.as_subclass(torch.Tensor).to(device=device, dtype=dtype if dtype.is_floating_point else xb.dtype)  # a fastai TensorImage too
     if _use_channels_last(channels_last, device, dtype): xb = xb.contiguous(memory_format=torch.channels_last)
     lays = [] if meth.on_input else resolve_layers(model, layers, xb)
     guide = guided_relus(model) if meth.guided else contextlib.nullcontext()

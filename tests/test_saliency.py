@@ -455,3 +455,13 @@ def test_smoothgrad_several_layers(learn, xb):
     assert set(sm.layer_maps) == {'0.6', '0.7'} and sm.nonfinite.shape == (4,)
     for name, m in sm.layer_maps.items():
         torch.testing.assert_close(m, saliency_maps(learn, xb, sg, layers=name).maps, atol=1e-6, rtol=1e-5)
+
+@pytest.mark.parametrize('method', CAM_METHODS + ['gradient'])
+def test_fastai_batch_types(learn, method):
+    "A batch straight from the DataLoaders (TensorImage, TensorCategory) gives the same maps as plain tensors."
+    x, y = learn.dls.valid.one_batch()
+    assert type(x).__name__ == 'TensorImage' and type(y).__name__ == 'TensorCategory'
+    sm = saliency_maps(learn, x, method, target=y)
+    ref = saliency_maps(learn, torch.Tensor(x).clone(), method, target=torch.Tensor(y).long().clone())
+    assert type(sm.maps) is torch.Tensor and type(sm.target) is torch.Tensor
+    assert sm.target.tolist() == y.tolist() and torch.equal(sm.maps, ref.maps)
