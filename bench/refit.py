@@ -4,11 +4,17 @@ On a synthetic set whose objects cover `--obj-frac` (default 5-10%) of the image
 * baseline: `fit_one_cycle(E)` from scratch;
 * attncrop: the same budget of training images seen: `fit_one_cycle(E1)`, then `learn.attention_crop` for the rest,
   whose mixed training set is 1/(1 - crop_share) times larger, so it gets (E - E1)*(1 - crop_share) epochs.
+With `--design continue` the two arms share their start instead (the user's workflow: `attention_crop` right after
+`fine_tune`): one model is fit for `--epochs1` epochs (default E // 2), then
+* baseline: goes on with `fit_one_cycle(E - E1, lr2)` on the plain training set;
+* attncrop: `attention_crop` from the same weights, (E - E1)*(1 - crop_share) epochs of the mixed set,
+so both see the same number of training images after the shared start, with the same schedule; only the crops differ.
 Both are scored on the same uncropped validation images. Prints a table, then as the last line one JSON object
 {"baseline_error": a, "attncrop_error": b} (mean validation error over the seeds).
 
     python bench/refit.py                                   # full scale
-    python bench/refit.py --n-train 60 --epochs 6 --seeds 3 # reduced scale"""
+    python bench/refit.py --n-train 60 --epochs 6 --seeds 3 # reduced scale
+    python bench/refit.py --design continue --epochs 30 --epochs1 20"""
 import argparse, json, tempfile, time, warnings
 from functools import partial
 from pathlib import Path
@@ -38,18 +44,28 @@ def main(a):
     rows = []
     for seed in range(a.seeds):
         t0 = time.time()
-        base = learner(root, a.size, a.bs, seed)
-        with base.no_bar(), base.no_logging(): base.fit_one_cycle(a.epochs, a.lr)
+        if a.design == 'split':
+            base = learner(root, a.size, a.bs, seed)
+            with base.no_bar(), base.no_logging(): base.fit_one_cycle(a.epochs, a.lr)
+            ac = learner(root, a.size, a.bs, seed)
+            with ac.no_bar(), ac.no_logging(): ac.fit_one_cycle(e1, a.lr)
+        else:   # 'continue': one shared start, then plain vs cropped continuation with the same images seen
+            ac = learner(root, a.size, a.bs, seed)
+            with ac.no_bar(), ac.no_logging(): ac.fit_one_cycle(e1, a.lr)
+            base = learner(root, a.size, a.bs, seed)
+            base.model.load_state_dict(ac.model.state_dict())
+            set_seed(seed)
+            with base.no_bar(), base.no_logging(): base.fit_one_cycle(a.epochs - e1, a.lr2)
         eb = error(base)
-        ac = learner(root, a.size, a.bs, seed)
-        with ac.no_bar(), ac.no_logging(): ac.fit_one_cycle(e1, a.lr)
         res = ac.attention_crop(epochs=e2, lr=a.lr2, margins=margins, crop_share=a.crop_share, crop_valid=a.crop_valid,
                                 target=None if a.target == 'pred' else 'label', cache=False, progress=False, seed=seed)
         ea = 1 - res.metrics_after['accuracy']
         ec = 1 - res.metrics_after_cropped['accuracy'] if res.metrics_after_cropped else float('nan')
         rows.append((seed, eb, 1 - res.metrics_before['accuracy'], ea, ec, time.time() - t0))
+    base_desc = (f"baseline {a.epochs} epochs" if a.design == 'split' else
+                 f"shared start {e1} epochs, then baseline {a.epochs - e1} more epochs on the plain set (lr {a.lr2})")
     print(f"objects {a.obj_frac} of the area, {a.classes} classes x {a.n_train} training images of {img_size}px, network input {a.size}px; "
-          f"baseline {a.epochs} epochs; attncrop {e1} epochs + attention_crop {e2} epochs on the mixed set "
+          f"design {a.design}: {base_desc}; attncrop {e1} epochs + attention_crop {e2} epochs on the mixed set "
           f"(margins {margins}, crop_share {a.crop_share}, crop_valid {a.crop_valid}, boxes for the {a.target})")
     # the errors are on the uncropped validation images; 'cropped valid' is the re-fitted model on validation images
     # cropped with its own boxes (only with --crop-valid), as they would be shown at labelling time
@@ -77,6 +93,8 @@ if __name__ == '__main__':
     p.add_argument('--crop-valid', action='store_true')
     p.add_argument('--target', default='pred', choices=['pred', 'label'],
                    help="class the boxes explain: the model's prediction, or each item's known label")
+    p.add_argument('--design', default='split', choices=['split', 'continue'],
+                   help="split: baseline trains E epochs from scratch; continue: both arms go on from one shared E1-epoch model")
     p.add_argument('--bs', type=int, default=32)
     p.add_argument('--seeds', type=int, default=3)
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')

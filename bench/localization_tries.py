@@ -1,0 +1,88 @@
+"""What was tried on the dev box set to make the full model's maps localize better, beyond bench/localization_grid.py
+(target layer, method, input size, post-processing). Prints MaxBoxAccV2 (and box-set accuracy) per try; the numbers
+are in bench/results/localization_tries.txt.
+
+* tta: Grad-CAM maps averaged over a horizontal flip, then also over input sizes 160/224/288;
+* dilated: the full model's last stage run at stride 16 (stride 1, dilation 2; same weights, no training);
+* prior: the Grad-CAM / Grad-CAM++ map (min-max normalized) times or plus the centre map, against the centre map alone;
+* finetune: the full model with a dilated last stage and a CAM head (average pool + linear) fine-tuned on
+  `--train-dir` at 128 px (1 epoch head only, then 4 epochs all layers; 31 min on 2 cores), cached in
+  bench/cache/localization/full_dilated_cam.pth; MaxBoxAccV2 after every epoch when it trains.
+
+    python bench/localization_tries.py [tta dilated prior finetune]
+"""
+import sys, time
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).parent))
+tries = [t for t in sys.argv[1:] if not t.startswith('-')] or ['tta', 'dilated', 'prior', 'finetune']
+sys.argv = sys.argv[:1]
+import localization as LB, torch, numpy as np, torch.nn as nn, torch.nn.functional as F
+from fastai.vision.all import Learner, Callback, accuracy, model_meta, resnet18
+from fastai_attncrop.metrics import box_accuracy
+from fastai_attncrop.saliency import saliency_maps
+
+a = LB.parse()
+labels, gt = LB.box_set(a.boxes_dir)
+images, wnids = list(labels.image), list(labels.wnid)
+learn, _ = LB.shared_learner(a.train_dir, a.weights)
+if learn is None: raise SystemExit(f"{a.weights} is not there: these tries start from the shared full model")
+
+def run(learn, size, method='gradcam', flip=False):
+    "{image: map} and the box-set accuracy of `learn` at input `size`."
+    vocab, maps, right = list(learn.dls.vocab), {}, []
+    for names, xb in LB.load_batches(a.boxes_dir, images, size, 50):
+        sm = saliency_maps(learn, xb.flip(-1) if flip else xb, method)
+        for r in range(len(sm)):
+            n = names[int(sm.img_idx[r])]
+            maps[n] = sm.maps[r].float().flip(-1) if flip else sm.maps[r].float()
+            right.append(vocab[int(sm.target[r])] == wnids[images.index(n)])
+    return maps, round(float(np.mean(right)), 3)
+
+def up(m, s=224): return F.interpolate(m[None, None], size=(s, s), mode='bilinear', align_corners=False)[0, 0]
+def norm(m): m = m - m.min(); return m/(m.max() + 1e-12)
+def v2(maps): return round(box_accuracy(maps, gt)['MaxBoxAccV2'], 4)
+def dilate_last_stage(body):
+    "resnet18 body: layer4 at stride 1 with dilation 2 (feature maps twice as fine, same weights)."
+    l4 = body[7]
+    l4[0].conv1.stride, l4[0].downsample[0].stride = (1, 1), (1, 1)
+    for c in (l4[0].conv2, l4[1].conv1, l4[1].conv2): c.dilation, c.padding = (2, 2), (2, 2)
+
+centre = LB.centre_maps(['x'])['x']
+print('centre map', v2({i: centre for i in images}), flush=True)
+if 'tta' in tries:
+    m, acc = run(learn, 224); mf, accf = run(learn, 224, flip=True)
+    print('Grad-CAM 224', acc, v2(m), '| flipped', accf, v2(mf), flush=True)
+    avg = {k: norm(up(m[k])) + norm(up(mf[k])) for k in m}
+    print('flip TTA', v2(avg), flush=True)
+    for s in (160, 288):
+        ms, acc = run(learn, s); print('Grad-CAM', s, acc, v2(ms), flush=True)
+        avg = {k: avg[k] + norm(up(ms[k])) for k in avg}
+    print('flip + sizes 160/224/288 TTA', v2(avg), flush=True)
+if 'prior' in tries:
+    for meth in ('gradcam', 'gradcampp'):
+        m = {k: norm(up(v)) for k, v in run(learn, 224, meth)[0].items()}
+        print(meth, 'alone', v2(m), ' '.join(f'| x centre^{g}: {v2({k: v*centre**g for k, v in m.items()})}' for g in (0.5, 1, 2)),
+              ' '.join(f'| + {al} x centre: {v2({k: v + al*centre for k, v in m.items()})}' for al in (0.5, 1, 2)), flush=True)
+if 'dilated' in tries:
+    d, _ = LB.shared_learner(a.train_dir, a.weights); dilate_last_stage(d.model[0])
+    for s in (128, 224):
+        m, acc = run(d, s); print('dilated, no training', s, 'px: acc', acc, 'v2', v2(m), flush=True)
+if 'finetune' in tries:
+    dls = LB.train_dls(a.train_dir, 128, 64)
+    ft = Learner(dls, LB.shared_learner(a.train_dir, a.weights)[0].model, metrics=accuracy, splitter=model_meta[resnet18]['split'])
+    dilate_last_stage(ft.model[0])
+    ft.model[1] = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, dls.c))
+    def report(tag):
+        print(tag, ' '.join(f'| {s} px: acc {acc} v2 {v}' for s in (128, 224) for v, acc in [(lambda r: (v2(r[0]), r[1]))(run(ft, s))]), flush=True)
+    pth = LB.CACHE/'full_dilated_cam.pth'
+    if pth.exists(): ft.model.load_state_dict(torch.load(pth, map_location='cpu')); report('fine-tuned (cached)')
+    else:
+        class Report(Callback):
+            order = 100
+            def after_epoch(self): report(f'epoch {self.epoch}')
+        t0 = time.time()
+        ft.freeze(); ft.fit_one_cycle(1, 1e-2, cbs=Report())
+        ft.unfreeze(); ft.fit_one_cycle(4, slice(3e-4, 3e-3), cbs=Report())
+        print(f'fine-tuned in {time.time() - t0:.0f} s', flush=True)
+        LB.CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = pth.with_suffix('.tmp'); torch.save(ft.model.state_dict(), tmp); tmp.replace(pth)
