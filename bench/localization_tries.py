@@ -16,10 +16,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 tries = [t for t in sys.argv[1:] if not t.startswith('-')] or ['tta', 'dilated', 'prior', 'finetune']
 sys.argv = sys.argv[:1]
-import localization as LB, torch, numpy as np, torch.nn as nn, torch.nn.functional as F
+import localization as LB, torch, numpy as np, torch.nn as nn
 from fastai.vision.all import Learner, Callback, accuracy, model_meta, resnet18
 from fastai_attncrop.metrics import box_accuracy
-from fastai_attncrop.saliency import saliency_maps
+from fastai_attncrop.saliency import saliency_maps, upsample_maps
 
 a = LB.parse()
 labels, gt = LB.box_set(a.boxes_dir)
@@ -38,8 +38,8 @@ def run(learn, size, method='gradcam', flip=False):
             right.append(vocab[int(sm.target[r])] == wnids[images.index(n)])
     return maps, round(float(np.mean(right)), 3)
 
-def up(m, s=224): return F.interpolate(m[None, None], size=(s, s), mode='bilinear', align_corners=False)[0, 0]
-def norm(m): m = m - m.min(); return m/(m.max() + 1e-12)
+def up(m, s=224): return upsample_maps(m[None], (s, s))[0]
+def norm(m): m = m - m.min(); return m/(m.max() + 1e-12)   # min-max (normalize_maps only divides by the maximum)
 def v2(maps): return round(box_accuracy(maps, gt)['MaxBoxAccV2'], 4)
 def dilate_last_stage(body):
     "resnet18 body: layer4 at stride 1 with dilation 2 (feature maps twice as fine, same weights)."
