@@ -42,7 +42,7 @@ def main(a):
     e1 = a.epochs1 if a.epochs1 is not None else a.epochs // 2
     e2 = max(1, round((a.epochs - e1) * (1 - a.crop_share)))
     rows = []
-    for seed in range(a.seeds):
+    for seed in range(a.first_seed, a.first_seed + a.seeds):
         t0 = time.time()
         if a.design == 'split':
             base = learner(root, a.size, a.bs, seed)
@@ -97,5 +97,6 @@ if __name__ == '__main__':
                    help="split: baseline trains E epochs from scratch; continue: both arms go on from one shared E1-epoch model")
     p.add_argument('--bs', type=int, default=32)
     p.add_argument('--seeds', type=int, default=3)
+    p.add_argument('--first-seed', type=int, default=0, help='seeds run are first_seed, first_seed + 1, ...')
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
     main(p.parse_args())
