@@ -44,18 +44,15 @@ def main(a):
     rows = []
     for seed in range(a.first_seed, a.first_seed + a.seeds):
         t0 = time.time()
-        if a.design == 'split':
-            base = learner(root, a.size, a.bs, seed)
-            with base.no_bar(), base.no_logging(): base.fit_one_cycle(a.epochs, a.lr)
-            ac = learner(root, a.size, a.bs, seed)
-            with ac.no_bar(), ac.no_logging(): ac.fit_one_cycle(e1, a.lr)
-        else:   # 'continue': one shared start, then plain vs cropped continuation with the same images seen
-            ac = learner(root, a.size, a.bs, seed)
-            with ac.no_bar(), ac.no_logging(): ac.fit_one_cycle(e1, a.lr)
-            base = learner(root, a.size, a.bs, seed)
+        ac = learner(root, a.size, a.bs, seed)   # each learner() sets the seed first: the order of the arms does not matter
+        with ac.no_bar(), ac.no_logging(): ac.fit_one_cycle(e1, a.lr)
+        base = learner(root, a.size, a.bs, seed)
+        if a.design == 'split': epochs, lr = a.epochs, a.lr
+        else:   # 'continue': from the attncrop arm's start, plain instead of cropped, the same images seen
             base.model.load_state_dict(ac.model.state_dict())
             set_seed(seed)
-            with base.no_bar(), base.no_logging(): base.fit_one_cycle(a.epochs - e1, a.lr2)
+            epochs, lr = a.epochs - e1, a.lr2
+        with base.no_bar(), base.no_logging(): base.fit_one_cycle(epochs, lr)
         eb = error(base)
         res = ac.attention_crop(epochs=e2, lr=a.lr2, margins=margins, crop_share=a.crop_share, crop_valid=a.crop_valid,
                                 target=None if a.target == 'pred' else 'label', cache=False, progress=False, seed=seed)
