@@ -91,16 +91,16 @@ def load_batches(boxes_dir, images, size, bs=50):
         ims = [np.asarray(Image.open(Path(boxes_dir)/f).convert('RGB').resize((size, size), Image.BILINEAR)) for f in images[i:i+bs]]
         yield images[i:i+bs], (torch.tensor(np.stack(ims)).permute(0, 3, 1, 2).float()/255 - mean)/std
 
-def model_maps(learn, boxes_dir, images, size, method, target=None, layers=None, bs=50):
-    "{image: map} and {image: (index of the explained class, its probability)} of `method` over `images`."
+def model_maps(learn, boxes_dir, images, size, method, target=None, layers=None, bs=50, flip=False):
+    "{image: map} and {image: (index of the explained class, its probability)} of `method` over `images` (mirrored: `flip`)."
     vocab = list(learn.dls.vocab); maps, info = {}, {}
     tgt_of = None if target is None else dict(zip(images, target))
     for names, xb in load_batches(boxes_dir, images, size, bs):
         t = None if tgt_of is None else [vocab.index(tgt_of[n]) for n in names]
-        sm = saliency_maps(learn, xb, method, target=t, layers=layers)   # target None: the predicted class
+        sm = saliency_maps(learn, xb.flip(-1) if flip else xb, method, target=t, layers=layers)   # target None: the predicted class
         for r in range(len(sm)):
             n = names[int(sm.img_idx[r])]
-            maps[n], info[n] = sm.maps[r].cpu(), (int(sm.target[r]), float(sm.prob[r]))
+            maps[n], info[n] = (sm.maps[r].flip(-1) if flip else sm.maps[r]).cpu(), (int(sm.target[r]), float(sm.prob[r]))
     return maps, info
 
 def pgc_maps(learn, boxes_dir, images, size, bs=50):

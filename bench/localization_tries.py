@@ -19,7 +19,7 @@ sys.argv = sys.argv[:1]
 import localization as LB, torch, numpy as np, torch.nn as nn
 from fastai.vision.all import Learner, Callback, accuracy, model_meta, resnet18
 from fastai_attncrop.metrics import box_accuracy
-from fastai_attncrop.saliency import saliency_maps, upsample_maps
+from fastai_attncrop.saliency import upsample_maps
 
 a = LB.parse()
 labels, gt = LB.box_set(a.boxes_dir)
@@ -29,14 +29,9 @@ if learn is None: raise SystemExit(f"{a.weights} is not there: these tries start
 
 def run(learn, size, method='gradcam', flip=False):
     "{image: map} and the box-set accuracy of `learn` at input `size`."
-    vocab, maps, right = list(learn.dls.vocab), {}, []
-    for names, xb in LB.load_batches(a.boxes_dir, images, size, 50):
-        sm = saliency_maps(learn, xb.flip(-1) if flip else xb, method)
-        for r in range(len(sm)):
-            n = names[int(sm.img_idx[r])]
-            maps[n] = sm.maps[r].float().flip(-1) if flip else sm.maps[r].float()
-            right.append(vocab[int(sm.target[r])] == wnids[images.index(n)])
-    return maps, round(float(np.mean(right)), 3)
+    maps, info = LB.model_maps(learn, a.boxes_dir, images, size, method, flip=flip)
+    vocab = list(learn.dls.vocab)
+    return maps, round(float(np.mean([vocab[info[i][0]] == w for i, w in zip(images, wnids)])), 3)
 
 def up(m, s=224): return upsample_maps(m[None], (s, s))[0]
 def norm(m): m = m - m.min(); return m/(m.max() + 1e-12)   # min-max (normalize_maps only divides by the maximum)
@@ -73,7 +68,10 @@ if 'finetune' in tries:
     dilate_last_stage(ft.model[0])
     ft.model[1] = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, dls.c))
     def report(tag):
-        print(tag, ' '.join(f'| {s} px: acc {acc} v2 {v}' for s in (128, 224) for v, acc in [(lambda r: (v2(r[0]), r[1]))(run(ft, s))]), flush=True)
+        parts = []
+        for s in (128, 224):
+            m, acc = run(ft, s); parts.append(f'| {s} px: acc {acc} v2 {v2(m)}')
+        print(tag, *parts, flush=True)
     pth = LB.CACHE/'full_dilated_cam.pth'
     if pth.exists(): ft.model.load_state_dict(torch.load(pth, map_location='cpu')); report('fine-tuned (cached)')
     else:
