@@ -114,10 +114,12 @@ def threshold_box(maps, tau=0.5, component='largest'):
     return box[0] if single else box
 
 # %% ../nbs/02_boxes.ipynb #45ff51d3
-def adjust_boxes(boxes, img_wh, pad=0., pad_rel=0., min_size=0.):
-    "Pad `boxes` (B, 4) by `pad` pixels + `pad_rel` of their size per side, then enforce sides >= `min_size`, inside the image."
+def adjust_boxes(boxes, img_wh, pad=0., pad_rel=0., min_size=0., aspect=None):
+    "Pad `boxes` (B, 4) by `pad` pixels + `pad_rel` of their size per side, then sides >= `min_size` and shape `aspect`, inside the image."
     for v, name in ((pad, 'pad'), (pad_rel, 'pad_rel'), (min_size, 'min_size')):
         if not v >= 0: raise ValueError(f"`{name}` must be >= 0, got {v!r}")
+    if aspect is not None and not (isinstance(aspect, (int, float)) and 0 < aspect < float('inf')):
+        raise ValueError(f"`aspect` must be a positive width / height ratio or None, got {aspect!r}")
     b = torch.as_tensor(boxes, dtype=torch.float32) if not isinstance(boxes, torch.Tensor) else boxes.float()
     single = b.ndim==1
     b = b.reshape(-1, 4)
@@ -125,7 +127,11 @@ def adjust_boxes(boxes, img_wh, pad=0., pad_rel=0., min_size=0.):
     lo, hi = b[:, :2], b[:, 2:]
     grow = pad + pad_rel*(hi - lo)
     lo, hi = (lo - grow).clamp(min=0), torch.minimum(hi + grow, wh)
-    need = (torch.clamp(wh, max=min_size) - (hi - lo)).clamp(min=0) / 2
+    size = torch.maximum(hi - lo, torch.clamp(wh, max=min_size))
+    if aspect is not None:
+        r = torch.tensor([float(aspect), 1.], dtype=b.dtype, device=b.device)
+        size = torch.maximum(size, torch.maximum(size[:, :1]/r[0], size[:, 1:]) * r)   # grow the short side
+    need = (torch.minimum(size, wh) - (hi - lo)).clamp(min=0) / 2
     lo, hi = lo - need, hi + need
     shift = (-lo).clamp(min=0) - (hi - wh).clamp(min=0)
     lo, hi = (lo + shift).clamp(min=0), torch.minimum(hi + shift, wh)

@@ -61,17 +61,17 @@ def adaptive_margin(area_ratio, margins) -> np.ndarray:
     return ms[np.abs(want[..., None] - ms).argmin(-1)]
 
 # %% ../nbs/05_crop.ipynb #cf7e490d
-def crop_box(box, img_wh, pad_rel=0.) -> tuple:
-    "Integer pixel box `(x0, y0, x1, y1)` holding `box` padded by `pad_rel`, inside a `img_wh` image, at least 1x1."
+def crop_box(box, img_wh, pad_rel=0., aspect=None) -> tuple:
+    "Integer pixel box `(x0, y0, x1, y1)` holding `box` padded by `pad_rel` (shape `aspect`), inside a `img_wh` image, at least 1x1."
     W, H = img_wh
-    b = adjust_boxes(np.asarray(box, np.float64).reshape(4), (W, H), pad_rel=pad_rel).tolist()
+    b = adjust_boxes(np.asarray(box, np.float64).reshape(4), (W, H), pad_rel=pad_rel, aspect=aspect).tolist()
     x0, y0 = min(int(math.floor(b[0])), W-1), min(int(math.floor(b[1])), H-1)
     x1, y1 = max(int(math.ceil(b[2])), x0+1), max(int(math.ceil(b[3])), y0+1)
     return (max(x0, 0), max(y0, 0), min(x1, W), min(y1, H))
 
-def crop_image(img:Image.Image, box, pad_rel=0.) -> Image.Image:
+def crop_image(img:Image.Image, box, pad_rel=0., aspect=None) -> Image.Image:
     "`img` cropped to `box` (original pixels) rounded outwards, see `crop_box`; keeps the image's type."
-    out = img.crop(crop_box(box, img.size, pad_rel))
+    out = img.crop(crop_box(box, img.size, pad_rel, aspect))
     return type(img)(out) if isinstance(img, PILImage) else out
 
 # %% ../nbs/05_crop.ipynb #36d7004c
@@ -112,8 +112,9 @@ def gt_recall(boxes:pd.DataFrame, gt:pd.DataFrame, root, margin=0.95) -> np.ndar
 class AttentionCrop(RandTransform):
     "Item transform: crop a `CropImage` flagged for cropping to its box in `boxes` at a random (training) or fixed margin."
     split_idx, order = None, 0
-    def __init__(self, boxes:pd.DataFrame, margins=(0.95, 0.8, 0.6), valid_margin=None, pad_rel=0.):
+    def __init__(self, boxes:pd.DataFrame, margins=(0.95, 0.8, 0.6), valid_margin=None, pad_rel=0., aspect=None):
         super().__init__()
+        adjust_boxes([0., 0, 1, 1], (1, 1), pad_rel=pad_rel, aspect=aspect)   # clear errors for bad `pad_rel` / `aspect` now, not per item
         have = df_margins(boxes)
         if 'item' not in boxes.columns or not have: raise ValueError("`boxes` must be a boxes DataFrame with an `item` column and box columns such as `x0_95`")
         self.adaptive = isinstance(margins, str)
@@ -121,7 +122,7 @@ class AttentionCrop(RandTransform):
         ms = have if self.adaptive else check_margins(margins)
         missing = [m for m in ms if not any(math.isclose(m, h) for h in have)]
         if missing: raise ValueError(f"`boxes` has no boxes for margin(s) {missing}; it holds {have}")
-        self.margins, self.pad_rel = ms, pad_rel
+        self.margins, self.pad_rel, self.aspect = ms, pad_rel, aspect
         self.valid_margin = max(ms) if valid_margin is None else check_margins(valid_margin)[0]
         cols = {m: i for i, m in enumerate(have)}
         self.col = {m: cols[min(have, key=lambda h: abs(h - m))] for m in ms + [self.valid_margin]}
@@ -142,7 +143,7 @@ class AttentionCrop(RandTransform):
         if not getattr(x, 'attncrop_crop', False): return x
         i = self.idx.get(x.attncrop_src)
         if i is None: raise KeyError(f"AttentionCrop: no box for {x.attncrop_src!r} in the boxes DataFrame")
-        return crop_image(x, self.boxes[i, self.col[self.margin_of(i)]], self.pad_rel)
+        return crop_image(x, self.boxes[i, self.col[self.margin_of(i)]], self.pad_rel, self.aspect)
 
 # %% ../nbs/05_crop.ipynb #bfbcb34f
 def _plain_tfms(pipe, drop):
@@ -167,7 +168,7 @@ def mixed_items(boxes:pd.DataFrame, crop_share=0.5, crop_valid=False, seed=0) ->
     return items
 
 def attention_dls(dls:DataLoaders, boxes:pd.DataFrame, margins=(0.95, 0.8, 0.6), crop_share=0.5, crop_valid=False,
-                  valid_margin=None, pad_rel=0., item_tfms=None, batch_tfms=None, bs=None, seed=0, **kwargs) -> DataLoaders:
+                  valid_margin=None, pad_rel=0., aspect=None, item_tfms=None, batch_tfms=None, bs=None, seed=0, **kwargs) -> DataLoaders:
     "DataLoaders mixing uncropped items and `AttentionCrop` copies (see `mixed_items`), labels and transforms from `dls`."
     items = mixed_items(boxes, crop_share, crop_valid, seed)
     vocab = getattr(dls, 'vocab', None)
@@ -175,12 +176,12 @@ def attention_dls(dls:DataLoaders, boxes:pd.DataFrame, margins=(0.95, 0.8, 0.6),
     batch_tfms = _plain_tfms(dls.train.after_batch, (IntToFloatTensor,)) if batch_tfms is None else list(batch_tfms)
     dblock = DataBlock(blocks=(ImageBlock(cls=CropImage), CategoryBlock(vocab=list(vocab) if vocab is not None else None)),
                        get_y=crop_item_label, splitter=FuncSplitter(crop_item_is_valid),
-                       item_tfms=[AttentionCrop(boxes, margins, valid_margin, pad_rel)] + item_tfms, batch_tfms=batch_tfms)
+                       item_tfms=[AttentionCrop(boxes, margins, valid_margin, pad_rel, aspect)] + item_tfms, batch_tfms=batch_tfms)
     kwargs.setdefault('num_workers', getattr(dls.train, 'num_workers', 0))
     return dblock.dataloaders(items, bs=bs or dls.bs, device=dls.device, seed=seed, path=dls.path, **kwargs)
 
 # %% ../nbs/05_crop.ipynb #2d36160a
-def export_crops(boxes:pd.DataFrame, dest, margin=0.95, root=None, pad_rel=0., overwrite=False, progress=True, **save_kwargs) -> pd.DataFrame:
+def export_crops(boxes:pd.DataFrame, dest, margin=0.95, root=None, pad_rel=0., aspect=None, overwrite=False, progress=True, **save_kwargs) -> pd.DataFrame:
     "Write each item of `boxes` cropped at `margin` into `dest`, mirroring its path under `root`; skips finished files."
     cols = margin_cols(margin)
     missing = [c for c in ['item'] + cols if c not in boxes.columns]
@@ -200,7 +201,7 @@ def export_crops(boxes:pd.DataFrame, dest, margin=0.95, root=None, pad_rel=0., o
         done = target.exists() and not overwrite
         if err is None and not np.isfinite(b).all(): err = f"no finite box at margin {margin}"
         if not done and err is None:
-            try: crop = crop_image(load_image(p, mode=None), b, pad_rel)   # as stored (mode, depth), EXIF orientation applied
+            try: crop = crop_image(load_image(p, mode=None), b, pad_rel, aspect)   # as stored (mode, depth), EXIF orientation applied
             except UnreadableImageError as e: err = e.reason
             else: save_image_atomic(crop, target, **save_kwargs)
         out.append(str(target)); written.append(not done and err is None); errors.append(err)

@@ -48,6 +48,22 @@ def test_attention_crop_random_on_train_fixed_elsewhere(shapes):
     assert tfm(CropImage.create(it._replace(crop=False)), split_idx=0).size == (48, 48)
     with pytest.raises(KeyError, match='no box'): tfm(CropImage.create(CropItem(str(root/'masks'/gt.image[0]), 'x', True)), split_idx=1)
 
+def test_aspect_squares_the_crop_and_keeps_the_object(shapes):
+    "With aspect=1 every crop is square (as far as the image allows) and holds its whole box; without, it is the box."
+    root, gt, bx = shapes
+    sq, plain = AttentionCrop(bx, margins=[0.95], aspect=1), AttentionCrop(bx, margins=[0.95])
+    for i in range(len(bx)):
+        it = CropItem(bx.item[i], bx.label[i], crop=True)
+        g = gt.iloc[i]; bw, bh = g.xmax-g.xmin, g.ymax-g.ymin
+        assert plain(CropImage.create(it), split_idx=1).size == (bw, bh)
+        w, h = sq(CropImage.create(it), split_idx=1).size
+        assert max(bw, bh) <= min(w, h) and max(w, h) <= max(bw, bh) + 1   # square up to the outward rounding (small objects fit)
+        x0, y0, x1, y1 = crop_box(bx.loc[i, margin_cols(0.95)].to_numpy(float), (48, 48), aspect=1)
+        assert x0 <= g.xmin and y0 <= g.ymin and x1 >= g.xmax and y1 >= g.ymax
+    assert crop_box((0, 10, 48, 20), (48, 30), aspect=1) == (0, 0, 48, 30)   # capped at the image
+    for bad in (0, -1, float('inf'), 'square'):
+        with pytest.raises(ValueError, match='`aspect` must be a positive'): AttentionCrop(bx, margins=[0.95], aspect=bad)
+
 def test_mixed_dls_labels_share_and_show_batch(shapes):
     root, gt, bx = shapes
     dls0 = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(48), batch_tfms=aug_transforms(), bs=8, num_workers=0)

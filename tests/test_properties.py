@@ -62,6 +62,18 @@ def test_adjusted_boxes_inside(b, wh, pad, pad_rel, min_size):
     _inside(adjust_boxes(b, wh, pad, pad_rel, min_size), *wh)
 
 @SETTINGS
+@given(boxes4, img_wh, st.floats(0.1, 10))
+def test_aspect_boxes_inside_holding_the_box_with_the_shape(b, wh, aspect):
+    "A box grown to `aspect`: inside the image, holding the (clipped) box, of that shape unless the image caps a side."
+    W, H = wh
+    x0, y0, x1, y1 = adjust_boxes(b, wh, aspect=aspect).tolist()
+    _inside(torch.tensor([x0, y0, x1, y1]), W, H)
+    c = adjust_boxes(b, wh).tolist()
+    assert x0 <= c[0] + 1e-3 and y0 <= c[1] + 1e-3 and x1 >= c[2] - 1e-3 and y1 >= c[3] - 1e-3
+    w, h = x1 - x0, y1 - y0
+    assert (w >= W - 1e-3 or h >= H - 1e-3 or h < 1e-3) or w == pytest.approx(aspect*h, rel=1e-3, abs=1e-3)
+
+@SETTINGS
 @given(st.tuples(*[st.floats(-1e4, 1e4, allow_nan=False)]*4), img_wh, st.floats(0, 1))
 def test_crop_box_whole_pixels_inside(b, wh, pad_rel):
     x0, y0, x1, y1 = crop_box(b, wh, pad_rel)
