@@ -26,7 +26,7 @@ from fasttransform import Transform
 import fastai_attncrop
 from .data import atomic_write, load_image, image_size, UnreadableImageError, _reason
 from .saliency import saliency_maps, get_method, show_saliency, frozen_eval, SmoothGrad
-from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame
+from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, adjust_boxes
 from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropItem, attention_dls,
                                   crop_image, failed_rows)
 
@@ -93,6 +93,12 @@ def _test_dl(learn, xs, bs=None):
     items = getattr(learn.dls.valid_ds, 'items', None)
     mixed = isinstance(items, (list, tuple)) and len(items) and isinstance(items[0], CropItem)
     return learn.dls.test_dl(list(xs), bs=bs, shuffle=False, drop_last=False, **({'rm_type_tfms': 0} if mixed else {}))
+
+def _uncropped_valid(dls):
+    "The validation DataLoader of `dls` with every image uncropped (mixed DataLoaders of a `crop_valid=True` call hold crops)."
+    items = getattr(dls.valid_ds, 'items', None)
+    if not (isinstance(items, (list, tuple)) and any(isinstance(o, CropItem) and o.crop for o in items)): return dls.valid
+    return dls.test_dl([o._replace(crop=False) for o in items], with_labels=True, rm_type_tfms=0, shuffle=False, drop_last=False)
 
 def _frame_tfms(learn):
     "The validation item transforms that shape the model input (without `AttentionCrop`, which leaves uncropped items alone)."
@@ -406,21 +412,21 @@ FIT_METHODS = ('fit_one_cycle', 'fit', 'fine_tune', 'fit_flat_cos', 'fit_sgdr')
 @patch
 def attention_crop(self:Learner, epochs=3, lr=None, margins=(0.95, 0.8, 0.6), crop_share=0.5, crop_valid=False,
                    valid_margin=None, method='gradcam', target=None, fresh=False, fit='fit_one_cycle', cache=True, bs=None,
-                   pad_rel=0., seed=0, item_tfms=None, batch_tfms=None, progress=True, on_error='report', boxes=None,
+                   pad_rel=0., aspect=None, seed=0, item_tfms=None, batch_tfms=None, progress=True, on_error='report', boxes=None,
                    **fit_kwargs) -> AttentionCropResult:
     "Box the learner's items with saliency maps, mix crops into its DataLoaders and re-fit; metrics before and after."
     grid = box_margins(margins, valid_margin)
     if not 0 <= crop_share <= 1: raise ValueError(f"`crop_share` must be in [0, 1], got {crop_share!r}")
-    if not 0 <= pad_rel: raise ValueError(f"`pad_rel` must be >= 0, got {pad_rel!r}")
+    adjust_boxes([0., 0, 1, 1], (1, 1), pad_rel=pad_rel, aspect=aspect)   # a bad `pad_rel` or `aspect` fails before any work
     _check_fit(self, fit)
     check_vision_learner(self)
-    valid0 = self.dls.valid
+    valid0 = _uncropped_valid(self.dls)   # a second call after one with `crop_valid=True` still compares uncropped images
     before = _metrics(self, valid0)
     if boxes is None:
         boxes = box_pass(self, method=method, margins=grid, target=target, bs=bs, cache=cache, progress=progress, on_error=on_error)
     set_seed(seed)   # the crops drawn, a fresh model's weights and the shuffling: the same call gives the same result
     dls = attention_dls(self.dls, boxes, margins, crop_share=crop_share, crop_valid=crop_valid, valid_margin=valid_margin,
-                        pad_rel=pad_rel, item_tfms=item_tfms, batch_tfms=batch_tfms, bs=bs, seed=seed)
+                        pad_rel=pad_rel, aspect=aspect, item_tfms=item_tfms, batch_tfms=batch_tfms, bs=bs, seed=seed)
     learn = _fresh_learner(self, dls) if fresh else self
     with (contextlib.nullcontext() if fresh else _undone_on_failure(learn)):
         learn.dls = dls

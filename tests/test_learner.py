@@ -95,6 +95,17 @@ def test_attention_crop_mixed_dls_and_result(setup):
     assert 'training items cropped' in repr(res)
     with pytest.raises(ValueError, match=r'`margins`.*\(0, 1\]'): learn.attention_crop(margins=[0.9, 1.5])
 
+def test_second_call_compares_uncropped_images(setup):
+    "After a call with crop_valid=True the learner validates on crops; a second call still reports uncropped metrics."
+    tmp, root, learn, gt = setup
+    kw = dict(epochs=1, lr=1e-4, margins=(0.95, 0.6), valid_margin=0.6, crop_valid=True, cache=False, progress=False)
+    first = learn.attention_crop(fresh=True, **kw)
+    assert all(o.crop for o in first.dls.valid_ds.items)                       # its validation set is cropped
+    assert first.metrics_after['valid_loss'] != pytest.approx(first.metrics_after_cropped['valid_loss'])
+    second = first.learn.attention_crop(**kw)
+    assert second.metrics_before == pytest.approx(first.metrics_after)         # the same weights on the same uncropped images
+    assert len(second.boxes) == 324 and second.boxes['item'].is_unique         # every image boxed once, whole
+
 def test_callback_leaves_no_hooks(setup):
     tmp, root, learn, gt = setup
     def n_hooks(m): return sum(len(x._forward_hooks) + len(x._forward_pre_hooks) + len(x._backward_hooks) for x in m.modules())
