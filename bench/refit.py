@@ -9,26 +9,50 @@ With `--design continue` the two arms share their start instead (the user's work
 * baseline: goes on with `fit_one_cycle(E - E1, lr2)` on the plain training set;
 * attncrop: `attention_crop` from the same weights, (E - E1)*(1 - crop_share) epochs of the mixed set,
 so both see the same number of training images after the shared start, with the same schedule; only the crops differ.
-Both are scored on the same uncropped validation images. Prints a table, then as the last line one JSON object
-{"baseline_error": a, "attncrop_error": b} (mean validation error over the seeds).
+Both are scored on the same uncropped validation images; with `--crop-valid` the re-fitted model is also scored on
+the validation images cropped with the first model's boxes (at `--valid-margin`), as a labelling tool would show them.
+`--boxes gt` replaces every box by the ground-truth box: the upper bound that perfect localization would give.
+The table also gives the quality of the validation boxes (share of the object inside, share of the image kept).
+Prints a table, then as the last line one JSON object {"baseline_error": a, "attncrop_error": b} (mean validation
+error over the seeds).
 
     python bench/refit.py                                   # full scale
     python bench/refit.py --n-train 60 --epochs 6 --seeds 3 # reduced scale
-    python bench/refit.py --design continue --epochs 30 --epochs1 20"""
+    python bench/refit.py --design continue --epochs 30 --epochs1 20
+    python bench/refit.py --design continue --epochs 30 --epochs1 20 --image-size 128 --crop-valid \
+        --method gradcampp --margins 0.8 0.6 --valid-margin 0.6 --aspect 1"""
 import argparse, json, tempfile, time, warnings
 from functools import partial
 from pathlib import Path
 warnings.filterwarnings('ignore')
-import numpy as np, torch
+import numpy as np, pandas as pd, torch
 from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, set_seed
 from fastai_attncrop.data import make_shapes
 from fastai_attncrop.models import small_cnn
+from fastai_attncrop.crop import margin_cols, gt_recall
+from fastai_attncrop.learner import box_pass, box_margins
 import fastai_attncrop.learner  # noqa: F401  (patches Learner.attention_crop)
 
 def learner(root, size, bs, seed):
     set_seed(seed, reproducible=True)
     dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(size), bs=bs, num_workers=0, seed=seed)
     return vision_learner(dls, small_cnn, pretrained=False, metrics=accuracy)
+
+def gt_boxes(boxes, root, margins):
+    "`boxes` with the ground-truth box of each item in the columns of every margin: perfect localization."
+    gt = pd.read_csv(Path(root)/'boxes.csv')
+    by = gt.set_index(gt['image'].map(lambda r: str((Path(root)/r).resolve())))[['xmin', 'ymin', 'xmax', 'ymax']]
+    out = boxes.copy(); xy = by.loc[[str(Path(p).resolve()) for p in out['item']]].to_numpy(float)
+    for m in margins: out[margin_cols(m)] = xy
+    return out
+
+def box_quality(boxes, root, margin):
+    "Mean share of the object inside the validation boxes at `margin`, and mean share of the image they keep."
+    va = boxes[boxes['split']=='valid']
+    rec = gt_recall(va, pd.read_csv(Path(root)/'boxes.csv'), root, margin)
+    c = va[margin_cols(margin)].to_numpy(float)
+    keep = (c[:, 2]-c[:, 0])*(c[:, 3]-c[:, 1])/(va['width']*va['height']).to_numpy(float)
+    return float(np.nanmean(rec)), float(np.nanmean(keep))
 
 def error(learn):
     with learn.no_bar(): return 1 - float(learn.validate()[1])
@@ -54,22 +78,33 @@ def main(a):
             epochs, lr = a.epochs - e1, a.lr2
         with base.no_bar(), base.no_logging(): base.fit_one_cycle(epochs, lr)
         eb = error(base)
-        res = ac.attention_crop(epochs=e2, lr=a.lr2, margins=margins, crop_share=a.crop_share, crop_valid=a.crop_valid,
+        grid = box_margins(margins, a.valid_margin)
+        boxes = box_pass(ac, method=a.method, margins=grid, target=None if a.target == 'pred' else 'label', cache=False, progress=False)
+        if a.boxes == 'gt': boxes = gt_boxes(boxes, root, grid)
+        vm = a.valid_margin or (min(grid) if margins == 'adaptive' else max(margins))   # the validation crops' margin
+        q = box_quality(boxes, root, vm)
+        res = ac.attention_crop(boxes=boxes, epochs=e2, lr=a.lr2, margins=margins, crop_share=a.crop_share, crop_valid=a.crop_valid,
+                                valid_margin=a.valid_margin, aspect=a.aspect,
                                 target=None if a.target == 'pred' else 'label', cache=False, progress=False, seed=seed)
         ea = 1 - res.metrics_after['accuracy']
         ec = 1 - res.metrics_after_cropped['accuracy'] if res.metrics_after_cropped else float('nan')
-        rows.append((seed, eb, 1 - res.metrics_before['accuracy'], ea, ec, time.time() - t0))
+        rows.append((seed, eb, 1 - res.metrics_before['accuracy'], ea, ec, *q, time.time() - t0))
     base_desc = (f"baseline {a.epochs} epochs" if a.design == 'split' else
                  f"shared start {e1} epochs, then baseline {a.epochs - e1} more epochs on the plain set (lr {a.lr2})")
     print(f"objects {a.obj_frac} of the area, {a.classes} classes x {a.n_train} training images of {img_size}px, network input {a.size}px; "
           f"design {a.design}: {base_desc}; attncrop {e1} epochs + attention_crop {e2} epochs on the mixed set "
-          f"(margins {margins}, crop_share {a.crop_share}, crop_valid {a.crop_valid}, boxes for the {a.target})")
+          f"(margins {margins}, crop_share {a.crop_share}, crop_valid {a.crop_valid}, valid_margin {a.valid_margin}, "
+          f"aspect {a.aspect}, method {a.method}, "
+          + ("ground-truth boxes: perfect localization)" if a.boxes == 'gt' else f"saliency boxes for the {a.target})"))
     # the errors are on the uncropped validation images; 'cropped valid' is the re-fitted model on validation images
     # cropped with its own boxes (only with --crop-valid), as they would be shown at labelling time
-    print(f"{'seed':>4} {'baseline err':>13} {'before refit':>13} {'attncrop err':>13} {'cropped valid':>14} {'time (s)':>9}")
-    for r in rows: print(f"{r[0]:>4} {r[1]:>13.3f} {r[2]:>13.3f} {r[3]:>13.3f} {r[4]:>14.3f} {r[5]:>9.0f}")
+    # box recall / kept: on the validation images, at the margin of the validation crops (adaptive: the tightest), the share of the object inside the box and
+    # the share of the image the box keeps
+    print(f"{'seed':>4} {'baseline err':>13} {'before refit':>13} {'attncrop err':>13} {'cropped valid':>14} {'box recall':>11} {'box kept':>9} {'time (s)':>9}")
+    for r in rows: print(f"{r[0]:>4} {r[1]:>13.3f} {r[2]:>13.3f} {r[3]:>13.3f} {r[4]:>14.3f} {r[5]:>11.3f} {r[6]:>9.3f} {r[7]:>9.0f}")
     b, c = float(np.mean([r[1] for r in rows])), float(np.mean([r[3] for r in rows]))
-    print(f"{'mean':>4} {b:>13.3f} {np.mean([r[2] for r in rows]):>13.3f} {c:>13.3f} {np.mean([r[4] for r in rows]):>14.3f}")
+    print(f"{'mean':>4} {b:>13.3f} {np.mean([r[2] for r in rows]):>13.3f} {c:>13.3f} {np.mean([r[4] for r in rows]):>14.3f} "
+          f"{np.mean([r[5] for r in rows]):>11.3f} {np.mean([r[6] for r in rows]):>9.3f}")
     print(json.dumps({'baseline_error': round(b, 4), 'attncrop_error': round(c, 4)}))
 
 if __name__ == '__main__':
@@ -88,8 +123,13 @@ if __name__ == '__main__':
     p.add_argument('--margins', nargs='+', default=['0.95', '0.8', '0.6'], help="margins, or 'adaptive'")
     p.add_argument('--crop-share', type=float, default=0.5)
     p.add_argument('--crop-valid', action='store_true')
+    p.add_argument('--valid-margin', type=float, default=None, help='margin of the validation crops (default: the largest margin)')
+    p.add_argument('--aspect', type=float, default=None, help='grow the boxes to this width / height before cropping (1: square, as Resize(size) crops)')
+    p.add_argument('--method', default='gradcam', help='saliency method of the boxes')
     p.add_argument('--target', default='pred', choices=['pred', 'label'],
                    help="class the boxes explain: the model's prediction, or each item's known label")
+    p.add_argument('--boxes', default='saliency', choices=['saliency', 'gt'],
+                   help="saliency: the model's boxes; gt: every margin's box is the ground-truth box (perfect localization, an upper bound)")
     p.add_argument('--design', default='split', choices=['split', 'continue'],
                    help="split: baseline trains E epochs from scratch; continue: both arms go on from one shared E1-epoch model")
     p.add_argument('--bs', type=int, default=32)
