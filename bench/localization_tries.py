@@ -5,21 +5,25 @@ are in bench/results/localization_tries.txt.
 * tta: Grad-CAM maps averaged over a horizontal flip, then also over input sizes 160/224/288;
 * dilated: the full model's last stage run at stride 16 (stride 1, dilation 2; same weights, no training);
 * prior: the Grad-CAM / Grad-CAM++ map (min-max normalized) times or plus the centre map, against the centre map alone;
+* agnostic: class-agnostic maps of the full model's last stage and of layer3, at 224 and 128 px: the channels' sum
+  (how strongly the features fire) and the first principal direction of the centred activations (as Eigen-CAM,
+  Muhammad & Yeasin 2020, sign chosen so the map is mostly positive), against Grad-CAM; both registered here
+  with `register_method`, as a user would add a method;
 * finetune: the full model with a dilated last stage and a CAM head (average pool + linear) fine-tuned on
   `--train-dir` at 128 px (1 epoch head only, then 4 epochs all layers; 31 min on 2 cores), cached in
   bench/cache/localization/full_dilated_cam.pth; MaxBoxAccV2 after every epoch when it trains.
 
-    python bench/localization_tries.py [tta dilated prior finetune]
+    python bench/localization_tries.py [tta dilated prior agnostic finetune]
 """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
-tries = [t for t in sys.argv[1:] if not t.startswith('-')] or ['tta', 'dilated', 'prior', 'finetune']
+tries = [t for t in sys.argv[1:] if not t.startswith('-')] or ['tta', 'dilated', 'prior', 'agnostic', 'finetune']
 sys.argv = sys.argv[:1]
 import localization as LB, torch, numpy as np, torch.nn as nn
 from fastai.vision.all import Learner, Callback, accuracy, model_meta, resnet18
 from fastai_attncrop.metrics import box_accuracy
-from fastai_attncrop.saliency import upsample_maps
+from fastai_attncrop.saliency import upsample_maps, register_method
 
 a = LB.parse()
 labels, gt = LB.box_set(a.boxes_dir)
@@ -27,9 +31,9 @@ images, wnids = list(labels.image), list(labels.wnid)
 learn, _ = LB.shared_learner(a.train_dir, a.weights)
 if learn is None: raise SystemExit(f"{a.weights} is not there: these tries start from the shared full model")
 
-def run(learn, size, method='gradcam', flip=False):
+def run(learn, size, method='gradcam', flip=False, layers=None):
     "{image: map} and the box-set accuracy of `learn` at input `size`."
-    maps, info = LB.model_maps(learn, a.boxes_dir, images, size, method, flip=flip)
+    maps, info = LB.model_maps(learn, a.boxes_dir, images, size, method, layers=layers, flip=flip)
     vocab = list(learn.dls.vocab)
     return maps, round(float(np.mean([vocab[info[i][0]] == w for i, w in zip(images, wnids)])), 3)
 
@@ -62,6 +66,21 @@ if 'dilated' in tries:
     d, _ = LB.shared_learner(a.train_dir, a.weights); dilate_last_stage(d.model[0])
     for s in (128, 224):
         m, acc = run(d, s); print('dilated, no training', s, 'px: acc', acc, 'v2', v2(m), flush=True)
+if 'agnostic' in tries:
+    @register_method('actsum')
+    def actsum_weights(acts, grads):
+        "Every channel weighted 1: where the features fire, whatever the class."
+        return torch.ones_like(acts[:, :, :1, :1])
+    @register_method('eigen')
+    def eigen_weights(acts, grads):
+        "The first principal direction of each image's centred activations (C x hw), signed so that the map sums >= 0."
+        X = acts.flatten(2)                                                    # (N, C, hw)
+        U = torch.linalg.svd(X - X.mean(2, keepdim=True), full_matrices=False)[0][..., 0]   # (N, C)
+        U = U * torch.where(torch.einsum('nc,nch->n', U, X) < 0, -1., 1.)[:, None]
+        return U[..., None, None]
+    for name, layer in (('layer4', None), ('layer3', learn.model[0][6])):
+        for s in (224, 128):
+            print(name, s, 'px', ' '.join(f'| {m} {v2(run(learn, s, m, layers=layer)[0])}' for m in ('actsum', 'eigen', 'gradcam')), flush=True)
 if 'finetune' in tries:
     dls = LB.train_dls(a.train_dir, 128, 64)
     ft = Learner(dls, LB.shared_learner(a.train_dir, a.weights)[0].model, metrics=accuracy, splitter=model_meta[resnet18]['split'])
