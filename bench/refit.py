@@ -98,8 +98,8 @@ def main(a):
           + ("ground-truth boxes: perfect localization)" if a.boxes == 'gt' else f"saliency boxes for the {a.target})"))
     # the errors are on the uncropped validation images; 'cropped valid' is the re-fitted model on validation images
     # cropped with its own boxes (only with --crop-valid), as they would be shown at labelling time
-    # box recall / kept: on the validation images, at the margin of the validation crops (adaptive: the tightest), the share of the object inside the box and
-    # the share of the image the box keeps
+    # box recall / kept: on the validation images, at the margin of the validation crops (adaptive: the tightest),
+    # the share of the object inside the box and the share of the image the box keeps
     print(f"{'seed':>4} {'baseline err':>13} {'before refit':>13} {'attncrop err':>13} {'cropped valid':>14} {'box recall':>11} {'box kept':>9} {'time (s)':>9}")
     for r in rows: print(f"{r[0]:>4} {r[1]:>13.3f} {r[2]:>13.3f} {r[3]:>13.3f} {r[4]:>14.3f} {r[5]:>11.3f} {r[6]:>9.3f} {r[7]:>9.0f}")
     b, c = float(np.mean([r[1] for r in rows])), float(np.mean([r[3] for r in rows]))
