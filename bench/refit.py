@@ -20,23 +20,45 @@ error over the seeds).
     python bench/refit.py --n-train 60 --epochs 6 --seeds 3 # reduced scale
     python bench/refit.py --design continue --epochs 30 --epochs1 20
     python bench/refit.py --design continue --epochs 30 --epochs1 20 --image-size 128 --crop-valid \
-        --method gradcampp --margins 0.8 0.6 --valid-margin 0.6 --aspect 1"""
+        --method gradcampp --margins 0.8 0.6 --valid-margin 0.6 --aspect 1
+    python bench/refit.py --design continue --epochs 30 --epochs1 20 --image-size 128 --pretrain 15 # from a pretrained body"""
 import argparse, json, tempfile, time, warnings
 from functools import partial
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, set_seed
-from fastai_attncrop.data import make_shapes
+from fastai_attncrop.data import make_shapes, SHAPES
 from fastai_attncrop.models import small_cnn
 from fastai_attncrop.crop import margin_cols, gt_recall
 from fastai_attncrop.learner import box_pass, box_margins
 import fastai_attncrop.learner  # noqa: F401  (patches Learner.attention_crop)
 
-def learner(root, size, bs, seed):
+def learner(root, size, bs, seed, body=None):
+    "A fresh `small_cnn` learner; with `body` (a state_dict), its body starts from those weights (our stand-in for pretrained ones)."
     set_seed(seed, reproducible=True)
     dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(size), bs=bs, num_workers=0, seed=seed)
-    return vision_learner(dls, small_cnn, pretrained=False, metrics=accuracy)
+    learn = vision_learner(dls, small_cnn, pretrained=False, metrics=accuracy)
+    if body is not None: learn.model[0].load_state_dict(body)
+    return learn
+
+def pretrained_body(a, img_size):
+    """Body weights of `small_cnn` trained for `a.pretrain` epochs on the shapes that are *not* the benchmark's classes,
+    with larger objects (10-40% of the area): a stand-in for the ImageNet weights a user would fine-tune (none exist
+    here). Cached in bench/cache/ (git-ignored)."""
+    cache = Path(__file__).parent/'cache'/f'refit_pretrain_{a.classes}_{img_size}_{a.size}_{a.pretrain}.pth'
+    if cache.exists(): return torch.load(cache)
+    others = list(SHAPES[a.classes:])
+    root = make_shapes(Path(tempfile.gettempdir())/f'attncrop_refit_pretrain_{a.classes}_{img_size}', n_train=a.n_train,
+                       n_valid=a.n_valid, classes=others, size=img_size, obj_frac=(0.1, 0.4), seed=1)
+    t0 = time.time()
+    learn = learner(root, a.size, a.bs, 0)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(a.pretrain, a.lr)
+    print(f"pretrained on {len(others)} other shapes (10-40% of the area) for {a.pretrain} epochs: "
+          f"validation error {error(learn):.3f}, {time.time() - t0:.0f}s", flush=True)
+    body = learn.model[0].state_dict()
+    cache.parent.mkdir(exist_ok=True); torch.save(body, cache)
+    return body
 
 def gt_boxes(boxes, root, margins):
     "`boxes` with the ground-truth box of each item in the columns of every margin: perfect localization."
@@ -65,12 +87,13 @@ def main(a):
     margins = 'adaptive' if a.margins == ['adaptive'] else [float(m) for m in a.margins]
     e1 = a.epochs1 if a.epochs1 is not None else a.epochs // 2
     e2 = max(1, round((a.epochs - e1) * (1 - a.crop_share)))
+    body = pretrained_body(a, img_size) if a.pretrain else None
     rows = []
     for seed in range(a.first_seed, a.first_seed + a.seeds):
         t0 = time.time()
-        ac = learner(root, a.size, a.bs, seed)   # each learner() sets the seed first: the order of the arms does not matter
+        ac = learner(root, a.size, a.bs, seed, body)   # each learner() sets the seed first: the order of the arms does not matter
         with ac.no_bar(), ac.no_logging(): ac.fit_one_cycle(e1, a.lr)
-        base = learner(root, a.size, a.bs, seed)
+        base = learner(root, a.size, a.bs, seed, body)
         if a.design == 'split': epochs, lr = a.epochs, a.lr
         else:   # 'continue': from the attncrop arm's start, plain instead of cropped, the same images seen
             base.model.load_state_dict(ac.model.state_dict())
@@ -91,7 +114,8 @@ def main(a):
         rows.append((seed, eb, 1 - res.metrics_before['accuracy'], ea, ec, *q, time.time() - t0))
     base_desc = (f"baseline {a.epochs} epochs" if a.design == 'split' else
                  f"shared start {e1} epochs, then baseline {a.epochs - e1} more epochs on the plain set (lr {a.lr2})")
-    print(f"objects {a.obj_frac} of the area, {a.classes} classes x {a.n_train} training images of {img_size}px, network input {a.size}px; "
+    print(("" if not a.pretrain else f"body pretrained {a.pretrain} epochs on the {len(SHAPES) - a.classes} other shapes; ") +
+          f"objects {a.obj_frac} of the area, {a.classes} classes x {a.n_train} training images of {img_size}px, network input {a.size}px; "
           f"design {a.design}: {base_desc}; attncrop {e1} epochs + attention_crop {e2} epochs on the mixed set "
           f"(margins {margins}, crop_share {a.crop_share}, crop_valid {a.crop_valid}, valid_margin {a.valid_margin}, "
           f"aspect {a.aspect}, method {a.method}, "
@@ -132,6 +156,8 @@ if __name__ == '__main__':
                    help="saliency: the model's boxes; gt: every margin's box is the ground-truth box (perfect localization, an upper bound)")
     p.add_argument('--design', default='split', choices=['split', 'continue'],
                    help="split: baseline trains E epochs from scratch; continue: both arms go on from one shared E1-epoch model")
+    p.add_argument('--pretrain', type=int, default=0, help='epochs of pretraining the body on the other shapes, with larger '
+                   'objects (0: from scratch); both arms start from it, as a user fine-tunes pretrained weights')
     p.add_argument('--bs', type=int, default=32)
     p.add_argument('--seeds', type=int, default=3)
     p.add_argument('--first-seed', type=int, default=0, help='seeds run are first_seed, first_seed + 1, ...')
