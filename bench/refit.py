@@ -111,7 +111,8 @@ def main(a):
                                 target=None if a.target == 'pred' else 'label', cache=False, progress=False, seed=seed)
         ea = 1 - res.metrics_after['accuracy']
         ec = 1 - res.metrics_after_cropped['accuracy'] if res.metrics_after_cropped else float('nan')
-        rows.append((seed, eb, 1 - res.metrics_before['accuracy'], ea, ec, *q, time.time() - t0))
+        with base.no_bar(): ebc = 1 - float(base.validate(dl=res.dls.valid)[1]) if a.crop_valid else float('nan')
+        rows.append((seed, eb, 1 - res.metrics_before['accuracy'], ea, ec, ebc, *q, time.time() - t0))
     base_desc = (f"baseline {a.epochs} epochs" if a.design == 'split' else
                  f"shared start {e1} epochs, then baseline {a.epochs - e1} more epochs on the plain set (lr {a.lr2})")
     print(("" if not a.pretrain else f"body pretrained {a.pretrain} epochs on the {len(SHAPES) - a.classes} other shapes; ") +
@@ -121,14 +122,15 @@ def main(a):
           f"aspect {a.aspect}, method {a.method}, "
           + ("ground-truth boxes: perfect localization)" if a.boxes == 'gt' else f"saliency boxes for the {a.target})"))
     # the errors are on the uncropped validation images; 'cropped valid' is the re-fitted model on validation images
-    # cropped with its own boxes (only with --crop-valid), as they would be shown at labelling time
+    # cropped with its own boxes (only with --crop-valid), as they would be shown at labelling time; 'base cropped'
+    # is the baseline model on those same crops (does the re-fit matter, or only the crops?)
     # box recall / kept: on the validation images, at the margin of the validation crops (adaptive: the tightest),
     # the share of the object inside the box and the share of the image the box keeps
-    print(f"{'seed':>4} {'baseline err':>13} {'before refit':>13} {'attncrop err':>13} {'cropped valid':>14} {'box recall':>11} {'box kept':>9} {'time (s)':>9}")
-    for r in rows: print(f"{r[0]:>4} {r[1]:>13.3f} {r[2]:>13.3f} {r[3]:>13.3f} {r[4]:>14.3f} {r[5]:>11.3f} {r[6]:>9.3f} {r[7]:>9.0f}")
+    print(f"{'seed':>4} {'baseline err':>13} {'before refit':>13} {'attncrop err':>13} {'cropped valid':>14} {'base cropped':>13} {'box recall':>11} {'box kept':>9} {'time (s)':>9}")
+    for r in rows: print(f"{r[0]:>4} {r[1]:>13.3f} {r[2]:>13.3f} {r[3]:>13.3f} {r[4]:>14.3f} {r[5]:>13.3f} {r[6]:>11.3f} {r[7]:>9.3f} {r[8]:>9.0f}")
     b, c = float(np.mean([r[1] for r in rows])), float(np.mean([r[3] for r in rows]))
     print(f"{'mean':>4} {b:>13.3f} {np.mean([r[2] for r in rows]):>13.3f} {c:>13.3f} {np.mean([r[4] for r in rows]):>14.3f} "
-          f"{np.mean([r[5] for r in rows]):>11.3f} {np.mean([r[6] for r in rows]):>9.3f}")
+          f"{np.mean([r[5] for r in rows]):>13.3f} {np.mean([r[6] for r in rows]):>11.3f} {np.mean([r[7] for r in rows]):>9.3f}")
     print(json.dumps({'baseline_error': round(b, 4), 'attncrop_error': round(c, 4)}))
 
 if __name__ == '__main__':
