@@ -1,7 +1,7 @@
 """Benchmark (not a timed test): does re-fitting on attention crops help on small objects?
 
 On a synthetic set whose objects cover `--obj-frac` (default 5-10%) of the image, over `--seeds` seeds:
-* baseline: `fit_one_cycle(E)` from scratch;
+* baseline: `fit_one_cycle(E)` from scratch (or, with `--pretrain N`, both arms from a body pretrained on other shapes);
 * attncrop: the same budget of training images seen: `fit_one_cycle(E1)`, then `learn.attention_crop` for the rest,
   whose mixed training set is 1/(1 - crop_share) times larger, so it gets (E - E1)*(1 - crop_share) epochs.
 With `--design continue` the two arms share their start instead (the user's workflow: `attention_crop` right after
@@ -10,7 +10,8 @@ With `--design continue` the two arms share their start instead (the user's work
 * attncrop: `attention_crop` from the same weights, (E - E1)*(1 - crop_share) epochs of the mixed set,
 so both see the same number of training images after the shared start, with the same schedule; only the crops differ.
 Both are scored on the same uncropped validation images; with `--crop-valid` the re-fitted model is also scored on
-the validation images cropped with the first model's boxes (at `--valid-margin`), as a labelling tool would show them.
+the validation images cropped with the first model's boxes (at `--valid-margin`), as a labelling tool would show them,
+and so is the baseline model (can a model trained on whole images read the crops?).
 `--boxes gt` replaces every box by the ground-truth box: the upper bound that perfect localization would give.
 The table also gives the quality of the validation boxes (share of the object inside, share of the image kept).
 Prints a table, then as the last line one JSON object {"baseline_error": a, "attncrop_error": b} (mean validation
@@ -21,7 +22,9 @@ error over the seeds).
     python bench/refit.py --design continue --epochs 30 --epochs1 20
     python bench/refit.py --design continue --epochs 30 --epochs1 20 --image-size 128 --crop-valid \
         --method gradcampp --margins 0.8 0.6 --valid-margin 0.6 --aspect 1
-    python bench/refit.py --design continue --epochs 30 --epochs1 20 --image-size 128 --pretrain 15 # from a pretrained body"""
+    python bench/refit.py --design continue --epochs 30 --epochs1 20 --image-size 128 --pretrain 15 # from a pretrained body
+    python bench/refit.py --epochs 30 --epochs1 10 --lr2 3e-3 --image-size 128 --pretrain 15 --crop-valid \
+        --method gradcampp --margins 0.8 0.6 --valid-margin 0.6 --aspect 1 --seeds 12  # README's pretrained split run"""
 import argparse, json, tempfile, time, warnings
 from functools import partial
 from pathlib import Path
