@@ -79,8 +79,9 @@ def box_quality(boxes, root, margin):
     keep = (c[:, 2]-c[:, 0])*(c[:, 3]-c[:, 1])/(va['width']*va['height']).to_numpy(float)
     return float(np.nanmean(rec)), float(np.nanmean(keep))
 
-def error(learn):
-    with learn.no_bar(): return 1 - float(learn.validate()[1])
+def error(learn, dl=None):
+    "Validation error of `learn` on `dl` (default: its own validation set)."
+    with learn.no_bar(): return 1 - float(learn.validate(dl=dl)[1])
 
 def main(a):
     if a.threads: torch.set_num_threads(a.threads)
@@ -114,7 +115,7 @@ def main(a):
                                 target=None if a.target == 'pred' else 'label', cache=False, progress=False, seed=seed)
         ea = 1 - res.metrics_after['accuracy']
         ec = 1 - res.metrics_after_cropped['accuracy'] if res.metrics_after_cropped else float('nan')
-        with base.no_bar(): ebc = 1 - float(base.validate(dl=res.dls.valid)[1]) if a.crop_valid else float('nan')
+        ebc = error(base, res.dls.valid) if a.crop_valid else float('nan')
         rows.append((seed, eb, 1 - res.metrics_before['accuracy'], ea, ec, ebc, *q, time.time() - t0))
     base_desc = (f"baseline {a.epochs} epochs" if a.design == 'split' else
                  f"shared start {e1} epochs, then baseline {a.epochs - e1} more epochs on the plain set (lr {a.lr2})")
