@@ -10,6 +10,7 @@ import numpy as np, pytest, torch, torch.nn as nn, torch.nn.functional as F
 import torchvision
 from fastai.vision.all import (ImageDataLoaders, Resize, vision_learner, resnet18, xresnet18, densenet121, vgg11_bn)
 from fastai_attncrop.data import make_shapes
+from fastai_attncrop.saliency import _use_channels_last
 from fastai_attncrop.saliency import (saliency_maps, METHODS, Method, SmoothGrad, GuidedReLU, find_target_layer,
                                       resolve_layers, normalize_maps, upsample_maps, gradcampp_weights, get_method)
 
@@ -66,7 +67,12 @@ def nontrivial(maps):
 
 # ------------------------------------------------------------------------------------------------- plain reference
 def ref_maps(model, layer, x, targets, method, eps=1e-7):
-    "Textbook implementation: forward hook, loss.backward() on the target logits, weights from the gradients (float64)."
+    """Textbook implementation: forward hook, loss.backward() on the target logits, weights from the gradients (float64).
+    The input goes in the memory format the engine picks (channels_last on the CPU), so both run the same conv kernels:
+    XGrad-CAM divides by each channel's activation sum, which on a body ending in BatchNorm (densenet's norm5) can be
+    near zero and turn 1e-6 rounding differences between kernels into 1e-4 differences of the map. That the format
+    does not change the maps of a well-conditioned model is `test_channels_last`'s job."""
+    if _use_channels_last(None, x.device, x.dtype): x = x.contiguous(memory_format=torch.channels_last)
     store = {}
     def fwd(m, i, o):
         store['a'] = o
