@@ -130,11 +130,13 @@ def main(a):
     # is the baseline model on those same crops (does the re-fit matter, or only the crops?)
     # box recall / kept: on the validation images, at the margin of the validation crops (adaptive: the tightest),
     # the share of the object inside the box and the share of the image the box keeps
-    print(f"{'seed':>4} {'baseline err':>13} {'before refit':>13} {'attncrop err':>13} {'cropped valid':>14} {'base cropped':>13} {'box recall':>11} {'box kept':>9} {'time (s)':>9}")
-    for r in rows: print(f"{r[0]:>4} {r[1]:>13.3f} {r[2]:>13.3f} {r[3]:>13.3f} {r[4]:>14.3f} {r[5]:>13.3f} {r[6]:>11.3f} {r[7]:>9.3f} {r[8]:>9.0f}")
-    b, c = float(np.mean([r[1] for r in rows])), float(np.mean([r[3] for r in rows]))
-    print(f"{'mean':>4} {b:>13.3f} {np.mean([r[2] for r in rows]):>13.3f} {c:>13.3f} {np.mean([r[4] for r in rows]):>14.3f} "
-          f"{np.mean([r[5] for r in rows]):>13.3f} {np.mean([r[6] for r in rows]):>11.3f} {np.mean([r[7] for r in rows]):>9.3f}")
+    cols = [('baseline err', 13), ('before refit', 13), ('attncrop err', 13), ('cropped valid', 14), ('base cropped', 13),
+            ('box recall', 11), ('box kept', 9)]   # every row: seed, these columns, time
+    print(f"{'seed':>4} " + ' '.join(f"{n:>{w}}" for n, w in cols) + f" {'time (s)':>9}")
+    for r in rows: print(f"{r[0]:>4} " + ' '.join(f"{v:>{w}.3f}" for v, (_, w) in zip(r[1:-1], cols)) + f" {r[-1]:>9.0f}")
+    means = np.mean([r[1:-1] for r in rows], axis=0)
+    print(f"{'mean':>4} " + ' '.join(f"{m:>{w}.3f}" for m, (_, w) in zip(means, cols)))
+    b, c = float(means[0]), float(means[2])
     print(json.dumps({'baseline_error': round(b, 4), 'attncrop_error': round(c, 4)}))
 
 if __name__ == '__main__':

@@ -10,9 +10,9 @@ import numpy as np, pytest, torch, torch.nn as nn, torch.nn.functional as F
 import torchvision
 from fastai.vision.all import (ImageDataLoaders, Resize, vision_learner, resnet18, xresnet18, densenet121, vgg11_bn)
 from fastai_attncrop.data import make_shapes
-from fastai_attncrop.saliency import _use_channels_last
 from fastai_attncrop.saliency import (saliency_maps, METHODS, Method, SmoothGrad, GuidedReLU, find_target_layer,
-                                      resolve_layers, normalize_maps, upsample_maps, gradcampp_weights, get_method)
+                                      resolve_layers, normalize_maps, upsample_maps, gradcampp_weights, get_method,
+                                      _use_channels_last)
 
 CAM_METHODS = ['gradcam', 'gradcampp', 'xgradcam', 'hirescam', 'layercam']
 SIZE = 96          # 3x3 feature maps for resnet/vgg/densenet bodies
