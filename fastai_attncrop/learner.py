@@ -25,7 +25,7 @@ from fastai.data.core import DataLoaders, Datasets
 from fasttransform import Transform
 import fastai_attncrop
 from .data import atomic_write, load_image, image_size, UnreadableImageError, _reason
-from .saliency import saliency_maps, get_method, show_saliency, frozen_eval, SmoothGrad
+from .saliency import saliency_maps, get_method, show_saliency, frozen_eval, MapMaker
 from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, adjust_boxes
 from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropItem, attention_dls,
                                   crop_image, failed_rows)
@@ -263,7 +263,7 @@ def _box_plan(learn, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), tar
     for v, name in ((bs, 'bs'), (chunk_batches, 'chunk_batches')):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
             raise ValueError(f"`{name}` must be an integer >= 1, got {v!r}")
-    meth = method if isinstance(method, SmoothGrad) else get_method(method)
+    meth = method if isinstance(method, MapMaker) else get_method(method)
     check_vision_learner(learn)
     df = _as_items(learn, items)
     vocab = getattr(learn.dls, 'vocab', None)

@@ -1,5 +1,5 @@
-"""Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM, CAM, vanilla gradients, guided backprop and SmoothGrad for
-any fastai vision Learner or plain `nn.Module`, batched, at about the cost of inference.
+"""Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM, CAM, vanilla gradients, guided backprop, SmoothGrad and
+DDT for any fastai vision Learner or plain `nn.Module`, batched, at about the cost of inference.
 
 Docs: https://fastai-attncrop.github.io/fastai_attncrop/saliency.html.md"""
 
@@ -7,7 +7,7 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/saliency.html.md"""
 
 # %% ../nbs/01_saliency.ipynb #04549ec8
 from __future__ import annotations
-import contextlib
+import contextlib, hashlib
 from dataclasses import dataclass, field
 from typing import Callable
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
@@ -17,8 +17,8 @@ import matplotlib.pyplot as plt
 __all__ = ['METHODS', 'frozen_eval', 'ActivationCut', 'find_target_layer', 'resolve_layers', 'select_targets', 'Method',
            'register_method', 'gradcam_weights', 'gradcampp_weights', 'xgradcam_weights', 'hirescam_weights',
            'layercam_weights', 'gradient_weights', 'guided_backprop_weights', 'GuidedReLU', 'guided_relus',
-           'normalize_maps', 'upsample_maps', 'SaliencyMaps', 'get_method', 'saliency_maps', 'SmoothGrad',
-           'show_saliency']
+           'normalize_maps', 'upsample_maps', 'SaliencyMaps', 'get_method', 'MapMaker', 'saliency_maps', 'SmoothGrad',
+           'DDT', 'show_saliency']
 
 # %% ../nbs/01_saliency.ipynb #90d2d456
 @contextlib.contextmanager
@@ -304,17 +304,26 @@ def get_method(method) -> Method:
     return METHODS[method]
 
 # %% ../nbs/01_saliency.ipynb #600f4677
+class MapMaker:
+    "A saliency method that makes its own maps: called as `maker(model, xb, target=..., layers=..., ...)` -> `SaliencyMaps`."
+    def __call__(self, model, xb, target=None, **kwargs) -> SaliencyMaps: raise NotImplementedError
+
+def _as_input(xb, device, dtype, channels_last=None) -> torch.Tensor:
+    "`xb` checked as an image batch, as a plain tensor on the model's device and dtype, in the memory format of the pass."
+    if not isinstance(xb, torch.Tensor) or xb.ndim!=4: raise ValueError(f"`xb` must be a (N, C, H, W) image batch, got {getattr(xb, 'shape', type(xb))}")
+    xb = xb.as_subclass(torch.Tensor).to(device=device, dtype=dtype if dtype.is_floating_point else xb.dtype)  # a fastai TensorImage too
+    return xb.contiguous(memory_format=torch.channels_last) if _use_channels_last(channels_last, device, dtype) else xb
+
+# %% ../nbs/01_saliency.ipynb #775e6351
 def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=None, k=1, multi_label=False,
                   thresh=0.75, max_k=20, vocab=None, channels_last=None) -> SaliencyMaps:
     "Saliency maps of `method` for batch `xb` (N, 3, H, W) explaining `target` (default: the predicted class)."
-    if isinstance(method, SmoothGrad): return method(model, xb, target=target, layers=layers, k=k, multi_label=multi_label,
-                                                     thresh=thresh, max_k=max_k, vocab=vocab, channels_last=channels_last)
+    if isinstance(method, MapMaker): return method(model, xb, target=target, layers=layers, k=k, multi_label=multi_label,
+                                                   thresh=thresh, max_k=max_k, vocab=vocab, channels_last=channels_last)
     meth = get_method(method)
     model, vocab_, device, dtype = _model_of(model)
     vocab = vocab if vocab is not None else vocab_
-    if not isinstance(xb, torch.Tensor) or xb.ndim!=4: raise ValueError(f"`xb` must be a (N, C, H, W) image batch, got {getattr(xb, 'shape', type(xb))}")
-    xb = xb.as_subclass(torch.Tensor).to(device=device, dtype=dtype if dtype.is_floating_point else xb.dtype)  # a fastai TensorImage too
-    if _use_channels_last(channels_last, device, dtype): xb = xb.contiguous(memory_format=torch.channels_last)
+    xb = _as_input(xb, device, dtype, channels_last)
     lays = [] if meth.on_input else resolve_layers(model, layers, xb)
     guide = guided_relus(model) if meth.guided else contextlib.nullcontext()
     with frozen_eval(model), guide, ActivationCut(lays) as cut, torch.enable_grad():
@@ -358,7 +367,7 @@ def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=
     return SaliencyMaps(maps, img_idx, tgt, probs[img_idx, tgt], rank, tuple(xb.shape[-2:]), meth.name, bad, layer_maps)
 
 # %% ../nbs/01_saliency.ipynb #03d1c508
-class SmoothGrad:
+class SmoothGrad(MapMaker):
     "Wrap a saliency method: average its maps over `n` noisy copies of the batch (noise sd = `sigma` x value range)."
     def __init__(self, method='gradient', n=8, sigma=0.15, seed=0):
         if n < 1: raise ValueError(f"`n` must be >= 1, got {n}")
@@ -386,6 +395,89 @@ class SmoothGrad:
         clean.maps, clean.method, clean.nonfinite = total / self.n, f"smoothgrad({self.method.name})", bad
         clean.layer_maps = {k: v / self.n for k, v in layer_total.items()}
         return clean
+
+# %% ../nbs/01_saliency.ipynb #825a1801
+class DDT(MapMaker):
+    "Deep descriptor transforming: maps of where the features lie along each class's first principal direction (call `fit` first)."
+    def __init__(self, layers=None, per_class=True):
+        if isinstance(layers, (list, tuple)) and len(layers)!=1: raise ValueError(f"DDT uses one layer, got `layers`={layers!r}")
+        self.layers, self.per_class, self.mean, self.direction, self.n_images = layers, per_class, None, None, 0
+
+    def fit(self, model, dl=None, max_batches=None, channels_last=None):
+        "Mean and first principal direction of the target layer's features over `dl`'s (image, class) batches (default: the Learner's training set)."
+        if dl is None:
+            if not hasattr(model, 'dls'): raise ValueError("`fit` needs `dl` (batches of images and class indices) when given a module, not a Learner")
+            dl = model.dls.train
+        model, _, device, dtype = _model_of(model)
+        self.n_images, stats, lays = 0, {}, None    # group: [positions, sum, sum of outer products, sum of x*|x|, sum of |x|] in float64
+        with frozen_eval(model), torch.no_grad():
+            for b, batch in enumerate(dl):
+                if max_batches is not None and b >= max_batches: break
+                if len(batch[0]) == 0: continue
+                xb = _as_input(batch[0], device, dtype, channels_last)
+                if lays is None: lays = resolve_layers(model, self.layers, xb)
+                with ActivationCut(lays) as cut: model(xb)
+                X = self._features(cut, lays).permute(0, 2, 3, 1).double()       # (N, h, w, C)
+                groups = self._groups(batch, len(xb))
+                for g in groups.unique().tolist():
+                    D = X[groups==g].flatten(0, 2)
+                    nrm = D.norm(dim=1, keepdim=True)
+                    new = [len(D), D.sum(0), D.T @ D, (D*nrm).sum(0), nrm.sum()]
+                    stats[g] = new if g not in stats else [a + n for a, n in zip(stats[g], new)]
+                    self.n_images += int((groups==g).sum())
+        if not stats: raise ValueError("`dl` gave no batches to fit DDT on")
+        self.mean, self.direction = {}, {}
+        for g, (n, s, ss, sxn, sn) in stats.items():
+            mu = s / n
+            cov = (ss - n * torch.outer(mu, mu)) / max(n - 1, 1)
+            p = torch.linalg.eigh(cov)[1][:, -1]
+            if p @ (sxn - mu * sn) < 0: p = -p                                   # + where the features fire (weighted by |x|)
+            self.mean[g], self.direction[g] = mu.float(), p.float()
+        return self
+
+    @staticmethod
+    def _features(cut, lays):
+        a = cut.acts.get(0)
+        if a is None: raise ValueError("the target layer was not run by the model's forward pass; check `layers`")
+        if a.ndim != 4: raise ValueError(f"the target layer {type(lays[0]).__name__} gives an output of shape {tuple(a.shape)}, "
+                                         "not a (N, C, h, w) feature map: pass `layers=` a convolutional layer")
+        return a.detach()
+
+    def _groups(self, batch, n):
+        if not self.per_class: return torch.zeros(n, dtype=torch.long)
+        y = batch[1] if len(batch) > 1 else None
+        if not isinstance(y, torch.Tensor) or y.shape!=(n,) or y.is_floating_point():
+            raise ValueError(f"DDT(per_class=True) fits on batches of (images, class indices); got labels "
+                             f"{getattr(y, 'shape', type(y).__name__)} for {n} images (use per_class=False for other labels)")
+        return y.as_subclass(torch.Tensor).long().cpu()
+
+    def __repr__(self):
+        if self.direction is None: return f"DDT(layers={self.layers!r}, per_class={self.per_class}, not fit)"
+        digest = hashlib.sha1(torch.cat([torch.cat([self.mean[g], self.direction[g]]) for g in sorted(self.direction)]).numpy().tobytes()).hexdigest()[:10]
+        return f"DDT(layers={self.layers!r}, per_class={self.per_class}, {len(self.direction)} directions from {self.n_images} images, {digest})"
+
+    def __call__(self, model, xb, target=None, layers=None, k=1, multi_label=False, thresh=0.75, max_k=20, vocab=None, channels_last=None):
+        if self.direction is None: raise ValueError("DDT has no directions yet: call `.fit(learn)` (or `.fit(model, dl)`) first")
+        if layers is not None: raise ValueError(f"DDT maps the layer it was fit on (`DDT(layers=...)`), not `layers`={layers!r}")
+        model, vocab_, device, dtype = _model_of(model)
+        vocab = vocab if vocab is not None else vocab_
+        xb = _as_input(xb, device, dtype, channels_last)
+        lays = resolve_layers(model, self.layers, xb)
+        with frozen_eval(model), torch.no_grad(), ActivationCut(lays) as cut:
+            out = model(xb)
+            A = self._features(cut, lays).float()
+        if not isinstance(out, torch.Tensor) or out.ndim!=2: raise ValueError(f"the model must return (N, n_classes) scores, got {getattr(out, 'shape', type(out))}")
+        img_idx, tgt, rank = select_targets(out, target, k, multi_label, thresh, max_k, vocab)
+        probs = out.float().sigmoid() if multi_label else out.float().softmax(1)
+        groups = tgt.tolist() if self.per_class else [0]*len(tgt)
+        missing = sorted(set(groups) - set(self.direction))
+        if missing: raise ValueError(f"DDT was fit on no image of class(es) {[vocab[g] if vocab is not None else g for g in missing]}: "
+                                     "fit it on a set with every class it will explain")
+        P = torch.stack([self.direction[g] for g in groups]).to(device) if groups else A.new_zeros(0, A.shape[1])
+        M = torch.stack([self.mean[g] for g in groups]).to(device) if groups else A.new_zeros(0, A.shape[1])
+        proj = torch.einsum('nchw,nc->nhw', A[img_idx], P) - (P*M).sum(1)[:, None, None]
+        maps, bad = _sanitize(proj - proj.flatten(1).amin(1)[:, None, None] if len(proj) else proj)
+        return SaliencyMaps(maps, img_idx, tgt, probs[img_idx, tgt], rank, tuple(xb.shape[-2:]), 'ddt', bad)
 
 # %% ../nbs/01_saliency.ipynb #b765b81b
 def show_saliency(xb, sm:SaliencyMaps, vocab=None, max_n=8, ncols=4, figsize=None, alpha=0.5, cmap='jet', axs=None):

@@ -10,7 +10,7 @@ import numpy as np, pytest, torch, torch.nn as nn, torch.nn.functional as F
 import torchvision
 from fastai.vision.all import (ImageDataLoaders, Resize, vision_learner, resnet18, xresnet18, densenet121, vgg11_bn)
 from fastai_attncrop.data import make_shapes
-from fastai_attncrop.saliency import (saliency_maps, METHODS, Method, SmoothGrad, GuidedReLU, find_target_layer,
+from fastai_attncrop.saliency import (saliency_maps, METHODS, Method, SmoothGrad, DDT, GuidedReLU, find_target_layer,
                                       resolve_layers, normalize_maps, upsample_maps, gradcampp_weights, get_method,
                                       _use_channels_last)
 
@@ -471,3 +471,62 @@ def test_fastai_batch_types(learn, method):
     ref = saliency_maps(learn, torch.Tensor(x).clone(), method, target=torch.Tensor(y).long().clone())
     assert type(sm.maps) is torch.Tensor and type(sm.target) is torch.Tensor
     assert sm.target.tolist() == y.tolist() and torch.equal(sm.maps, ref.maps)
+
+# ------------------------------------------------------------------------------------------------------------------ DDT
+def _valid_batches(learn):
+    "The validation set as plain (images, classes) batches in a fixed order."
+    return [(torch.Tensor(x).clone(), torch.Tensor(y).long().clone()) for x, y in learn.dls.valid]
+
+def ddt_reference(learn, batches, xb, target, layer, per_class=True):
+    "Textbook DDT in numpy: per class, np.cov of every position's feature vector, np.linalg.eigh's top vector, signed to"
+    "be + where the features fire (sum of projection x feature norm > 0); the map is the projection minus its minimum."
+    m = learn.model.eval()
+    def feats(x):
+        out = []
+        h = layer.register_forward_hook(lambda mod, i, o: out.append(o.detach().double().numpy()))
+        try:
+            with torch.no_grad(): m(x.contiguous())
+        finally: h.remove()
+        return out[0]                                                           # (N, C, h, w)
+    F_ = np.concatenate([feats(x) for x, _ in batches]); Y = np.concatenate([y.numpy() for _, y in batches])
+    if not per_class: Y = np.zeros_like(Y)
+    A, maps = feats(xb), []
+    for i, t in enumerate(target):
+        g = t if per_class else 0
+        D = F_[Y == g].transpose(0, 2, 3, 1).reshape(-1, F_.shape[1])
+        mu = D.mean(0); p = np.linalg.eigh(np.cov(D.T))[1][:, -1]
+        if ((D - mu) @ p * np.linalg.norm(D, axis=1)).sum() < 0: p = -p
+        proj = np.einsum('chw,c->hw', A[i] - mu[:, None, None], p)
+        maps.append(proj - proj.min())
+    return torch.tensor(np.stack(maps)).float()
+
+@pytest.mark.parametrize('per_class', [True, False])
+def test_ddt_matches_reference(learn, xb, per_class):
+    batches = _valid_batches(learn)
+    for layers, layer in ((None, learn.model[0]), ('0.6', learn.model[0][6])):
+        ddt = DDT(layers=layers, per_class=per_class).fit(learn, batches)
+        assert len(ddt.direction) == (3 if per_class else 1) and ddt.n_images == 12
+        target = [2, 0, 1, 1]
+        sm = saliency_maps(learn, xb, ddt, target=target)
+        assert sm.method == 'ddt' and sm.target.tolist() == target and (sm.maps >= 0).all()
+        ref = ddt_reference(learn, batches, xb, target, layer, per_class)
+        torch.testing.assert_close(sm.maps, ref, atol=2e-4*float(ref.abs().max()), rtol=0)
+        if per_class:   # each class has its own direction: other targets, other maps
+            assert not torch.allclose(sm.maps, ddt_reference(learn, batches, xb, [0, 1, 2, 2], layer, per_class), atol=1e-3)
+    assert n_hooks(learn.model) == 0 and not any(p.grad is not None for p in learn.model.parameters())
+
+def test_ddt_fits_on_a_learner_and_refuses_bad_input(learn, xb):
+    ddt = DDT().fit(learn)                                                      # default: the Learner's training set
+    assert len(ddt.direction) == 3 and 'not fit' in repr(DDT()) and '3 directions' in repr(ddt)
+    assert repr(DDT().fit(learn, _valid_batches(learn))) != repr(ddt)         # the repr keys the box pass's cache
+    sm = saliency_maps(learn, xb, ddt)
+    assert torch.equal(sm.target, saliency_maps(learn, xb, 'gradcam').target)   # default target: the predicted class
+    two = [(x[y < 2], y[y < 2]) for x, y in _valid_batches(learn)]
+    with pytest.raises(ValueError, match=r"no image of class\(es\) \['star'\]"):
+        saliency_maps(learn, xb, DDT().fit(learn, two), target=['circle', 'star', 'circle', 'circle'])
+    with pytest.raises(ValueError, match='call `.fit'): saliency_maps(learn, xb, DDT())
+    with pytest.raises(ValueError, match='the layer it was fit on'): saliency_maps(learn, xb, ddt, layers='0.6')
+    with pytest.raises(ValueError, match='class indices'): DDT().fit(learn, [(xb, torch.rand(4, 3))])
+    with pytest.raises(ValueError, match='one layer'): DDT(layers=['0.6', '0.7'])
+    with pytest.raises(ValueError, match='gave no batches'): DDT().fit(learn, [])
+    with pytest.raises(ValueError, match='needs `dl`'): DDT().fit(learn.model)
