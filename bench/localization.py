@@ -5,8 +5,8 @@ Two classifiers trained from scratch with fastai (resnet18, 128 px, `pretrained=
   images) when present, as the cached full model; otherwise (or with `--train-full`) the same recipe is trained on
   all training images of `--train-dir` and cached in git-ignored `bench/cache/localization/`;
 * small: 100 images per class (the seed's "small model"), trained here and cached the same way.
-Then, on the box set (`--boxes-dir`: images/, labels.csv, boxes.csv, classes.csv), computes Grad-CAM and Grad-CAM++
-maps for the predicted and for the ground-truth class, cuts boxes with `mass_box` at eps = 2.5% (and a sweep of eps),
+Then, on the box set (`--boxes-dir`: images/, labels.csv, boxes.csv, classes.csv), computes Grad-CAM, Grad-CAM++ and
+DDT maps (DDT fitted on 150 training images a class) for the predicted and for the ground-truth class, cuts boxes with `mass_box` at eps = 2.5% (and a sweep of eps),
 and scores them with `evaluate_localization`: recall, precision, IoU, mAP, area reduction, BoxAcc@0.5, MaxBoxAccV2,
 next to the baselines (whole image, best centred box, centre map) and pytorch-grad-cam's Grad-CAM map through the
 same box rule. Writes bench/results/localization.md and localization_examples.png; the last printed line is one JSON
@@ -15,7 +15,7 @@ object for Grad-CAM on the full model at eps = 2.5% (predicted class).
     python bench/localization.py                       # defaults point at ../shared/data/
     python bench/localization.py --boxes-dir DIR --train-dir DIR
 """
-import argparse, json, platform, time, warnings, datetime
+import argparse, copy, json, platform, time, warnings, datetime
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
@@ -70,7 +70,7 @@ MODELS = {  # name: (arch, train size, epochs, lr, images per class or None for 
 
 from PIL import Image
 from fastai_attncrop.data import read_boxes_csv, write_text_atomic
-from fastai_attncrop.saliency import saliency_maps
+from fastai_attncrop.saliency import saliency_maps, upsample_maps, DDT
 from fastai_attncrop.metrics import boxes_from_maps, evaluate_localization, box_accuracy, eps_curve
 
 def box_set(boxes_dir):
@@ -119,8 +119,32 @@ def centre_maps(images, n=224):
     return {i: m for i in images}
 
 
+def dilate_last_stage(body):
+    "resnet18 body: layer4 at stride 1 with dilation 2 (feature maps twice as fine, same weights, no training)."
+    l4 = body[7]
+    l4[0].conv1.stride, l4[0].downsample[0].stride = (1, 1), (1, 1)
+    for c in (l4[0].conv2, l4[1].conv1, l4[1].conv2): c.dilation, c.padding = (2, 2), (2, 2)
+    return body
+
+DDT_PER_CLASS = 150
+def ddt_fit(learn, train_dir, size, per_class=True, layers=None, n=DDT_PER_CLASS, bs=50, seed=0):
+    "`DDT` of `layers` (one direction per class, or one for all) fitted on `n` training images a class of `train_dir`/train, squashed to `size` like the box set."
+    tr = Path(train_dir)/'train'
+    files = [f.relative_to(tr).as_posix() for f in _subset(get_image_files(tr), n, seed)]
+    vocab = list(learn.dls.vocab)
+    y = torch.tensor([vocab.index(f.split('/')[0]) for f in files])
+    batches = ((xb, y[i*bs:(i + 1)*bs]) for i, (_, xb) in enumerate(load_batches(tr, files, size, bs)))
+    return DDT(layers, per_class).fit(learn, batches)
+
+def times_centre(maps):
+    "Each map (min-max normalized, upsampled to the centre map's 224 px) times the centre map: a prior that objects sit centred."
+    c = centre_maps(['x'])['x']
+    def norm(m): m = upsample_maps(m[None].float(), c.shape)[0]; m = m - m.min(); return m/(m.max() + 1e-12)
+    return {k: norm(v)*c for k, v in maps.items()}
+
 EPS = 0.025
-METHODS = {'Grad-CAM': 'gradcam', 'Grad-CAM++': 'gradcampp'}
+METHODS = {'Grad-CAM': 'gradcam', 'Grad-CAM++': 'gradcampp', 'DDT': 'ddt'}   # ddt: fitted per model (`ddt_fit`)
+DDT_SIZE = 160   # the dilated DDT row's input size (tuned on the dev set, bench/localization_tries.py ddt)
 COLS = ['Recall', 'Precision', 'IoU', 'mAP', 'Image Area Reduction', 'BoxAcc', 'MaxBoxAccV2', 'Fallback', 'N']
 
 def shared_learner(train_dir, weights):
@@ -145,6 +169,7 @@ def evaluate(models, a, labels, gt):
     for mname, learn in models.items():
         vocab = list(learn.dls.vocab)
         for label, meth in METHODS.items():
+            if meth == 'ddt': meth = ddt_fit(learn, a.train_dir, a.eval_size)
             for tname, target in [('pred', None), ('GT class', wnids)]:
                 t0 = time.time()
                 m, info = model_maps(learn, a.boxes_dir, images, a.eval_size, meth, target)
@@ -157,6 +182,10 @@ def evaluate(models, a, labels, gt):
         add(f'full · Grad-CAM · pred · {name}', m, info)
     m, info = model_maps(full, a.boxes_dir, images, full_size(models), 'gradcam')
     add(f'full · Grad-CAM · pred · {full_size(models)} px input', m, info)
+    dil = copy.deepcopy(full); dilate_last_stage(dil.model[0])
+    m, info = model_maps(dil, a.boxes_dir, images, DDT_SIZE, ddt_fit(dil, a.train_dir, DDT_SIZE))
+    add(f'full · DDT · pred · {DDT_SIZE} px, dilated layer4', m, info)
+    add(f'full · DDT × centre map · pred · {DDT_SIZE} px, dilated', times_centre(m), info)
     try: add('full · pytorch-grad-cam Grad-CAM · pred', pgc_maps(full, a.boxes_dir, images, a.eval_size))
     except ImportError: print("pytorch-grad-cam is not installed: its row is left out")
     return maps, pd.concat(preds, ignore_index=True), acc
@@ -238,8 +267,8 @@ def main(a):
     centre = box_accuracy(centre_maps(list(labels.image)), gt)['MaxBoxAccV2']
     summary.loc['centre map (baseline)', 'MaxBoxAccV2'] = centre
     summary = summary[[c for c in COLS if c in summary.columns]]
-    curves = {r: eps_curve(maps[r], gt) for r in ['full · Grad-CAM · pred', 'full · Grad-CAM++ · pred', 'small · Grad-CAM · pred']
-}
+    curves = {r: eps_curve(maps[r], gt) for r in ['full · Grad-CAM · pred', 'full · Grad-CAM++ · pred', 'small · Grad-CAM · pred',
+                                                  f'full · DDT · pred · {DDT_SIZE} px, dilated layer4', f'full · DDT × centre map · pred · {DDT_SIZE} px, dilated']}
     sweep = pd.concat({r: c.set_index('eps') for r, c in curves.items()}, names=['row', 'eps'])
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     figure(a, maps, preds, gt, labels, curves, out/'localization_examples.png')
@@ -263,6 +292,9 @@ image (recall: share of the objects' area inside the box; area reduction: share 
 sweeps the map's thresholds (WSOL-evaluation, all components, mean over IoU 0.3/0.5/0.7). Baselines by the same code:
 whole image; the centred box with the best mean IoU (its size tuned on this set); the centre map (every centred box
 size; MaxBoxAccV2 only). Rows `layer3`, `fused`, `px input` and `pytorch-grad-cam` vary one thing of the full model.
+DDT (deep descriptor transforming, `fastai_attncrop.saliency.DDT`) is fitted on {DDT_PER_CLASS} training images a class at the
+input size of its row; the `dilated` rows run the full model's layer4 at stride 1 with dilation 2 (same weights, finer
+maps) at {DDT_SIZE} px; `× centre map` multiplies the map by the centre map (a prior, not the classifier).
 
 ## Classifiers (from scratch, `pretrained=False`, fastai `fit_one_cycle`, `aug_transforms`, CPU)
 

@@ -13,12 +13,18 @@ are in bench/results/localization_tries.txt.
   `--train-dir` at 128 px (1 epoch head only, then 4 epochs all layers; 31 min on 2 cores), cached in
   bench/cache/localization/full_dilated_cam.pth; MaxBoxAccV2 after every epoch when it trains.
 
-    python bench/localization_tries.py [tta dilated prior agnostic finetune]
+* ddt: `DDT` maps (fitted by `localization.ddt_fit` on 150 training images a class) at 224/160/128 px, with and without the
+  dilated last stage, one direction per class (the explained class: predicted) or one for all, alone and times the
+  centre map;
+* ddt_fusion: the per-class DDT map of the dilated model at 160 px (min-max normalized) plus 0.5 or 1 x its Grad-CAM
+  or Grad-CAM++ map, and plus the DDT map of layer3 or layer2 (the body's modules 6 and 5), alone and times the centre map.
+
+    python bench/localization_tries.py [tta dilated prior agnostic finetune ddt ddt_fusion]
 """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
-tries = [t for t in sys.argv[1:] if not t.startswith('-')] or ['tta', 'dilated', 'prior', 'agnostic', 'finetune']
+tries = [t for t in sys.argv[1:] if not t.startswith('-')] or ['tta', 'dilated', 'prior', 'agnostic', 'finetune', 'ddt', 'ddt_fusion']
 sys.argv = sys.argv[:1]
 import localization as LB, torch, numpy as np, torch.nn as nn
 from fastai.vision.all import Learner, Callback, accuracy, model_meta, resnet18
@@ -40,11 +46,7 @@ def run(learn, size, method='gradcam', flip=False, layers=None):
 def up(m, s=224): return upsample_maps(m[None], (s, s))[0]
 def norm(m): m = m - m.min(); return m/(m.max() + 1e-12)   # min-max (normalize_maps only divides by the maximum)
 def v2(maps): return round(box_accuracy(maps, gt)['MaxBoxAccV2'], 4)
-def dilate_last_stage(body):
-    "resnet18 body: layer4 at stride 1 with dilation 2 (feature maps twice as fine, same weights)."
-    l4 = body[7]
-    l4[0].conv1.stride, l4[0].downsample[0].stride = (1, 1), (1, 1)
-    for c in (l4[0].conv2, l4[1].conv1, l4[1].conv2): c.dilation, c.padding = (2, 2), (2, 2)
+dilate_last_stage = LB.dilate_last_stage
 
 centre = LB.centre_maps(['x'])['x']
 print('centre map', v2({i: centre for i in images}), flush=True)
@@ -103,3 +105,23 @@ if 'finetune' in tries:
         print(f'fine-tuned in {time.time() - t0:.0f} s', flush=True)
         LB.CACHE.mkdir(parents=True, exist_ok=True)
         tmp = pth.with_suffix('.tmp'); torch.save(ft.model.state_dict(), tmp); tmp.replace(pth)
+if 'ddt' in tries:
+    for size, dilated in ((224, False), (160, False), (128, False), (224, True), (160, True), (128, True)):
+        d, _ = LB.shared_learner(a.train_dir, a.weights)
+        if dilated: dilate_last_stage(d.model[0])
+        parts = []
+        for per_class in (True, False):
+            m, acc = run(d, size, LB.ddt_fit(d, a.train_dir, size, per_class=per_class))
+            parts.append(f"| {'per class' if per_class else 'one direction'} {v2(m)} x centre {v2(LB.times_centre(m))}")
+        print(f"DDT {size} px{' dilated' if dilated else ''}: acc {acc}", *parts, flush=True)
+if 'ddt_fusion' in tries:
+    d, _ = LB.shared_learner(a.train_dir, a.weights); dilate_last_stage(d.model[0])
+    m4 = run(d, 160, LB.ddt_fit(d, a.train_dir, 160))[0]
+    def fused(others, w): return {k: norm(up(m4[k])) + w*norm(up(others[k])) for k in m4}
+    for meth in ('gradcam', 'gradcampp'):
+        o = run(d, 160, meth)[0]
+        print(f'DDT 160 px dilated {v2(m4)} | {meth} {v2(o)}', *[f'| DDT + {w} x {meth} {v2(fused(o, w))} x centre {v2(LB.times_centre(fused(o, w)))}'
+                                                                  for w in (0.5, 1)], flush=True)
+    for layer in ('0.6', '0.5'):
+        o = run(d, 160, LB.ddt_fit(d, a.train_dir, 160, layers=layer))[0]
+        print(f'DDT of {layer} {v2(o)} | + DDT of layer4 {v2(fused(o, 1))} x centre {v2(LB.times_centre(fused(o, 1)))}', flush=True)
