@@ -17,14 +17,16 @@ are in bench/results/localization_tries.txt.
   dilated last stage, one direction per class (the explained class: predicted) or one for all, alone and times the
   centre map;
 * ddt_fusion: the per-class DDT map of the dilated model at 160 px (min-max normalized) plus 0.5 or 1 x its Grad-CAM
-  or Grad-CAM++ map, and plus the DDT map of layer3 or layer2 (the body's modules 6 and 5), alone and times the centre map.
+  or Grad-CAM++ map, and plus the DDT map of layer3 or layer2 (the body's modules 6 and 5), alone and times the centre map;
+* ddt_tta: the same DDT maps (dilated model, fitted at each size) averaged over a horizontal flip, then also over the
+  input sizes 128/160/192, alone and times the centre map.
 
-    python bench/localization_tries.py [tta dilated prior agnostic finetune ddt ddt_fusion]
+    python bench/localization_tries.py [tta dilated prior agnostic finetune ddt ddt_fusion ddt_tta]
 """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
-tries = [t for t in sys.argv[1:] if not t.startswith('-')] or ['tta', 'dilated', 'prior', 'agnostic', 'finetune', 'ddt', 'ddt_fusion']
+tries = [t for t in sys.argv[1:] if not t.startswith('-')] or ['tta', 'dilated', 'prior', 'agnostic', 'finetune', 'ddt', 'ddt_fusion', 'ddt_tta']
 sys.argv = sys.argv[:1]
 import localization as LB, torch, numpy as np, torch.nn as nn
 from fastai.vision.all import Learner, Callback, accuracy, model_meta, resnet18
@@ -125,3 +127,13 @@ if 'ddt_fusion' in tries:
     for layer in ('0.6', '0.5'):
         o = run(d, 160, LB.ddt_fit(d, a.train_dir, 160, layers=layer))[0]
         print(f'DDT of {layer} {v2(o)} | + DDT of layer4 {v2(fused(o, 1))} x centre {v2(LB.times_centre(fused(o, 1)))}', flush=True)
+if 'ddt_tta' in tries:
+    d, _ = LB.shared_learner(a.train_dir, a.weights); dilate_last_stage(d.model[0])
+    avg = None
+    for size in (160, 128, 192):
+        f = LB.ddt_fit(d, a.train_dir, size)
+        m, mf = run(d, size, f)[0], run(d, size, f, flip=True)[0]
+        both = {k: norm(up(m[k])) + norm(up(mf[k])) for k in m}
+        avg = both if avg is None else {k: avg[k] + both[k] for k in avg}
+        print(f'DDT {size} px dilated {v2(m)} | flipped {v2(mf)} | flip TTA {v2(both)} x centre {v2(LB.times_centre(both))}'
+              f' | sizes so far {v2(avg)} x centre {v2(LB.times_centre(avg))}', flush=True)
