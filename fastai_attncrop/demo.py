@@ -17,7 +17,7 @@ from fastcore.script import call_parse
 from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, set_seed
 from .data import make_shapes, read_boxes_csv, save_image_atomic, write_csv_atomic, write_text_atomic
 from .models import small_cnn
-from .saliency import saliency_maps, show_saliency
+from .saliency import saliency_maps, show_saliency, DDT
 from .boxes import mass_box
 from .metrics import boxes_from_maps, evaluate_localization, eps_curve, plot_eps_curve
 from .crop import crop_image
@@ -26,15 +26,16 @@ from .crop import crop_image
 __all__ = ['METHODS', 'run_demo', 'main']
 
 # %% ../nbs/90_demo.ipynb #83a95ed7
-METHODS = {'Grad-CAM': 'gradcam', 'Grad-CAM++': 'gradcampp'}
+METHODS = {'Grad-CAM': 'gradcam', 'Grad-CAM++': 'gradcampp', 'DDT': 'ddt'}   # ddt: a `DDT` fitted on the training set
 
 def _valid_maps(learn, root, dls):
     "Saliency maps of every validation image for each method in `METHODS`, keyed by the image's path under `root`."
     maps = {name: {} for name in METHODS}
+    meths = {name: DDT().fit(learn) if m=='ddt' else m for name, m in METHODS.items()}
     items = [Path(p).relative_to(root).as_posix() for p in dls.valid.items]
     i = 0
     for xb, _ in dls.valid:
-        for name, m in METHODS.items():
+        for name, m in meths.items():
             sm = saliency_maps(learn, xb, m)
             for r in range(len(sm)): maps[name][items[i + int(sm.img_idx[r])]] = sm.maps[r].cpu()
         i += len(xb)
