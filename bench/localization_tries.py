@@ -18,18 +18,22 @@ are in bench/results/localization_tries.txt.
   centre map;
 * ddt_fusion: the per-class DDT map of the dilated model at 160 px (min-max normalized) plus 0.5 or 1 x its Grad-CAM
   or Grad-CAM++ map, and plus the DDT map of layer3 or layer2 (the body's modules 6 and 5), alone and times the centre map;
+* finetune_ddt: the full model (fastai head kept) with its last stage dilated, fine-tuned on `--train-dir` at 128 px
+  for 3 epochs (all layers, one cycle, lr 3e-4..3e-3), once plain and once with CutMix (Yun et al. 2019, which
+  reports better CAM localization); then DDT (160 px) alone and times the centre map, and Grad-CAM; each arm
+  cached in bench/cache/localization/full_dilated_ft_{plain,cutmix}.pth;
 * ddt_tta: the same DDT maps (dilated model, fitted at each size) averaged over a horizontal flip, then also over the
   input sizes 128/160/192, alone and times the centre map.
 
-    python bench/localization_tries.py [tta dilated prior agnostic finetune ddt ddt_fusion ddt_tta]
+    python bench/localization_tries.py [tta dilated prior agnostic finetune ddt ddt_fusion ddt_tta finetune_ddt]
 """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
-tries = [t for t in sys.argv[1:] if not t.startswith('-')] or ['tta', 'dilated', 'prior', 'agnostic', 'finetune', 'ddt', 'ddt_fusion', 'ddt_tta']
+tries = [t for t in sys.argv[1:] if not t.startswith('-')] or ['tta', 'dilated', 'prior', 'agnostic', 'finetune', 'ddt', 'ddt_fusion', 'ddt_tta', 'finetune_ddt']
 sys.argv = sys.argv[:1]
 import localization as LB, torch, numpy as np, torch.nn as nn
-from fastai.vision.all import Learner, Callback, accuracy, model_meta, resnet18
+from fastai.vision.all import Learner, Callback, accuracy, model_meta, resnet18, set_seed
 from fastai_attncrop.metrics import box_accuracy
 from fastai_attncrop.saliency import upsample_maps, register_method
 
@@ -137,3 +141,20 @@ if 'ddt_tta' in tries:
         avg = both if avg is None else {k: avg[k] + both[k] for k in avg}
         print(f'DDT {size} px dilated {v2(m)} | flipped {v2(mf)} | flip TTA {v2(both)} x centre {v2(LB.times_centre(both))}'
               f' | sizes so far {v2(avg)} x centre {v2(LB.times_centre(avg))}', flush=True)
+if 'finetune_ddt' in tries:
+    from fastai.callback.mixup import CutMix
+    for arm in ('plain', 'cutmix'):
+        dls = LB.train_dls(a.train_dir, 128, 64)
+        ft = Learner(dls, LB.shared_learner(a.train_dir, a.weights)[0].model, metrics=accuracy, splitter=model_meta[resnet18]['split'])
+        dilate_last_stage(ft.model[0])
+        pth = LB.CACHE/f'full_dilated_ft_{arm}.pth'
+        if pth.exists(): ft.model.load_state_dict(torch.load(pth, map_location='cpu'))
+        else:
+            t0 = time.time(); set_seed(0, reproducible=True)
+            ft.unfreeze(); ft.fit_one_cycle(3, slice(3e-4, 3e-3), cbs=[CutMix(1.)] if arm == 'cutmix' else [])
+            print(f'{arm}: fine-tuned in {time.time() - t0:.0f} s', flush=True)
+            LB.CACHE.mkdir(parents=True, exist_ok=True)
+            tmp = pth.with_suffix('.tmp'); torch.save(ft.model.state_dict(), tmp); tmp.replace(pth)
+        m, acc = run(ft, 160, LB.ddt_fit(ft, a.train_dir, 160))
+        g = run(ft, 160)[0]
+        print(f'{arm}: box-set accuracy at 160 px {acc} | DDT {v2(m)} x centre {v2(LB.times_centre(m))} | Grad-CAM {v2(g)}', flush=True)
