@@ -22,15 +22,16 @@ are in bench/results/localization_tries.txt.
   for 3 epochs (all layers, one cycle, lr 3e-4..3e-3), once plain and once with CutMix (Yun et al. 2019, which
   reports better CAM localization); then DDT (160 px) alone and times the centre map, and Grad-CAM; each arm
   cached in bench/cache/localization/full_dilated_ft_{plain,cutmix}.pth;
+* ddt_n: the dilated model's DDT at 160 px fitted on 25, 50, 150 or all 500 training images a class;
 * ddt_tta: the same DDT maps (dilated model, fitted at each size) averaged over a horizontal flip, then also over the
   input sizes 128/160/192, alone and times the centre map.
 
-    python bench/localization_tries.py [tta dilated prior agnostic finetune ddt ddt_fusion ddt_tta finetune_ddt]
+    python bench/localization_tries.py [tta dilated prior agnostic finetune ddt ddt_fusion ddt_tta finetune_ddt ddt_n]
 """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
-tries = [t for t in sys.argv[1:] if not t.startswith('-')] or ['tta', 'dilated', 'prior', 'agnostic', 'finetune', 'ddt', 'ddt_fusion', 'ddt_tta', 'finetune_ddt']
+tries = [t for t in sys.argv[1:] if not t.startswith('-')] or ['tta', 'dilated', 'prior', 'agnostic', 'finetune', 'ddt', 'ddt_fusion', 'ddt_tta', 'finetune_ddt', 'ddt_n']
 sys.argv = sys.argv[:1]
 import localization as LB, torch, numpy as np, torch.nn as nn
 from fastai.vision.all import Learner, Callback, accuracy, model_meta, resnet18, set_seed
@@ -158,3 +159,8 @@ if 'finetune_ddt' in tries:
         m, acc = run(ft, 160, LB.ddt_fit(ft, a.train_dir, 160))
         g = run(ft, 160)[0]
         print(f'{arm}: box-set accuracy at 160 px {acc} | DDT {v2(m)} x centre {v2(LB.times_centre(m))} | Grad-CAM {v2(g)}', flush=True)
+if 'ddt_n' in tries:
+    d, _ = LB.shared_learner(a.train_dir, a.weights); dilate_last_stage(d.model[0])
+    for n in (25, 50, 150, 500):
+        m = run(d, 160, LB.ddt_fit(d, a.train_dir, 160, n=n))[0]
+        print(f'DDT 160 px dilated, fitted on {n} images a class: {v2(m)} x centre {v2(LB.times_centre(m))}', flush=True)
