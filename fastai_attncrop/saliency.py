@@ -314,6 +314,18 @@ def _as_input(xb, device, dtype, channels_last=None) -> torch.Tensor:
     xb = xb.as_subclass(torch.Tensor).to(device=device, dtype=dtype if dtype.is_floating_point else xb.dtype)  # a fastai TensorImage too
     return xb.contiguous(memory_format=torch.channels_last) if _use_channels_last(channels_last, device, dtype) else xb
 
+def _check_scores(out):
+    if not isinstance(out, torch.Tensor) or out.ndim!=2: raise ValueError(f"the model must return (N, n_classes) scores, got {getattr(out, 'shape', type(out))}")
+
+def _check_feature_maps(lays, cut):
+    "The recorded outputs of the target layers `lays`, each checked to be a (N, C, h, w) feature map."
+    if len(cut.acts)!=len(lays): raise ValueError("a target layer was not run by the model's forward pass; check `layers`")
+    for l, a in zip(lays, (cut.acts[i] for i in range(len(lays)))):
+        if a.ndim != 4: raise ValueError(f"the target layer {type(l).__name__} gives an output of shape {tuple(a.shape)}, not a "
+                                         "(N, C, h, w) feature map: CAM methods and DDT need a convolutional layer; pass `layers=` one "
+                                         "(a module or a dotted name such as 'layer4'), or use method='gradient'")
+    return [cut.acts[i] for i in range(len(lays))]
+
 # %% ../nbs/01_saliency.ipynb #775e6351
 def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=None, k=1, multi_label=False,
                   thresh=0.75, max_k=20, vocab=None, channels_last=None) -> SaliencyMaps:
@@ -329,16 +341,10 @@ def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=
     with frozen_eval(model), guide, ActivationCut(lays) as cut, torch.enable_grad():
         x = xb.detach().requires_grad_(meth.on_input)
         out = model(x)
-        if not isinstance(out, torch.Tensor) or out.ndim!=2: raise ValueError(f"the model must return (N, n_classes) scores, got {getattr(out, 'shape', type(out))}")
-        if not meth.on_input and len(cut.acts)!=len(lays):
-            raise ValueError("a target layer was not run by the model's forward pass; check `layers`")
-        for l, a in ([] if meth.on_input else zip(lays, (cut.acts[i] for i in range(len(lays))))):
-            if a.ndim != 4: raise ValueError(f"the target layer {type(l).__name__} gives an output of shape {tuple(a.shape)}, not a "
-                                             "(N, C, h, w) feature map: CAM methods need a convolutional layer; pass `layers=` one "
-                                             "(a module or a dotted name such as 'layer4'), or use method='gradient'")
+        _check_scores(out)
+        acts = [x] if meth.on_input else _check_feature_maps(lays, cut)
         img_idx, tgt, rank = select_targets(out.detach(), target, k, multi_label, thresh, max_k, vocab)
         probs = out.detach().float().sigmoid() if multi_label else out.detach().float().softmax(1)
-        acts = [x] if meth.on_input else [cut.acts[i] for i in range(len(lays))]
         if meth.name=='cam':
             if not _is_fastai_vision(model) or lays!=[model[0]]:
                 raise ValueError("CAM weighs the body's last feature map by the head's linear layer: it needs a fastai vision "
@@ -417,14 +423,14 @@ class DDT(MapMaker):
                 xb = _as_input(batch[0], device, dtype, channels_last)
                 if lays is None: lays = resolve_layers(model, self.layers, xb)
                 with ActivationCut(lays) as cut: model(xb)
-                X = self._features(cut, lays).permute(0, 2, 3, 1).double()       # (N, h, w, C)
+                X = _check_feature_maps(lays, cut)[0].detach().permute(0, 2, 3, 1).double()   # (N, h, w, C)
                 groups = self._groups(batch, len(xb))
                 for g in groups.unique().tolist():
                     D = X[groups==g].flatten(0, 2)
                     nrm = D.norm(dim=1, keepdim=True)
                     new = [len(D), D.sum(0), D.T @ D, (D*nrm).sum(0), nrm.sum()]
                     stats[g] = new if g not in stats else [a + n for a, n in zip(stats[g], new)]
-                    self.n_images += int((groups==g).sum())
+                self.n_images += len(xb)
         if not stats: raise ValueError("`dl` gave no batches to fit DDT on")
         self.mean, self.direction = {}, {}
         for g, (n, s, ss, sxn, sn) in stats.items():
@@ -434,14 +440,6 @@ class DDT(MapMaker):
             if p @ (sxn - mu * sn) < 0: p = -p                                   # + where the features fire (weighted by |x|)
             self.mean[g], self.direction[g] = mu.float(), p.float()
         return self
-
-    @staticmethod
-    def _features(cut, lays):
-        a = cut.acts.get(0)
-        if a is None: raise ValueError("the target layer was not run by the model's forward pass; check `layers`")
-        if a.ndim != 4: raise ValueError(f"the target layer {type(lays[0]).__name__} gives an output of shape {tuple(a.shape)}, "
-                                         "not a (N, C, h, w) feature map: pass `layers=` a convolutional layer")
-        return a.detach()
 
     def _groups(self, batch, n):
         if not self.per_class: return torch.zeros(n, dtype=torch.long)
@@ -465,8 +463,8 @@ class DDT(MapMaker):
         lays = resolve_layers(model, self.layers, xb)
         with frozen_eval(model), torch.no_grad(), ActivationCut(lays) as cut:
             out = model(xb)
-            A = self._features(cut, lays).float()
-        if not isinstance(out, torch.Tensor) or out.ndim!=2: raise ValueError(f"the model must return (N, n_classes) scores, got {getattr(out, 'shape', type(out))}")
+            A = _check_feature_maps(lays, cut)[0].detach().float()
+        _check_scores(out)
         img_idx, tgt, rank = select_targets(out, target, k, multi_label, thresh, max_k, vocab)
         probs = out.float().sigmoid() if multi_label else out.float().softmax(1)
         groups = tgt.tolist() if self.per_class else [0]*len(tgt)
