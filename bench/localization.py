@@ -136,11 +136,15 @@ def ddt_fit(learn, train_dir, size, per_class=True, layers=None, n=DDT_PER_CLASS
     batches = ((xb, y[i*bs:(i + 1)*bs]) for i, (_, xb) in enumerate(load_batches(tr, files, size, bs)))
     return DDT(layers, per_class).fit(learn, batches)
 
+def unit_map(m, n=224):
+    "A map upsampled to `n` x `n` and min-max normalized to [0, 1] (`normalize_maps` only divides by the maximum)."
+    m = upsample_maps(m[None].float(), (n, n))[0]; m = m - m.min()
+    return m/(m.max() + 1e-12)
+
 def times_centre(maps):
-    "Each map (min-max normalized, upsampled to the centre map's 224 px) times the centre map: a prior that objects sit centred."
+    "Each map (`unit_map`) times the centre map: a prior that objects sit centred."
     c = centre_maps(['x'])['x']
-    def norm(m): m = upsample_maps(m[None].float(), c.shape)[0]; m = m - m.min(); return m/(m.max() + 1e-12)
-    return {k: norm(v)*c for k, v in maps.items()}
+    return {k: unit_map(v, len(c))*c for k, v in maps.items()}
 
 EPS = 0.025
 METHODS = {'Grad-CAM': 'gradcam', 'Grad-CAM++': 'gradcampp', 'DDT': 'ddt'}   # ddt: fitted per model (`ddt_fit`)

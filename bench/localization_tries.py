@@ -36,7 +36,7 @@ sys.argv = sys.argv[:1]
 import localization as LB, torch, numpy as np, torch.nn as nn
 from fastai.vision.all import Learner, Callback, accuracy, model_meta, resnet18, set_seed
 from fastai_attncrop.metrics import box_accuracy
-from fastai_attncrop.saliency import upsample_maps, register_method
+from fastai_attncrop.saliency import register_method
 
 a = LB.parse()
 labels, gt = LB.box_set(a.boxes_dir)
@@ -50,8 +50,7 @@ def run(learn, size, method='gradcam', flip=False, layers=None):
     vocab = list(learn.dls.vocab)
     return maps, round(float(np.mean([vocab[info[i][0]] == w for i, w in zip(images, wnids)])), 3)
 
-def up(m, s=224): return upsample_maps(m[None], (s, s))[0]
-def norm(m): m = m - m.min(); return m/(m.max() + 1e-12)   # min-max (normalize_maps only divides by the maximum)
+unit = LB.unit_map
 def v2(maps): return round(box_accuracy(maps, gt)['MaxBoxAccV2'], 4)
 dilate_last_stage = LB.dilate_last_stage
 
@@ -60,15 +59,15 @@ print('centre map', v2({i: centre for i in images}), flush=True)
 if 'tta' in tries:
     m, acc = run(learn, 224); mf, accf = run(learn, 224, flip=True)
     print('Grad-CAM 224', acc, v2(m), '| flipped', accf, v2(mf), flush=True)
-    avg = {k: norm(up(m[k])) + norm(up(mf[k])) for k in m}
+    avg = {k: unit(m[k]) + unit(mf[k]) for k in m}
     print('flip TTA', v2(avg), flush=True)
     for s in (160, 288):
         ms, acc = run(learn, s); print('Grad-CAM', s, acc, v2(ms), flush=True)
-        avg = {k: avg[k] + norm(up(ms[k])) for k in avg}
+        avg = {k: avg[k] + unit(ms[k]) for k in avg}
     print('flip + sizes 160/224/288 TTA', v2(avg), flush=True)
 if 'prior' in tries:
     for meth in ('gradcam', 'gradcampp'):
-        m = {k: norm(up(v)) for k, v in run(learn, 224, meth)[0].items()}
+        m = {k: unit(v) for k, v in run(learn, 224, meth)[0].items()}
         print(meth, 'alone', v2(m), ' '.join(f'| x centre^{g}: {v2({k: v*centre**g for k, v in m.items()})}' for g in (0.5, 1, 2)),
               ' '.join(f'| + {al} x centre: {v2({k: v + al*centre for k, v in m.items()})}' for al in (0.5, 1, 2)), flush=True)
 if 'dilated' in tries:
@@ -124,7 +123,7 @@ if 'ddt' in tries:
 if 'ddt_fusion' in tries:
     d, _ = LB.shared_learner(a.train_dir, a.weights); dilate_last_stage(d.model[0])
     m4 = run(d, 160, LB.ddt_fit(d, a.train_dir, 160))[0]
-    def fused(others, w): return {k: norm(up(m4[k])) + w*norm(up(others[k])) for k in m4}
+    def fused(others, w): return {k: unit(m4[k]) + w*unit(others[k]) for k in m4}
     for meth in ('gradcam', 'gradcampp'):
         o = run(d, 160, meth)[0]
         print(f'DDT 160 px dilated {v2(m4)} | {meth} {v2(o)}', *[f'| DDT + {w} x {meth} {v2(fused(o, w))} x centre {v2(LB.times_centre(fused(o, w)))}'
@@ -138,7 +137,7 @@ if 'ddt_tta' in tries:
     for size in (160, 128, 192):
         f = LB.ddt_fit(d, a.train_dir, size)
         m, mf = run(d, size, f)[0], run(d, size, f, flip=True)[0]
-        both = {k: norm(up(m[k])) + norm(up(mf[k])) for k in m}
+        both = {k: unit(m[k]) + unit(mf[k]) for k in m}
         avg = both if avg is None else {k: avg[k] + both[k] for k in avg}
         print(f'DDT {size} px dilated {v2(m)} | flipped {v2(mf)} | flip TTA {v2(both)} x centre {v2(LB.times_centre(both))}'
               f' | sizes so far {v2(avg)} x centre {v2(LB.times_centre(avg))}', flush=True)
