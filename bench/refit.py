@@ -19,6 +19,7 @@ error over the seeds).
 
     python bench/refit.py                                   # full scale
     python bench/refit.py --n-train 60 --epochs 6 --seeds 3 # reduced scale
+    python bench/refit.py --method ddt                      # boxes from a DDT fitted on the first model's training set
     python bench/refit.py --design continue --epochs 30 --epochs1 20
     python bench/refit.py --design continue --epochs 30 --epochs1 20 --image-size 128 --crop-valid \
         --method gradcampp --margins 0.8 0.6 --valid-margin 0.6 --aspect 1
@@ -35,6 +36,7 @@ from fastai_attncrop.data import make_shapes, SHAPES
 from fastai_attncrop.models import small_cnn
 from fastai_attncrop.crop import margin_cols, gt_recall
 from fastai_attncrop.learner import box_pass, box_margins
+from fastai_attncrop.saliency import DDT
 import fastai_attncrop.learner  # noqa: F401  (patches Learner.attention_crop)
 
 def learner(root, size, bs, seed, body=None):
@@ -106,7 +108,8 @@ def main(a):
         with base.no_bar(), base.no_logging(): base.fit_one_cycle(epochs, lr)
         eb = error(base)
         grid = box_margins(margins, a.valid_margin)
-        boxes = box_pass(ac, method=a.method, margins=grid, target=None if a.target == 'pred' else 'label', cache=False, progress=False)
+        method = DDT().fit(ac) if a.method == 'ddt' else a.method   # ddt: fitted on the first model's training set
+        boxes = box_pass(ac, method=method, margins=grid, target=None if a.target == 'pred' else 'label', cache=False, progress=False)
         if a.boxes == 'gt': boxes = gt_boxes(boxes, root, grid)
         vm = a.valid_margin or (min(grid) if margins == 'adaptive' else max(margins))   # the validation crops' margin
         q = box_quality(boxes, root, vm)
@@ -157,7 +160,7 @@ if __name__ == '__main__':
     p.add_argument('--crop-valid', action='store_true')
     p.add_argument('--valid-margin', type=float, default=None, help='margin of the validation crops (default: the largest margin)')
     p.add_argument('--aspect', type=float, default=None, help='grow the boxes to this width / height before cropping (1: square, as Resize(size) crops)')
-    p.add_argument('--method', default='gradcam', help='saliency method of the boxes')
+    p.add_argument('--method', default='gradcam', help="saliency method of the boxes ('ddt': a DDT fitted on the first model's training set)")
     p.add_argument('--target', default='pred', choices=['pred', 'label'],
                    help="class the boxes explain: the model's prediction, or each item's known label")
     p.add_argument('--boxes', default='saliency', choices=['saliency', 'gt'],
