@@ -320,11 +320,12 @@ def _check_scores(out):
 def _check_feature_maps(lays, cut):
     "The recorded outputs of the target layers `lays`, each checked to be a (N, C, h, w) feature map."
     if len(cut.acts)!=len(lays): raise ValueError("a target layer was not run by the model's forward pass; check `layers`")
-    for l, a in zip(lays, (cut.acts[i] for i in range(len(lays)))):
+    acts = [cut.acts[i] for i in range(len(lays))]
+    for l, a in zip(lays, acts):
         if a.ndim != 4: raise ValueError(f"the target layer {type(l).__name__} gives an output of shape {tuple(a.shape)}, not a "
                                          "(N, C, h, w) feature map: CAM methods and DDT need a convolutional layer; pass `layers=` one "
                                          "(a module or a dotted name such as 'layer4'), or use method='gradient'")
-    return [cut.acts[i] for i in range(len(lays))]
+    return acts
 
 # %% ../nbs/01_saliency.ipynb #775e6351
 def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=None, k=1, multi_label=False,

@@ -140,8 +140,8 @@ def test_penultimate_features_restore_each_modules_mode(setup):
     model.eval()
 
 def test_box_pass_with_ddt(setup):
-    "A fitted DDT goes through the box pass like a named method: its boxes at margin 0.8 hold most of the object while"
-    "cutting most of the image (a flat map would keep 80%); refitting it on other images gives another cache key."
+    """A fitted DDT goes through the box pass like a named method: its boxes at margin 0.8 hold most of the object while
+    cutting most of the image (a flat map would keep 80%); refitting it on other images gives another cache key."""
     tmp, root, learn, gt = setup
     bx = box_pass(learn, margins=(1, 0.8), method=DDT().fit(learn), cache=tmp/'c_ddt', progress=False)
     assert len(bx) == 324 and not bx.zero.any()

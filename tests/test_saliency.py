@@ -478,8 +478,8 @@ def _valid_batches(learn):
     return [(torch.Tensor(x).clone(), torch.Tensor(y).long().clone()) for x, y in learn.dls.valid]
 
 def ddt_reference(learn, batches, xb, target, layer, per_class=True):
-    "Textbook DDT in numpy: per class, np.cov of every position's feature vector, np.linalg.eigh's top vector, signed to"
-    "be + where the features fire (sum of projection x feature norm > 0); the map is the projection minus its minimum."
+    """Textbook DDT in numpy: per class, np.cov of every position's feature vector, np.linalg.eigh's top vector, signed to
+    be + where the features fire (sum of projection x feature norm > 0); the map is the projection minus its minimum."""
     m = learn.model.eval()
     def feats(x):
         out = []
