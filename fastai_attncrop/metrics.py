@@ -73,6 +73,7 @@ def box_scores(pred, gts, img_wh) -> dict:
 def average_precision(scores, correct, n_pos) -> float:
     "VOC all-point AP of detections ranked by `scores`; `correct` flags true positives, `n_pos` counts the positives."
     scores, correct = np.asarray(scores, float), np.asarray(correct, bool)
+    scores = np.where(np.isnan(scores), -np.inf, scores)   # no score: ranked last, tied with the other missing ones
     if n_pos <= 0 or not len(scores): return 0.
     order = np.argsort(-scores, kind='stable')
     s, c = scores[order], correct[order]

@@ -62,6 +62,12 @@ def test_average_precision_hand_cases():
     assert average_precision([.3, .9], [1, 0], 1) == pytest.approx(0.5)
     assert average_precision([.5, .4], [1, 1], 2) == 1.0 and average_precision([], [], 3) == 0
 
+def test_missing_scores_rank_last_and_tie():
+    "NaN scores (baselines beside scored rows) are one tie below every score, whatever the order of the rows."
+    assert average_precision([np.nan]*4, [1, 1, 0, 1], 4) == pytest.approx(0.75**2)
+    assert average_precision([np.nan]*4, [0, 1, 1, 1], 4) == pytest.approx(0.75**2)
+    assert average_precision([np.nan, .2, np.nan], [1, 0, 1], 2) == pytest.approx(2/3)   # the scored miss comes first
+
 @HYP
 @given(st.lists(st.tuples(st.floats(0, 1), st.booleans()), min_size=1, max_size=20), st.integers(0, 5))
 def test_ap_in_unit_interval(dets, extra):
