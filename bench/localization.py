@@ -149,6 +149,7 @@ def times_centre(maps):
 EPS = 0.025
 METHODS = {'Grad-CAM': 'gradcam', 'Grad-CAM++': 'gradcampp', 'DDT': 'ddt'}   # ddt: fitted per model (`ddt_fit`)
 DDT_SIZE = 160   # the dilated DDT row's input size (tuned on the dev set, bench/localization_tries.py ddt)
+ORACLE = 'ground-truth enclosing box (oracle)'
 COLS = ['Recall', 'Precision', 'IoU', 'mAP', 'Image Area Reduction', 'BoxAcc', 'MaxBoxAccV2', 'Fallback', 'N']
 
 def shared_learner(train_dir, weights):
@@ -192,6 +193,8 @@ def evaluate(models, a, labels, gt):
     add(f'full · DDT × centre map · pred · {DDT_SIZE} px, dilated', times_centre(m), info)
     try: add('full · pytorch-grad-cam Grad-CAM · pred', pgc_maps(full, a.boxes_dir, images, a.eval_size))
     except ImportError: print("pytorch-grad-cam is not installed: its row is left out")
+    enc = gt.groupby('image', sort=False).agg(xmin=('xmin', 'min'), ymin=('ymin', 'min'), xmax=('xmax', 'max'), ymax=('ymax', 'max'))
+    preds.append(enc.reset_index().assign(fallback=False, method=ORACLE))   # the best a single box can do
     return maps, pd.concat(preds, ignore_index=True), acc
 
 def full_size(models): return MODELS['full'][1]   # the full model's training size
@@ -295,7 +298,8 @@ predicted class (`pred`) or of the ground-truth class (`GT class`); scores are a
 image (recall: share of the objects' area inside the box; area reduction: share of the image cut away). MaxBoxAccV2
 sweeps the map's thresholds (WSOL-evaluation, all components, mean over IoU 0.3/0.5/0.7). Baselines by the same code:
 whole image; the centred box with the best mean IoU (its size tuned on this set); the centre map (every centred box
-size; MaxBoxAccV2 only). Rows `layer3`, `fused`, `px input` and `pytorch-grad-cam` vary one thing of the full model.
+size; MaxBoxAccV2 only); and, as a ceiling, the oracle: the smallest box around the image's ground-truth boxes (recall 1
+with the most image cut away that a single box allows). Rows `layer3`, `fused`, `px input` and `pytorch-grad-cam` vary one thing of the full model.
 DDT (deep descriptor transforming, `fastai_attncrop.saliency.DDT`) is fitted on {DDT_PER_CLASS} training images a class at the
 input size of its row; the `dilated` rows run the full model's layer4 at stride 1 with dilation 2 (same weights, finer
 maps) at {DDT_SIZE} px; `× centre map` multiplies the map by the centre map (a prior, not the classifier).

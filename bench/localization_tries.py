@@ -24,14 +24,31 @@ are in bench/results/localization_tries.txt.
   cached in bench/cache/localization/full_dilated_ft_{plain,cutmix}.pth;
 * ddt_n: the dilated model's DDT at 160 px fitted on 25, 50, 150 or all 500 training images a class;
 * ddt_tta: the same DDT maps (dilated model, fitted at each size) averaged over a horizontal flip, then also over the
-  input sizes 128/160/192, alone and times the centre map.
+  input sizes 128/160/192, alone and times the centre map;
+* zoom: the attention crop applied to localization itself: the box of the DDT x centre map (dilated, 160 px) at eps 1%
+  or 2.5% (padded by 0 or 10% of its sides) is cropped, resized to 160 px, and its own DDT map pasted back (zero
+  outside the crop); alone, times the centre map, times or plus the first map;
+* affinity: the dilated DDT map (10 x 10 at 160 px) propagated 1, 2 or 4 steps along the image's own feature affinity
+  (row softmax of the final features' cosine similarities over temperature 0.1 or 0.05, a random walk as in AffinityNet);
+* spectral: the Fiedler vector of the image's feature affinity graph (the positive cosine similarities; normalized
+  Laplacian, as Deep Spectral Methods), signed to agree with DDT, alone and times or plus the DDT map;
+* regress: pseudo-supervised box regression (as PSOL, Zhang et al. 2020): eps-2.5% boxes of the DDT map (dilated,
+  160 px; or of the DDT x centre map) of every training image's labelled class serve as pseudo boxes for a small
+  regressor (1x1 conv to 64 channels, dropout, linear to the box's centre and size; L1 loss on the edges, flips, 30 epochs) on the frozen
+  final features; its boxes on the box set (at 1, 1.15 and 1.3 times their sides) against the pseudo-box sources'
+  own boxes and the baselines; box scores only (a regressed box has no map for MaxBoxAccV2);
+* finetune224: the shared full model (not dilated) fine-tuned at 224 px on `--train-dir` for 3 epochs (all layers, one
+  cycle, lr 1e-4..1e-3; cached in bench/cache/localization/full_ft224.pth), against the shared model: box-set accuracy,
+  Grad-CAM and DDT at 224 px, and DDT of the dilated last stage at 160 and 224 px.
 
-    python bench/localization_tries.py [tta dilated prior agnostic finetune ddt ddt_fusion ddt_tta finetune_ddt ddt_n]
+    python bench/localization_tries.py [tta dilated prior agnostic finetune ddt ddt_fusion ddt_tta finetune_ddt ddt_n zoom affinity spectral
+                                       finetune224 regress]
 """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
-tries = [t for t in sys.argv[1:] if not t.startswith('-')] or ['tta', 'dilated', 'prior', 'agnostic', 'finetune', 'ddt', 'ddt_fusion', 'ddt_tta', 'finetune_ddt', 'ddt_n']
+tries = [t for t in sys.argv[1:] if not t.startswith('-')] or ['tta', 'dilated', 'prior', 'agnostic', 'finetune', 'ddt', 'ddt_fusion', 'ddt_tta', 'finetune_ddt', 'ddt_n',
+                                                               'zoom', 'affinity', 'spectral', 'finetune224', 'regress']
 sys.argv = sys.argv[:1]
 import localization as LB, torch, numpy as np, torch.nn as nn
 from fastai.vision.all import Learner, Callback, accuracy, model_meta, resnet18, set_seed
@@ -53,6 +70,18 @@ def run(learn, size, method='gradcam', flip=False, layers=None):
 unit = LB.unit_map
 def v2(maps): return round(box_accuracy(maps, gt)['MaxBoxAccV2'], 4)
 dilate_last_stage = LB.dilate_last_stage
+
+def finetune_learner(size, dilated=True):
+    "A Learner on `--train-dir` at `size` px around the shared full model, its last stage dilated unless `dilated=False`: for the fine-tuning tries."
+    ft = Learner(LB.train_dls(a.train_dir, size, 64), LB.shared_learner(a.train_dir, a.weights)[0].model, metrics=accuracy,
+                 splitter=model_meta[resnet18]['split'])
+    if dilated: dilate_last_stage(ft.model[0])
+    return ft
+
+def save_weights(learn, pth):
+    "The model's weights to `pth`, atomically (the fine-tuning tries' cache)."
+    LB.CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = pth.with_suffix('.tmp'); torch.save(learn.model.state_dict(), tmp); tmp.replace(pth)
 
 centre = LB.centre_maps(['x'])['x']
 print('centre map', v2({i: centre for i in images}), flush=True)
@@ -90,10 +119,8 @@ if 'agnostic' in tries:
         for s in (224, 128):
             print(name, s, 'px', ' '.join(f'| {m} {v2(run(learn, s, m, layers=layer)[0])}' for m in ('actsum', 'eigen', 'gradcam')), flush=True)
 if 'finetune' in tries:
-    dls = LB.train_dls(a.train_dir, 128, 64)
-    ft = Learner(dls, LB.shared_learner(a.train_dir, a.weights)[0].model, metrics=accuracy, splitter=model_meta[resnet18]['split'])
-    dilate_last_stage(ft.model[0])
-    ft.model[1] = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, dls.c))
+    ft = finetune_learner(128)
+    ft.model[1] = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, ft.dls.c))
     def report(tag):
         parts = []
         for s in (128, 224):
@@ -109,8 +136,7 @@ if 'finetune' in tries:
         ft.freeze(); ft.fit_one_cycle(1, 1e-2, cbs=Report())
         ft.unfreeze(); ft.fit_one_cycle(4, slice(3e-4, 3e-3), cbs=Report())
         print(f'fine-tuned in {time.time() - t0:.0f} s', flush=True)
-        LB.CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = pth.with_suffix('.tmp'); torch.save(ft.model.state_dict(), tmp); tmp.replace(pth)
+        save_weights(ft, pth)
 if 'ddt' in tries:
     for size, dilated in ((224, False), (160, False), (128, False), (224, True), (160, True), (128, True)):
         d, _ = LB.shared_learner(a.train_dir, a.weights)
@@ -144,17 +170,14 @@ if 'ddt_tta' in tries:
 if 'finetune_ddt' in tries:
     from fastai.callback.mixup import CutMix
     for arm in ('plain', 'cutmix'):
-        dls = LB.train_dls(a.train_dir, 128, 64)
-        ft = Learner(dls, LB.shared_learner(a.train_dir, a.weights)[0].model, metrics=accuracy, splitter=model_meta[resnet18]['split'])
-        dilate_last_stage(ft.model[0])
+        ft = finetune_learner(128)
         pth = LB.CACHE/f'full_dilated_ft_{arm}.pth'
         if pth.exists(): ft.model.load_state_dict(torch.load(pth, map_location='cpu'))
         else:
             t0 = time.time(); set_seed(0, reproducible=True)
             ft.unfreeze(); ft.fit_one_cycle(3, slice(3e-4, 3e-3), cbs=[CutMix(1.)] if arm == 'cutmix' else [])
             print(f'{arm}: fine-tuned in {time.time() - t0:.0f} s', flush=True)
-            LB.CACHE.mkdir(parents=True, exist_ok=True)
-            tmp = pth.with_suffix('.tmp'); torch.save(ft.model.state_dict(), tmp); tmp.replace(pth)
+            save_weights(ft, pth)
         m, acc = run(ft, 160, LB.ddt_fit(ft, a.train_dir, 160))
         g = run(ft, 160)[0]
         print(f'{arm}: box-set accuracy at 160 px {acc} | DDT {v2(m)} x centre {v2(LB.times_centre(m))} | Grad-CAM {v2(g)}', flush=True)
@@ -163,3 +186,151 @@ if 'ddt_n' in tries:
     for n in (25, 50, 150, 500):
         m = run(d, 160, LB.ddt_fit(d, a.train_dir, 160, n=n))[0]
         print(f'DDT 160 px dilated, fitted on {n} images a class: {v2(m)} x centre {v2(LB.times_centre(m))}', flush=True)
+if {'zoom', 'affinity', 'spectral'} & set(tries):
+    from PIL import Image
+    from fastai.vision.all import imagenet_stats
+    from fastai_attncrop.boxes import mass_box
+    from fastai_attncrop.saliency import saliency_maps
+    d, _ = LB.shared_learner(a.train_dir, a.weights); dilate_last_stage(d.model[0])
+    f = LB.ddt_fit(d, a.train_dir, LB.DDT_SIZE)
+    raw = run(d, LB.DDT_SIZE, f)[0]                                # {image: (10, 10) DDT map}
+    first = LB.times_centre(raw)                                   # the table's DDT x centre row, 224 x 224
+    print(f'DDT {LB.DDT_SIZE} px dilated {v2(raw)} x centre {v2(first)}', flush=True)
+if 'zoom' in tries:
+    mean, std = (torch.tensor(s).view(3, 1, 1) for s in imagenet_stats)
+    def crop_maps(boxes, size=LB.DDT_SIZE, bs=50):
+        "DDT map of each image's crop `boxes[image]` (224 px coordinates), resized to `size`, pasted back on a 224 x 224 zero canvas."
+        out = {}
+        for i in range(0, len(images), bs):
+            names = images[i:i+bs]; xs = []
+            for n in names:
+                x0, y0, x1, y1 = boxes[n]
+                im = Image.open(Path(a.boxes_dir)/n).convert('RGB').resize((224, 224), Image.BILINEAR)
+                xs.append((torch.tensor(np.asarray(im.crop((x0, y0, x1, y1)).resize((size, size), Image.BILINEAR))).permute(2, 0, 1).float()/255 - mean)/std)
+            sm = saliency_maps(d, torch.stack(xs), f)
+            for r in range(len(sm)):
+                n = names[int(sm.img_idx[r])]; x0, y0, x1, y1 = boxes[n]
+                c = torch.zeros(224, 224); c[y0:y1, x0:x1] = LB.upsample_maps(sm.maps[r][None].float().cpu(), (y1 - y0, x1 - x0))[0]
+                out[n] = c/(c.max() + 1e-12)
+        return out
+    for eps1 in (0.01, 0.025):
+        for pad in (0., 0.1):
+            boxes = {}
+            for k, m in first.items():
+                x0, y0, x1, y1 = mass_box(m, eps1).tolist(); px, py = pad*(x1 - x0), pad*(y1 - y0)
+                b = [int(max(0, x0 - px)), int(max(0, y0 - py)), int(min(224, np.ceil(x1 + px))), int(min(224, np.ceil(y1 + py)))]
+                boxes[k] = b if b[2] - b[0] >= 16 and b[3] - b[1] >= 16 else [0, 0, 224, 224]
+            z = crop_maps(boxes)
+            print(f'zoom: crop at eps {eps1}, pad {pad}: crop map {v2(z)} x centre {v2(LB.times_centre(z))} | x first map {v2({k: z[k]*first[k] for k in z})}'
+                  f' | + first map {v2({k: z[k] + first[k] for k in z})}', flush=True)
+def grid_feats(learn, size, bs=50):
+    "{image: (unit-length feature vectors (hw, C) of the body's output, its grid (h, w))} at input `size`."
+    out = {}
+    with torch.no_grad():
+        for names, xb in LB.load_batches(a.boxes_dir, images, size, bs):
+            fm = learn.model.eval()[0](xb)
+            for n, v in zip(names, torch.nn.functional.normalize(fm.flatten(2).transpose(1, 2), dim=-1)): out[n] = (v, fm.shape[-2:])
+    return out
+if 'affinity' in tries:
+    feats = grid_feats(d, LB.DDT_SIZE)
+    for T in (0.1, 0.05):
+        for steps in (1, 2, 4):
+            prop = {}
+            for k, (v, hw) in feats.items():
+                A = torch.softmax(v @ v.T/T, 1); m = raw[k].flatten().float()
+                for _ in range(steps): m = A @ m
+                prop[k] = m.view(*hw)
+            print(f'affinity: T {T}, {steps} steps {v2(prop)} x centre {v2(LB.times_centre(prop))}', flush=True)
+if 'spectral' in tries:
+    feats = grid_feats(d, LB.DDT_SIZE)
+    fied = {}
+    for k, (v, hw) in feats.items():
+        W = (v @ v.T).clamp(min=0); dg = W.sum(1).rsqrt()
+        vec = torch.linalg.eigh(torch.eye(len(W)) - dg[:, None]*W*dg[None])[1][:, 1]*dg
+        m = raw[k].flatten().float()
+        fied[k] = (vec if (vec*(m - m.mean())).sum() >= 0 else -vec).view(*hw)   # the side where DDT is high
+    print(f'spectral (Fiedler vector of the feature affinity): {v2(fied)} x centre {v2(LB.times_centre(fied))}'
+          f' | x DDT {v2({k: unit(fied[k])*unit(raw[k]) for k in fied})} x centre {v2(LB.times_centre({k: unit(fied[k])*unit(raw[k]) for k in fied}))}'
+          f' | + DDT {v2({k: unit(fied[k]) + unit(raw[k]) for k in fied})} x centre {v2(LB.times_centre({k: unit(fied[k]) + unit(raw[k]) for k in fied}))}', flush=True)
+if 'finetune224' in tries:
+    ft = finetune_learner(224, dilated=False)
+    pth = LB.CACHE/'full_ft224.pth'
+    if pth.exists(): ft.model.load_state_dict(torch.load(pth, map_location='cpu'))
+    else:
+        t0 = time.time(); set_seed(0, reproducible=True)
+        ft.unfreeze(); ft.fit_one_cycle(3, slice(1e-4, 1e-3))
+        print(f'fine-tuned at 224 px in {time.time() - t0:.0f} s', flush=True)
+        save_weights(ft, pth)
+    for name, l in (('shared model', LB.shared_learner(a.train_dir, a.weights)[0]), ('fine-tuned at 224 px', ft)):
+        g, acc = run(l, 224); m = run(l, 224, LB.ddt_fit(l, a.train_dir, 224))[0]
+        parts = [f'{name}: box-set accuracy at 224 px {acc} | Grad-CAM 224 px {v2(g)} | DDT 224 px {v2(m)} x centre {v2(LB.times_centre(m))}']
+        dilate_last_stage(l.model[0])
+        for size in (160, 224):
+            m = run(l, size, LB.ddt_fit(l, a.train_dir, size))[0]
+            parts.append(f'| dilated DDT {size} px {v2(m)} x centre {v2(LB.times_centre(m))}')
+        print(*parts, flush=True)
+if 'regress' in tries:
+    import pandas as pd
+    from fastai.vision.all import get_image_files
+    from fastai_attncrop.boxes import mass_box
+    from fastai_attncrop.saliency import saliency_maps
+    from fastai_attncrop.metrics import evaluate_localization
+    d, _ = LB.shared_learner(a.train_dir, a.weights); dilate_last_stage(d.model[0])
+    f = LB.ddt_fit(d, a.train_dir, LB.DDT_SIZE)
+    vocab = list(d.dls.vocab)
+    def feats_and_boxes(root, files, target):
+        "Body features (N, 512, h, w) at DDT_SIZE and eps-2.5% boxes (N, 4; 0-1) of the DDT map and of the DDT x centre map of `target`."
+        out, got = [[], [], []], []
+        hook = d.model[0].register_forward_hook(lambda m, i, o: got.append(o.detach()))
+        try:
+            for i, (names, xb) in enumerate(LB.load_batches(root, files, LB.DDT_SIZE)):
+                got.clear()
+                sm = saliency_maps(d, xb, f, target=None if target is None else target[i*50:(i + 1)*50])
+                maps = {names[int(sm.img_idx[r])]: sm.maps[r] for r in range(len(sm))}
+                out[0].append(got[-1])
+                out[1].append(torch.stack([mass_box(LB.unit_map(maps[n]), LB.EPS) for n in names])/224)
+                cm = LB.times_centre(maps)
+                out[2].append(torch.stack([mass_box(cm[n], LB.EPS) for n in names])/224)
+        finally: hook.remove()
+        return [torch.cat(o) for o in out]
+    tr = Path(a.train_dir)/'train'
+    files = [p.relative_to(tr).as_posix() for p in LB._subset(get_image_files(tr), 500)]
+    t0 = time.time()
+    X, B_ddt, B_ctr = feats_and_boxes(tr, files, [vocab.index(p.split('/')[0]) for p in files])   # pseudo boxes of the labelled class
+    Xd, D_ddt, D_ctr = feats_and_boxes(a.boxes_dir, images, None)                                 # the box set: predicted class
+    print(f'features and pseudo boxes of {len(files)} training and {len(images)} box-set images in {time.time() - t0:.0f} s', flush=True)
+    for src, B in (('DDT', B_ddt), ('DDT x centre', B_ctr)):
+        print(f'{src} pseudo boxes: median edges {B.median(0).values.numpy().round(3)}, share with an edge on the border '
+              f'{((B[:, :2] <= 1e-3) | (B[:, 2:] >= 1 - 1e-3)).any(1).float().mean():.3f}', flush=True)
+    def edges(out):
+        "Box edges (0-1) from the regressor's 4 outputs: sigmoid centre (x, y) and size (w, h)."
+        c, wh = torch.sigmoid(out[:, :2]), torch.sigmoid(out[:, 2:])
+        return torch.cat([c - wh/2, c + wh/2], 1)
+    def fit_regressor(X, B, epochs=30, seed=0):
+        "A box regressor on frozen features (1x1 conv to 64 channels, linear to a box's centre and size), L1 loss on its edges, flips as augmentation."
+        torch.manual_seed(seed)
+        head = nn.Sequential(nn.Conv2d(X.shape[1], 64, 1), nn.ReLU(), nn.Flatten(), nn.Dropout(0.3), nn.Linear(64*X.shape[2]*X.shape[3], 4))
+        opt = torch.optim.AdamW(head.parameters(), 1e-3, weight_decay=1e-2)
+        for ep in range(epochs):
+            for idx in torch.randperm(len(X)).split(128):
+                x, b = X[idx], B[idx].clone()
+                flip = torch.rand(len(idx)) < 0.5
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                b[flip] = torch.stack([1 - b[flip, 2], b[flip, 1], 1 - b[flip, 0], b[flip, 3]], 1)
+                loss = (edges(head(x)) - b).abs().mean()
+                opt.zero_grad(); loss.backward(); opt.step()
+        return head.eval()
+    def as_preds(B, name, scale=1.):
+        "Box-set predictions (224 px) from 0-1 boxes, each side scaled by `scale` about the box's centre."
+        B = B*224
+        c, h = (B[:, :2] + B[:, 2:])/2, (B[:, 2:] - B[:, :2])/2*scale
+        B = torch.cat([c - h, c + h], 1).clamp(0, 224)
+        return pd.DataFrame(B.numpy(), columns=['xmin', 'ymin', 'xmax', 'ymax']).assign(image=images, method=name, fallback=False)
+    rows = [as_preds(D_ddt, 'DDT map (pseudo-box source)'), as_preds(D_ctr, 'DDT x centre map (pseudo-box source)')]
+    for src, B in (('DDT', B_ddt), ('DDT x centre', B_ctr)):
+        head = fit_regressor(X, B)
+        with torch.no_grad(): P = edges(head(Xd))
+        rows += [as_preds(P, f'regressed on {src} pseudo boxes' + ('' if s == 1 else f', sides x {s}'), s) for s in (1, 1.15, 1.3)]
+    summary = evaluate_localization(pd.concat(rows, ignore_index=True), gt)[1]
+    with pd.option_context('display.width', 200, 'display.max_colwidth', 60):
+        print(summary[['Recall', 'Precision', 'IoU', 'Image Area Reduction', 'BoxAcc']].round(3).to_string(), flush=True)
