@@ -70,7 +70,7 @@ MODELS = {  # name: (arch, train size, epochs, lr, images per class or None for 
 
 from PIL import Image
 from fastai_attncrop.data import read_boxes_csv, write_text_atomic
-from fastai_attncrop.saliency import saliency_maps, upsample_maps, DDT
+from fastai_attncrop.saliency import saliency_maps, upsample_maps, DDT, dilate_last_stage
 from fastai_attncrop.metrics import boxes_from_maps, evaluate_localization, box_accuracy, eps_curve
 
 def box_set(boxes_dir):
@@ -118,13 +118,6 @@ def centre_maps(images, n=224):
     m = 1 - 2*torch.maximum((u[None] - .5).abs(), (u[:, None] - .5).abs())
     return {i: m for i in images}
 
-
-def dilate_last_stage(body):
-    "resnet18 body: layer4 at stride 1 with dilation 2 (feature maps twice as fine, same weights, no training)."
-    l4 = body[7]
-    l4[0].conv1.stride, l4[0].downsample[0].stride = (1, 1), (1, 1)
-    for c in (l4[0].conv2, l4[1].conv1, l4[1].conv2): c.dilation, c.padding = (2, 2), (2, 2)
-    return body
 
 DDT_PER_CLASS = 150
 def ddt_fit(learn, train_dir, size, per_class=True, layers=None, n=DDT_PER_CLASS, bs=50, seed=0):
@@ -187,7 +180,7 @@ def evaluate(models, a, labels, gt):
         add(f'full · Grad-CAM · pred · {name}', m, info)
     m, info = model_maps(full, a.boxes_dir, images, full_size(models), 'gradcam')
     add(f'full · Grad-CAM · pred · {full_size(models)} px input', m, info)
-    dil = copy.deepcopy(full); dilate_last_stage(dil.model[0])
+    dil = copy.deepcopy(full); dilate_last_stage(dil.model)   # layer4 at stride 1, dilated 2x (same weights)
     m, info = model_maps(dil, a.boxes_dir, images, DDT_SIZE, ddt_fit(dil, a.train_dir, DDT_SIZE))
     add(f'full · DDT · pred · {DDT_SIZE} px, dilated layer4', m, info)
     add(f'full · DDT × centre map · pred · {DDT_SIZE} px, dilated', times_centre(m), info)
@@ -301,7 +294,7 @@ whole image; the centred box with the best mean IoU (its size tuned on this set)
 size; MaxBoxAccV2 only); and, as a ceiling, the oracle: the smallest box around the image's ground-truth boxes (recall 1
 with the most image cut away that a single box allows). Rows `layer3`, `fused`, `px input` and `pytorch-grad-cam` vary one thing of the full model.
 DDT (deep descriptor transforming, `fastai_attncrop.saliency.DDT`) is fitted on {DDT_PER_CLASS} training images a class at the
-input size of its row; the `dilated` rows run the full model's layer4 at stride 1 with dilation 2 (same weights, finer
+input size of its row; the `dilated` rows run the full model's layer4 at stride 1 with dilation 2 (`dilate_last_stage`; same weights, finer
 maps) at {DDT_SIZE} px; `× centre map` multiplies the map by the centre map (a prior, not the classifier).
 
 ## Classifiers (from scratch, `pretrained=False`, fastai `fit_one_cycle`, `aug_transforms`, CPU)

@@ -53,7 +53,7 @@ sys.argv = sys.argv[:1]
 import localization as LB, torch, numpy as np, torch.nn as nn
 from fastai.vision.all import Learner, Callback, accuracy, model_meta, resnet18, set_seed
 from fastai_attncrop.metrics import box_accuracy
-from fastai_attncrop.saliency import register_method
+from fastai_attncrop.saliency import register_method, dilate_last_stage
 
 a = LB.parse()
 labels, gt = LB.box_set(a.boxes_dir)
@@ -69,7 +69,6 @@ def run(learn, size, method='gradcam', flip=False, layers=None):
 
 unit = LB.unit_map
 def v2(maps): return round(box_accuracy(maps, gt)['MaxBoxAccV2'], 4)
-dilate_last_stage = LB.dilate_last_stage
 
 def finetune_learner(size, dilated=True):
     "A Learner on `--train-dir` at `size` px around the shared full model, its last stage dilated unless `dilated=False`: for the fine-tuning tries."

@@ -63,6 +63,7 @@ def learner_items(learn) -> pd.DataFrame:
 
 # %% ../nbs/06_learner.ipynb #e1ac23d5
 def _hash_model(h, model:nn.Module):
+    h.update(repr(model).encode())   # layer settings that are not weights: strides, dilations, activations
     for k, v in model.state_dict().items():
         t = v.detach().cpu().contiguous()
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}".encode())
@@ -74,7 +75,7 @@ def _file_stamp(p) -> str:
     return f"{st.st_size}|{st.st_mtime_ns}"
 
 def _cache_key(learn, items:pd.DataFrame, params:dict) -> str:
-    "Hash of the model's weights, the items (path, size, mtime, split, label) and `params`."
+    "Hash of the model's weights and layer settings, the items (path, size, mtime, split, label) and `params`."
     h = hashlib.sha256()
     _hash_model(h, learn.model)
     for p, s, l in zip(items['item'], items['split'], items['label']):

@@ -18,7 +18,7 @@ __all__ = ['METHODS', 'frozen_eval', 'ActivationCut', 'find_target_layer', 'reso
            'register_method', 'gradcam_weights', 'gradcampp_weights', 'xgradcam_weights', 'hirescam_weights',
            'layercam_weights', 'gradient_weights', 'guided_backprop_weights', 'GuidedReLU', 'guided_relus',
            'normalize_maps', 'upsample_maps', 'SaliencyMaps', 'get_method', 'MapMaker', 'saliency_maps', 'SmoothGrad',
-           'DDT', 'show_saliency']
+           'DDT', 'show_saliency', 'dilate_last_stage', 'dilated_last_stage']
 
 # %% ../nbs/01_saliency.ipynb #90d2d456
 @contextlib.contextmanager
@@ -495,3 +495,52 @@ def show_saliency(xb, sm:SaliencyMaps, vocab=None, max_n=8, ncols=4, figsize=Non
         ax.set_title(f"{name} {float(sm.prob[r]):.2f}" + (' (zero)' if sm.zero[r] else ''), fontsize=9)
     for ax in axs: ax.axis('off')
     return axs
+
+# %% ../nbs/01_saliency.ipynb #81fd502b
+def _conv_records(model:nn.Module, xb:torch.Tensor) -> list:
+    "(conv, input hw, output hw) of every `nn.Conv2d` in the order they run on `xb`."
+    recs, handles = [], []
+    def hook(m, i, o): recs.append((m, tuple(i[0].shape[-2:]), tuple(o.shape[-2:])))
+    try:
+        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+        with frozen_eval(model), torch.no_grad(): model(xb)
+    finally:
+        for h in handles: h.remove()
+    return recs
+
+def dilate_last_stage(model, xb:torch.Tensor=None) -> Callable:
+    "Run the last stage of `model` (or a Learner's) at stride 1, its later convolutions dilated 2x; returns the undo."
+    model, _, device, dtype = _model_of(model)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs: raise ValueError(f"{type(model).__name__} has no nn.Conv2d: nothing to dilate")
+    if xb is None: xb = torch.zeros(1, convs[0].in_channels, 224, 224, device=device, dtype=dtype)
+    recs = _conv_records(model, xb)
+    final = min((o for _, _, o in recs), key=lambda hw: hw[0]*hw[1])
+    def unique(ms): return list({id(m): m for m in ms}.values())   # a convolution run twice is changed once
+    down = unique(m for m, i, o in recs if o==final and i!=final)
+    if not any(m.stride!=(1, 1) for m in down):
+        raise ValueError(f"the last downsampling of {type(model).__name__} (to {final[0]}x{final[1]} at this input) is not a strided "
+                         "nn.Conv2d (a pooling layer?): `dilate_last_stage` handles ResNet-like bodies")
+    bad = [m for m in down if m.stride not in ((1, 1), (2, 2))]
+    if bad: raise ValueError(f"`dilate_last_stage` halves strides of 2, got a convolution with stride {bad[0].stride}")
+    later = unique(m for m, i, o in recs if o==final and i==final and max(m.kernel_size) > 1 and not isinstance(m.padding, str))
+    saved = [(m, m.stride, m.dilation, m.padding) for m in down + later]
+    def undo():
+        for m, s, d, p in saved: m.stride, m.dilation, m.padding = s, d, p
+    for m in down: m.stride = (1, 1)
+    for m in later: m.dilation, m.padding = tuple(2*d for d in m.dilation), tuple(2*p for p in m.padding)
+    try: new = min((o for _, _, o in _conv_records(model, xb)), key=lambda hw: hw[0]*hw[1])
+    except Exception as e:
+        undo()
+        raise ValueError(f"{type(model).__name__} does not run with its last stage at stride 1 ({type(e).__name__}: {e}); "
+                         "its last stage also downsamples another way (a pooling shortcut?), which `dilate_last_stage` cannot change") from None
+    if new[0]*new[1] <= final[0]*final[1]:
+        undo(); raise ValueError(f"{type(model).__name__}: the final feature map stays {new[0]}x{new[1]} at stride 1; nothing was changed")
+    return undo
+
+@contextlib.contextmanager
+def dilated_last_stage(model, xb:torch.Tensor=None):
+    "Inside the block, `model`'s last stage runs at stride 1 with its later convolutions dilated 2x (`dilate_last_stage`); restored on exit."
+    undo = dilate_last_stage(model, xb)
+    try: yield model
+    finally: undo()
