@@ -84,12 +84,15 @@ def box_set(boxes_dir):
     gt['width'], gt['height'] = gt.image.map(wh.w).astype(float), gt.image.map(wh.h).astype(float)
     return labels, gt
 
+def input_batch(ims):
+    "RGB PIL images of one size as an input batch, normalized like training (imagenet_stats)."
+    mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in imagenet_stats)
+    return (torch.tensor(np.stack([np.asarray(i) for i in ims])).permute(0, 3, 1, 2).float()/255 - mean)/std
+
 def load_batches(boxes_dir, images, size, bs=50):
     "Squashed `size` x `size` input batches of `images`, normalized like training (imagenet_stats)."
-    mean, std = (torch.tensor(s).view(1, 3, 1, 1) for s in imagenet_stats)
     for i in range(0, len(images), bs):
-        ims = [np.asarray(Image.open(Path(boxes_dir)/f).convert('RGB').resize((size, size), Image.BILINEAR)) for f in images[i:i+bs]]
-        yield images[i:i+bs], (torch.tensor(np.stack(ims)).permute(0, 3, 1, 2).float()/255 - mean)/std
+        yield images[i:i+bs], input_batch([Image.open(Path(boxes_dir)/f).convert('RGB').resize((size, size), Image.BILINEAR) for f in images[i:i+bs]])
 
 def model_maps(learn, boxes_dir, images, size, method, target=None, layers=None, bs=50, flip=False):
     "{image: map} and {image: (index of the explained class, its probability)} of `method` over `images` (mirrored: `flip`)."

@@ -52,8 +52,9 @@ tries = [t for t in sys.argv[1:] if not t.startswith('-')] or ['tta', 'dilated',
 sys.argv = sys.argv[:1]
 import localization as LB, torch, numpy as np, torch.nn as nn
 from fastai.vision.all import Learner, Callback, accuracy, model_meta, resnet18, set_seed
-from fastai_attncrop.metrics import box_accuracy
-from fastai_attncrop.saliency import register_method, dilate_last_stage
+from fastai_attncrop.boxes import mass_box
+from fastai_attncrop.metrics import box_accuracy, evaluate_localization
+from fastai_attncrop.saliency import register_method, dilate_last_stage, saliency_maps
 
 a = LB.parse()
 labels, gt = LB.box_set(a.boxes_dir)
@@ -187,26 +188,20 @@ if 'ddt_n' in tries:
         print(f'DDT 160 px dilated, fitted on {n} images a class: {v2(m)} x centre {v2(LB.times_centre(m))}', flush=True)
 if {'zoom', 'affinity', 'spectral'} & set(tries):
     from PIL import Image
-    from fastai.vision.all import imagenet_stats
-    from fastai_attncrop.boxes import mass_box
-    from fastai_attncrop.saliency import saliency_maps
     d, _ = LB.shared_learner(a.train_dir, a.weights); dilate_last_stage(d.model[0])
     f = LB.ddt_fit(d, a.train_dir, LB.DDT_SIZE)
     raw = run(d, LB.DDT_SIZE, f)[0]                                # {image: (10, 10) DDT map}
     first = LB.times_centre(raw)                                   # the table's DDT x centre row, 224 x 224
     print(f'DDT {LB.DDT_SIZE} px dilated {v2(raw)} x centre {v2(first)}', flush=True)
 if 'zoom' in tries:
-    mean, std = (torch.tensor(s).view(3, 1, 1) for s in imagenet_stats)
     def crop_maps(boxes, size=LB.DDT_SIZE, bs=50):
         "DDT map of each image's crop `boxes[image]` (224 px coordinates), resized to `size`, pasted back on a 224 x 224 zero canvas."
         out = {}
         for i in range(0, len(images), bs):
-            names = images[i:i+bs]; xs = []
-            for n in names:
-                x0, y0, x1, y1 = boxes[n]
-                im = Image.open(Path(a.boxes_dir)/n).convert('RGB').resize((224, 224), Image.BILINEAR)
-                xs.append((torch.tensor(np.asarray(im.crop((x0, y0, x1, y1)).resize((size, size), Image.BILINEAR))).permute(2, 0, 1).float()/255 - mean)/std)
-            sm = saliency_maps(d, torch.stack(xs), f)
+            names = images[i:i+bs]
+            crops = [Image.open(Path(a.boxes_dir)/n).convert('RGB').resize((224, 224), Image.BILINEAR).crop(boxes[n]).resize((size, size), Image.BILINEAR)
+                     for n in names]
+            sm = saliency_maps(d, LB.input_batch(crops), f)
             for r in range(len(sm)):
                 n = names[int(sm.img_idx[r])]; x0, y0, x1, y1 = boxes[n]
                 c = torch.zeros(224, 224); c[y0:y1, x0:x1] = LB.upsample_maps(sm.maps[r][None].float().cpu(), (y1 - y0, x1 - x0))[0]
@@ -271,20 +266,17 @@ if 'finetune224' in tries:
 if 'regress' in tries:
     import pandas as pd
     from fastai.vision.all import get_image_files
-    from fastai_attncrop.boxes import mass_box
-    from fastai_attncrop.saliency import saliency_maps
-    from fastai_attncrop.metrics import evaluate_localization
     d, _ = LB.shared_learner(a.train_dir, a.weights); dilate_last_stage(d.model[0])
     f = LB.ddt_fit(d, a.train_dir, LB.DDT_SIZE)
     vocab = list(d.dls.vocab)
     def feats_and_boxes(root, files, target):
         "Body features (N, 512, h, w) at DDT_SIZE and eps-2.5% boxes (N, 4; 0-1) of the DDT map and of the DDT x centre map of `target`."
-        out, got = [[], [], []], []
+        out, got, bs = [[], [], []], [], 50
         hook = d.model[0].register_forward_hook(lambda m, i, o: got.append(o.detach()))
         try:
-            for i, (names, xb) in enumerate(LB.load_batches(root, files, LB.DDT_SIZE)):
+            for i, (names, xb) in enumerate(LB.load_batches(root, files, LB.DDT_SIZE, bs)):
                 got.clear()
-                sm = saliency_maps(d, xb, f, target=None if target is None else target[i*50:(i + 1)*50])
+                sm = saliency_maps(d, xb, f, target=None if target is None else target[i*bs:(i + 1)*bs])
                 maps = {names[int(sm.img_idx[r])]: sm.maps[r] for r in range(len(sm))}
                 out[0].append(got[-1])
                 out[1].append(torch.stack([mass_box(LB.unit_map(maps[n]), LB.EPS) for n in names])/224)
