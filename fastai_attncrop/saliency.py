@@ -508,6 +508,10 @@ def _conv_records(model:nn.Module, xb:torch.Tensor) -> list:
         for h in handles: h.remove()
     return recs
 
+def _smallest_output(recs) -> tuple:
+    "The smallest output (h, w) among `_conv_records`: the final feature map's resolution."
+    return min((o for _, _, o in recs), key=lambda hw: hw[0]*hw[1])
+
 def dilate_last_stage(model, xb:torch.Tensor=None) -> Callable:
     "Run the last stage of `model` (or a Learner's) at stride 1, its later convolutions dilated 2x; returns the undo."
     model, _, device, dtype = _model_of(model)
@@ -515,7 +519,7 @@ def dilate_last_stage(model, xb:torch.Tensor=None) -> Callable:
     if not convs: raise ValueError(f"{type(model).__name__} has no nn.Conv2d: nothing to dilate")
     if xb is None: xb = torch.zeros(1, convs[0].in_channels, 224, 224, device=device, dtype=dtype)
     recs = _conv_records(model, xb)
-    final = min((o for _, _, o in recs), key=lambda hw: hw[0]*hw[1])
+    final = _smallest_output(recs)
     def unique(ms): return list({id(m): m for m in ms}.values())   # a convolution run twice is changed once
     down = unique(m for m, i, o in recs if o==final and i!=final)
     if not any(m.stride!=(1, 1) for m in down):
@@ -529,7 +533,7 @@ def dilate_last_stage(model, xb:torch.Tensor=None) -> Callable:
         for m, s, d, p in saved: m.stride, m.dilation, m.padding = s, d, p
     for m in down: m.stride = (1, 1)
     for m in later: m.dilation, m.padding = tuple(2*d for d in m.dilation), tuple(2*p for p in m.padding)
-    try: new = min((o for _, _, o in _conv_records(model, xb)), key=lambda hw: hw[0]*hw[1])
+    try: new = _smallest_output(_conv_records(model, xb))
     except Exception as e:
         undo()
         raise ValueError(f"{type(model).__name__} does not run with its last stage at stride 1 ({type(e).__name__}: {e}); "
