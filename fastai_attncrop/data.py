@@ -10,13 +10,14 @@ import json, os, tempfile, xml.etree.ElementTree as ET
 from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image, ImageDraw
+import matplotlib.pyplot as plt
 from fastprogress.fastprogress import progress_bar
 
 # %% auto #0
 __all__ = ['SHAPES', 'BACKGROUNDS', 'PATTERNS', 'GT_COLUMNS', 'atomic_write', 'save_image_atomic', 'write_text_atomic',
            'write_csv_atomic', 'UnreadableImageError', 'exif_orientation', 'load_image', 'image_size', 'fill_pattern',
-           'shape_mask', 'draw_sample', 'mask_box', 'make_shapes', 'read_boxes_csv', 'read_voc', 'read_coco',
-           'segmentation_mask', 'read_instance_mask']
+           'shape_mask', 'draw_sample', 'mask_box', 'show_box', 'make_shapes', 'read_boxes_csv', 'read_voc',
+           'read_coco', 'segmentation_mask', 'read_instance_mask']
 
 # %% ../nbs/00_data.ipynb #0a101265
 def _umask():
@@ -298,6 +299,12 @@ def mask_box(mask) -> tuple:
     cols, rows = np.flatnonzero(mask.any(0)), np.flatnonzero(mask.any(1))
     if not len(cols): return None
     return (int(cols[0]), int(rows[0]), int(cols[-1])+1, int(rows[-1])+1)
+
+# %% ../nbs/00_data.ipynb #e8cbb16d
+def show_box(ax, box, colour='red', lw=1.5, **kwargs):
+    "Draw `box` `(x0, y0, x1, y1)` (pixel-edge frame) as an unfilled rectangle on `ax`, over an `imshow` of the image."
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return ax.add_patch(plt.Rectangle((x0-.5, y0-.5), x1-x0, y1-y0, fill=False, ec=colour, lw=lw, **kwargs))
 
 # %% ../nbs/00_data.ipynb #32fa12e0
 def _meta(**kw): return json.loads(json.dumps(kw))  # normalize tuples to lists, as they come back from JSON

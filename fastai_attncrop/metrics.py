@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np, pandas as pd, torch, torch.nn.functional as F
 import matplotlib.pyplot as plt
 from PIL import Image
+from .data import show_box
 from .boxes import mass_box, component_boxes, fallback_maps
 
 # %% auto #0
@@ -285,10 +286,6 @@ def plot_eps_curve(curve:pd.DataFrame, ax=None, label=None):
     ax.set_xlabel('image area reduction'); ax.set_ylabel('recall'); ax.set_title('mass cut: recall vs area reduction (eps)')
     return ax
 
-def _draw_box(ax, b, colour):
-    x0, y0, x1, y1 = b
-    ax.add_patch(plt.Rectangle((x0-.5, y0-.5), x1-x0, y1-y0, fill=False, ec=colour, lw=1.5))
-
 def show_boxes(images, gt:pd.DataFrame, preds:pd.DataFrame, root=None, ncols=4, max_n=8, figsize=None):
     "Grid of images (paths relative to `root`, or a dict of arrays) with ground-truth (green) and predicted (red) boxes."
     names = list(dict.fromkeys(preds.image))[:max_n]
@@ -298,6 +295,6 @@ def show_boxes(images, gt:pd.DataFrame, preds:pd.DataFrame, root=None, ncols=4, 
     for ax, name in zip(axs.flat, names):
         img = images[name] if isinstance(images, dict) else Image.open(f'{root}/{name}')
         ax.imshow(img); ax.set_title(str(name).split('/')[-1], fontsize=8)
-        for b in gt[gt.image == name][['xmin', 'ymin', 'xmax', 'ymax']].values: _draw_box(ax, b, 'lime')
-        for b in preds[preds.image == name][['xmin', 'ymin', 'xmax', 'ymax']].values: _draw_box(ax, b, 'red')
+        for b in gt[gt.image == name][['xmin', 'ymin', 'xmax', 'ymax']].values: show_box(ax, b, 'lime')
+        for b in preds[preds.image == name][['xmin', 'ymin', 'xmax', 'ymax']].values: show_box(ax, b, 'red')
     return fig
