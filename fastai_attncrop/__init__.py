@@ -5,6 +5,7 @@ Modules:
 - `fastai_attncrop.crop`: Crop images to their saliency boxes: on the fly in a DataBlock that mixes uncropped items and cropped copies, or once, into a new folder that mirrors the source tree.
 - `fastai_attncrop.demo`: `make demo` (or `python -m fastai_attncrop.demo`): synthetic dataset → small `vision_learner` → saliency → boxes → localization metrics against the known boxes → overlay figure, curve and crops.
 - `fastai_attncrop.distributed`: The box pass sharded across the ranks of a `torchrun` / `accelerate launch` run (gloo on CPUs, nccl on GPUs), gathered into the single-process table; the re-fit through fastai's `distrib_ctx`.
+- `fastai_attncrop.export`: Boxes out as COCO, Pascal VOC, YOLO or Label Studio pre-annotations (and read back), labels made on crops carried back to the original images, and a static HTML sheet to review the least trusted boxes first.
 - `fastai_attncrop.learner`: One line after `learn.fine_tune(...)`: saliency boxes for every item (streamed, cached, resumable), DataLoaders that mix uncropped images and crops, a re-fit, and the metrics before and after.
 - `fastai_attncrop.models`: A plain convolutional network that `vision_learner` accepts, trains from scratch in a minute on a laptop CPU, and keeps a fine final feature map for saliency.
 - `fastai_attncrop.saliency`: Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM, CAM, vanilla gradients, guided backprop, SmoothGrad and DDT for any fastai vision Learner or plain `nn.Module`, batched, at about the cost of inference.
