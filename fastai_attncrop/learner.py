@@ -25,7 +25,7 @@ from fastai.data.core import DataLoaders, Datasets
 from fasttransform import Transform
 import fastai_attncrop
 from .data import atomic_write, load_image, image_size, UnreadableImageError, _reason
-from .saliency import saliency_maps, get_method, show_saliency, frozen_eval, MapMaker, upsample_maps
+from .saliency import saliency_maps, get_method, show_saliency, frozen_eval, MapMaker, upsample_maps, _as_input
 from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, adjust_boxes
 from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropItem, attention_dls,
                                   crop_image, failed_rows, is_multi_label, split_labels, LABEL_DELIM, crop_prob_col)
@@ -219,9 +219,11 @@ def crop_batch(x:torch.Tensor, boxes, size=None) -> torch.Tensor:
 def _model_probs(model:nn.Module, x:torch.Tensor, multi_label=False, bs=64) -> torch.Tensor:
     "Class probabilities (sigmoid if `multi_label`, else softmax) of `model` on `x`, in batches of `bs`, without gradients."
     out = []
+    p = next(model.parameters(), None)
     with frozen_eval(model), torch.no_grad():
         for s in range(0, len(x), bs):
-            o = model(x[s:s+bs].as_subclass(torch.Tensor)).float()
+            xs = x[s:s+bs] if p is None else _as_input(x[s:s+bs], p.device, p.dtype)   # the saliency pass's memory format
+            o = model(xs).float()
             out.append(o.sigmoid() if multi_label else o.softmax(1))
     return torch.cat(out) if out else torch.zeros(0, 0)
 
