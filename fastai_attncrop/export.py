@@ -31,12 +31,17 @@ def _root(boxes, root) -> Path:
     if root is not None: return Path(root).resolve()
     return Path(os.path.commonpath([str(Path(p).resolve().parent) for p in boxes['item']])).resolve()
 
-def export_table(boxes:pd.DataFrame, margin=0.95, root=None, score=None, keep_fallback=False, classes=None) -> tuple:
-    "`(table, images, classes, counts)`: the boxes at `margin` to export (one row per box), every readable image, the class list and what was left out."
+def _check_boxes(boxes, margin, score) -> list:
+    "The box columns of `margin`, after checking that `boxes` has what an export needs."
     cols = margin_cols(margin)
     missing = [c for c in ['item', 'target', 'width', 'height'] + cols if c not in boxes.columns]
     if missing: raise ValueError(f"`boxes` has no column(s) {missing} (a boxes table of the box pass; margins held: {df_margins(boxes)})")
     if score is not None and score not in boxes.columns: raise ValueError(f"`score` {score!r} is not a column of `boxes`")
+    return cols
+
+def export_table(boxes:pd.DataFrame, margin=0.95, root=None, score=None, keep_fallback=False, classes=None) -> tuple:
+    "`(table, images, classes, counts)`: the boxes at `margin` to export (one row per box), every readable image, the class list and what was left out."
+    cols = _check_boxes(boxes, margin, score)
     root = _root(boxes, root)
     bad = failed_rows(boxes)
     fb = (boxes['fallback'].notna().to_numpy() if 'fallback' in boxes.columns else np.zeros(len(boxes), bool)) & ~bad
@@ -254,10 +259,7 @@ def review_sheet(boxes:pd.DataFrame,
                  title='Boxes to review',
                  progress=True) -> Path:
     "A static, paged HTML sheet of the boxes of `boxes` at `margin`, least trusted first: original with its box, crop, class, probabilities, trust."
-    cols = margin_cols(margin)
-    missing = [c for c in ['item', 'target', 'width', 'height'] + cols if c not in boxes.columns]
-    if missing: raise ValueError(f"`boxes` has no column(s) {missing} (a boxes table of the box pass; margins held: {df_margins(boxes)})")
-    if score is not None and score not in boxes.columns: raise ValueError(f"`score` {score!r} is not a column of `boxes`")
+    cols = _check_boxes(boxes, margin, score)
     if per_page < 1: raise ValueError(f"`per_page` must be >= 1, got {per_page!r}")
     dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
     bad = failed_rows(boxes)
