@@ -3,11 +3,14 @@ DataLoader in the same run, and the peak memory of the box pass at two numbers o
 
     python bench/crop_pass.py                      # 1k items for the ratio, peak RSS at 1k and 10k items
     python bench/crop_pass.py --n-small 200 --n-large 2000 --n-time 500   # reduced scale
+    python bench/crop_pass.py --trust --n-time 500 --n-small 0             # the cost of the trust columns (no RSS runs)
 
 The items repeat the images of a small synthetic set (the pass reads and boxes every item, repeated or not).
 Prints a table, then as the last line one JSON object:
 {"crop_pass_vs_get_preds": r, "peak_rss_mb_1k": a, "peak_rss_mb_10k": b}
-r = time of get_preds / time of the box pass (1 = as fast as inference; target >= 0.9)."""
+r = time of get_preds / time of the box pass (1 = as fast as inference; target >= 0.9).
+With --trust the box pass with `trust=True` (the crop probabilities at the three default margins) is timed too, and
+the JSON adds "crop_pass_vs_get_preds_trust" and "trust_cost" (time with / time without - 1)."""
 import argparse, json, resource, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore')
@@ -40,7 +43,7 @@ def main(args):
     dl = learn.dls.test_dl(items, bs=args.bs)
     learn.get_preds(dl=learn.dls.test_dl(items[:args.bs], bs=args.bs))   # warm up
     box_pass(learn, items[:args.bs], bs=args.bs, cache=False, progress=False)
-    t_pred, t_box = [], []
+    t_pred, t_box, t_trust = [], [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         with learn.no_bar(): learn.get_preds(dl=dl)
@@ -48,9 +51,13 @@ def main(args):
         t0 = time.perf_counter()
         box_pass(learn, items, bs=args.bs, cache=False, progress=False, chunk_batches=8)
         t_box.append(time.perf_counter() - t0)
+        if args.trust:
+            t0 = time.perf_counter()
+            box_pass(learn, items, bs=args.bs, cache=False, progress=False, chunk_batches=8, trust=True)
+            t_trust.append(time.perf_counter() - t0)
     tp, tb = min(t_pred), min(t_box)
     rss = {}
-    for n in (args.n_small, args.n_large):
+    for n in (args.n_small, args.n_large) if args.n_small else ():
         out = subprocess.run([sys.executable, __file__, '--child', str(n), '--size', str(args.size), '--bs', str(args.bs),
                               '--n-img', str(args.n_img), '--threads', str(args.threads)], capture_output=True, text=True, check=True)
         rss[n] = json.loads(out.stdout.strip().splitlines()[-1])['peak_rss_mb']
@@ -59,9 +66,14 @@ def main(args):
     print(f"{'get_preds (s, best of ' + str(args.repeats) + ')':<34}{tp:>12.3f}")
     print(f"{'box pass (s, best of ' + str(args.repeats) + ')':<34}{tb:>12.3f}")
     print(f"{'items/s get_preds | box pass':<34}{f'{len(items)/tp:.0f} | {len(items)/tb:.0f}':>12}")
+    out = {'crop_pass_vs_get_preds': round(tp/tb, 3)}
+    if args.trust:
+        tt = min(t_trust)
+        print(f"{'box pass, trust=True (s)':<34}{tt:>12.3f}")
+        out.update(crop_pass_vs_get_preds_trust=round(tp/tt, 3), trust_cost=round(tt/tb - 1, 3))
     for n, v in rss.items(): print(f"{f'peak RSS of a box pass, {n} items (MB)':<34}{v:>12.0f}")
-    print(json.dumps({'crop_pass_vs_get_preds': round(tp/tb, 3), 'peak_rss_mb_1k': round(rss[args.n_small], 1),
-                      'peak_rss_mb_10k': round(rss[args.n_large], 1)}))
+    if rss: out.update(peak_rss_mb_1k=round(rss[args.n_small], 1), peak_rss_mb_10k=round(rss[args.n_large], 1))
+    print(json.dumps(out))
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -73,6 +85,7 @@ if __name__ == '__main__':
     p.add_argument('--bs', type=int, default=64)
     p.add_argument('--repeats', type=int, default=2)
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
+    p.add_argument('--trust', action='store_true', help='also time the box pass with trust=True (crop probabilities)')
     p.add_argument('--child', type=int, default=0, help=argparse.SUPPRESS)
     a = p.parse_args()
     child(a) if a.child else main(a)

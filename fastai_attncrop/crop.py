@@ -7,22 +7,24 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/crop.html.md"""
 
 # %% ../nbs/05_crop.ipynb #1ea28768
 from __future__ import annotations
-import math, os, random
+import math, os, random, re
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np, pandas as pd
 from PIL import Image
 from fastprogress.fastprogress import progress_bar
-from fastai.vision.all import (PILImage, RandTransform, DataBlock, ImageBlock, CategoryBlock, FuncSplitter, ToTensor,
-                               IntToFloatTensor, DataLoaders)
-from .data import save_image_atomic, load_image, UnreadableImageError
+from fastai.vision.all import (PILImage, RandTransform, DataBlock, ImageBlock, CategoryBlock, MultiCategoryBlock, MultiCategorize,
+                               FuncSplitter, ToTensor, IntToFloatTensor, DataLoaders)
+from .data import save_image_atomic, load_image, image_size, write_csv_atomic, UnreadableImageError
 from .boxes import adjust_boxes
-from .metrics import box_scores
+from .metrics import box_scores, box_area, intersect_boxes
 
 # %% auto #0
-__all__ = ['check_margins', 'margin_eps', 'margin_cols', 'df_margins', 'failed_rows', 'adaptive_margin', 'crop_box', 'crop_image',
-           'CropItem', 'crop_item_label', 'crop_item_is_valid', 'CropImage', 'gt_recall', 'AttentionCrop',
-           'mixed_items', 'attention_dls', 'export_crops']
+__all__ = ['LABEL_DELIM', 'MANIFEST_COLUMNS', 'FALLBACKS', 'check_margins', 'margin_eps', 'margin_cols', 'df_margins',
+           'failed_rows', 'adaptive_margin', 'crop_box', 'crop_image', 'CropItem', 'crop_item_label',
+           'crop_item_is_valid', 'split_labels', 'crop_item_labels', 'CropImage', 'gt_recall', 'row_keys',
+           'AttentionCrop', 'inside_share', 'is_multi_label', 'crop_rows', 'mixed_items', 'attention_dls',
+           'export_crops', 'crop_prob_col', 'trust_score', 'trust_summary', 'trust_margin']
 
 # %% ../nbs/05_crop.ipynb #51002cd2
 def check_margins(margins) -> list:
@@ -76,23 +78,32 @@ def crop_image(img:Image.Image, box, pad_rel=0., aspect=None) -> Image.Image:
 
 # %% ../nbs/05_crop.ipynb #36d7004c
 class CropItem(NamedTuple):
-    "One item of a mixed dataset: an image path, its label, whether this copy is cropped, whether it is a validation item."
+    "One item of a mixed dataset: an image path, its label(s), whether this copy is cropped, whether it is a validation item, its box row."
     path: str
     label: str
     crop: bool = False
     valid: bool = False
+    key: str = None      # the `instance` of the boxes row whose box crops this copy (None: the item's first row)
 
 def crop_item_label(o:CropItem): return o.label
 def crop_item_is_valid(o:CropItem): return o.valid
 
+LABEL_DELIM = ' '
+
+def split_labels(label) -> list:
+    "The class names of a multi-label `label` string (joined by `LABEL_DELIM`, as `ImageDataLoaders.from_df(label_delim=' ')` reads them)."
+    return [] if label is None or (isinstance(label, float) and math.isnan(label)) else [s for s in str(label).split(LABEL_DELIM) if s]
+
+def crop_item_labels(o:CropItem) -> list: return split_labels(o.label)
+
 class CropImage(PILImage):
-    "A `PILImage` that remembers its source path (`attncrop_src`) and whether it is to be cropped (`attncrop_crop`)."
+    "A `PILImage` that remembers its source path (`attncrop_src`), whether it is to be cropped (`attncrop_crop`) and its box row (`attncrop_key`)."
     @classmethod
     def create(cls, o, **kwargs):
-        path, crop = (o.path, o.crop) if isinstance(o, CropItem) else (o, False)
+        path, crop, key = (o.path, o.crop, o.key) if isinstance(o, CropItem) else (o, False, None)
         if isinstance(path, (str, os.PathLike)): img = cls(load_image(path, **{**cls._open_args, **kwargs}))  # as the boxes see it
         else: img = super().create(path, **kwargs)
-        img.attncrop_src, img.attncrop_crop = str(path), bool(crop)
+        img.attncrop_src, img.attncrop_crop, img.attncrop_key = str(path), bool(crop), key
         return img
 
 # %% ../nbs/05_crop.ipynb #8d10b34a
@@ -109,6 +120,11 @@ def gt_recall(boxes:pd.DataFrame, gt:pd.DataFrame, root, margin=0.95) -> np.ndar
     return np.array(out)
 
 # %% ../nbs/05_crop.ipynb #a2d2cf52
+def row_keys(boxes:pd.DataFrame) -> list:
+    "The key of each row of a boxes DataFrame: its `instance` (one row per item and class explained), else its `item` path."
+    col = 'instance' if 'instance' in boxes.columns else 'item'
+    return [str(k) for k in boxes[col]]
+
 class AttentionCrop(RandTransform):
     "Item transform: crop a `CropImage` flagged for cropping to its box in `boxes` at a random (training) or fixed margin."
     split_idx, order = None, 0
@@ -126,7 +142,8 @@ class AttentionCrop(RandTransform):
         self.valid_margin = max(ms) if valid_margin is None else check_margins(valid_margin)[0]
         cols = {m: i for i, m in enumerate(have)}
         self.col = {m: cols[min(have, key=lambda h: abs(h - m))] for m in ms + [self.valid_margin]}
-        self.idx = {str(p): i for i, p in enumerate(boxes['item'])}
+        self.idx = {k: i for i, k in enumerate(row_keys(boxes))}
+        for i, p in enumerate(boxes['item']): self.idx.setdefault(str(p), i)   # a copy without a key: its item's first row
         self.boxes = np.stack([boxes[margin_cols(m)].to_numpy(np.float64) for m in have], 1)   # (N, n_margins, 4)
         self.item_margin = adaptive_margin(boxes['area_ratio'].to_numpy(), have) if self.adaptive else None
         self.train = False
@@ -135,54 +152,103 @@ class AttentionCrop(RandTransform):
         self.do, self.train = True, split_idx == 0
 
     def margin_of(self, i:int) -> float:
-        "The margin used for item number `i` of `boxes` in this call."
+        "The margin used for row number `i` of `boxes` in this call."
         if self.adaptive: return float(self.item_margin[i])
         return random.choice(self.margins) if self.train else self.valid_margin
 
     def encodes(self, x:CropImage):
         if not getattr(x, 'attncrop_crop', False): return x
-        i = self.idx.get(x.attncrop_src)
-        if i is None: raise KeyError(f"AttentionCrop: no box for {x.attncrop_src!r} in the boxes DataFrame")
+        key = getattr(x, 'attncrop_key', None) or x.attncrop_src
+        i = self.idx.get(key)
+        if i is None: raise KeyError(f"AttentionCrop: no box for {key!r} in the boxes DataFrame")
         return crop_image(x, self.boxes[i, self.col[self.margin_of(i)]], self.pad_rel, self.aspect)
 
 # %% ../nbs/05_crop.ipynb #bfbcb34f
 def _plain_tfms(pipe, drop):
     return [t for t in getattr(pipe, 'fs', []) if not isinstance(t, drop)]
 
-def mixed_items(boxes:pd.DataFrame, crop_share=0.5, crop_valid=False, seed=0) -> list:
-    "`CropItem`s: each image once uncropped and cropped copies making up `crop_share` of the training items; unreadable images left out."
+def inside_share(a, b) -> np.ndarray:
+    "Per box of `a` (N, 4), the share of its area that lies inside box `b` (4,) (1 for an empty box inside `b`'s span)."
+    a = np.asarray(a, float).reshape(-1, 4)
+    inter = box_area(intersect_boxes(b, a))
+    area = box_area(a)
+    return np.where(area > 0, inter / np.where(area > 0, area, 1), 1.)
+
+def is_multi_label(dls) -> bool:
+    "Whether the targets of `dls` are multi-label (a `MultiCategoryBlock`: `MultiCategorize` in the label pipeline)."
+    tls = getattr(getattr(dls, 'train_ds', None), 'tls', None)
+    return bool(tls) and len(tls) > 1 and any(isinstance(t, MultiCategorize) for t in tls[1].tfms.fs)
+
+def crop_rows(boxes:pd.DataFrame, multi_label=False, label_margin=None, inside=0.5) -> pd.DataFrame:
+    "The crops a re-fit draws from the training rows of `boxes`: `item`, `key` (the row's box) and `label` (the crop's label(s))."
+    tr = boxes[(boxes['split']=='train').to_numpy() & ~failed_rows(boxes)]
+    if 'instance' not in tr.columns: return pd.DataFrame({'item': tr['item'].astype(str), 'key': None, 'label': tr['label'].astype(str)})
+    ms = df_margins(boxes)
+    lm = max(ms) if label_margin is None else check_margins(label_margin)[0]
+    if not any(math.isclose(lm, m) for m in ms): raise ValueError(f"`label_margin` {lm}: `boxes` holds margins {ms}")
+    out = []
+    for item, g in tr.groupby('item', sort=False):
+        if not multi_label:
+            hit = g[g['target'].astype(str) == str(g['label'].iloc[0])]
+            r = (hit if len(hit) else g).iloc[0]
+            out.append((str(item), str(r['instance']), str(r['label']))); continue
+        truth = set(split_labels(g['label'].iloc[0]))
+        ok = g[g['target'].astype(str).isin(truth) & (g['fallback'].isna() if 'fallback' in g.columns else True)]
+        bx = ok[margin_cols(lm)].to_numpy(float)
+        names = ok['target'].astype(str).to_numpy()
+        for j in range(len(ok)):
+            inner = inside_share(bx, bx[j]) >= inside
+            inner[j] = True
+            out.append((str(item), str(ok['instance'].iloc[j]), LABEL_DELIM.join(sorted(set(names[inner])))))
+    return pd.DataFrame(out, columns=['item', 'key', 'label'])
+
+def mixed_items(boxes:pd.DataFrame, crop_share=0.5, crop_valid=False, seed=0, multi_label=False, label_margin=None, inside=0.5) -> list:
+    "`CropItem`s: each image once uncropped and cropped copies (see `crop_rows`) making up `crop_share` of the training items; unreadable images left out."
     if not 0 <= crop_share <= 1: raise ValueError(f"`crop_share` must be in [0, 1], got {crop_share!r}")
     missing = [c for c in ('item', 'label', 'split') if c not in boxes.columns]
     if missing: raise ValueError(f"`boxes` needs the column(s) {missing} (as written by the box pass over a learner's items)")
-    boxes = boxes[~failed_rows(boxes)]   # unreadable images (reported by the box pass) cannot be trained on
-    if boxes['label'].isna().any(): raise ValueError("`boxes` has items without a label")
-    tr = boxes[boxes['split']=='train']; va = boxes[boxes['split']=='valid']
-    paths, labels = tr['item'].astype(str).tolist(), tr['label'].astype(str).tolist()
-    n = len(paths)
-    n_crop = n if crop_share==1 else int(round(n*crop_share/(1 - crop_share)))
+    if (boxes['label'].isna() & ~failed_rows(boxes)).any(): raise ValueError("`boxes` has items without a label")
+    crops = crop_rows(boxes, multi_label, label_margin, inside)
+    ok = boxes[~failed_rows(boxes)]   # unreadable images (reported by the box pass) cannot be trained on
+    if 'instance' in ok.columns: ok = ok.drop_duplicates('item')   # several rows (classes) per item: the item once
+    tr, va = ok[ok['split']=='train'], ok[ok['split']=='valid']
+    n, nc = len(tr), len(crops)
+    n_crop = nc if crop_share==1 else int(round(n*crop_share/(1 - crop_share)))
     rng = np.random.default_rng(seed)
-    picks = np.concatenate([rng.permutation(n) for _ in range(-(-n_crop//n))])[:n_crop] if n and n_crop else []
-    items = [] if crop_share==1 else [CropItem(p, l, False, False) for p, l in zip(paths, labels)]
-    items += [CropItem(paths[i], labels[i], True, False) for i in picks]
-    items += [CropItem(str(p), str(l), bool(crop_valid), True) for p, l in zip(va['item'], va['label'])]
+    picks = np.concatenate([rng.permutation(nc) for _ in range(-(-n_crop//nc))])[:n_crop] if nc and n_crop else []
+    items = [] if crop_share==1 else [CropItem(str(p), str(l), False, False) for p, l in zip(tr['item'], tr['label'])]
+    ci, ck, cl = crops['item'].tolist(), crops['key'].tolist(), crops['label'].tolist()
+    items += [CropItem(ci[i], cl[i], True, False, ck[i]) for i in picks]
+    keys = row_keys(va)
+    items += [CropItem(str(p), str(l), bool(crop_valid), True, k if 'instance' in va.columns else None)
+              for p, l, k in zip(va['item'], va['label'], keys)]
     return items
 
 def attention_dls(dls:DataLoaders, boxes:pd.DataFrame, margins=(0.95, 0.8, 0.6), crop_share=0.5, crop_valid=False,
-                  valid_margin=None, pad_rel=0., aspect=None, item_tfms=None, batch_tfms=None, bs=None, seed=0, **kwargs) -> DataLoaders:
+                  valid_margin=None, pad_rel=0., aspect=None, item_tfms=None, batch_tfms=None, bs=None, seed=0,
+                  label_margin=None, inside=0.5, **kwargs) -> DataLoaders:
     "DataLoaders mixing uncropped items and `AttentionCrop` copies (see `mixed_items`), labels and transforms from `dls`."
-    items = mixed_items(boxes, crop_share, crop_valid, seed)
+    multi = is_multi_label(dls)
+    if label_margin is None and not isinstance(margins, str): label_margin = max(check_margins(margins))
+    items = mixed_items(boxes, crop_share, crop_valid, seed, multi, label_margin, inside)
     vocab = getattr(dls, 'vocab', None)
     item_tfms = _plain_tfms(dls.train.after_item, (ToTensor, AttentionCrop)) if item_tfms is None else list(item_tfms)
     batch_tfms = _plain_tfms(dls.train.after_batch, (IntToFloatTensor,)) if batch_tfms is None else list(batch_tfms)
-    dblock = DataBlock(blocks=(ImageBlock(cls=CropImage), CategoryBlock(vocab=list(vocab) if vocab is not None else None)),
-                       get_y=crop_item_label, splitter=FuncSplitter(crop_item_is_valid),
+    vocab = list(vocab) if vocab is not None else None
+    y_block, get_y = (MultiCategoryBlock(vocab=vocab), crop_item_labels) if multi else (CategoryBlock(vocab=vocab), crop_item_label)
+    dblock = DataBlock(blocks=(ImageBlock(cls=CropImage), y_block), get_y=get_y, splitter=FuncSplitter(crop_item_is_valid),
                        item_tfms=[AttentionCrop(boxes, margins, valid_margin, pad_rel, aspect)] + item_tfms, batch_tfms=batch_tfms)
     kwargs.setdefault('num_workers', getattr(dls.train, 'num_workers', 0))
     return dblock.dataloaders(items, bs=bs or dls.bs, device=dls.device, seed=seed, path=dls.path, **kwargs)
 
 # %% ../nbs/05_crop.ipynb #2d36160a
-def export_crops(boxes:pd.DataFrame, dest, margin=0.95, root=None, pad_rel=0., aspect=None, overwrite=False, progress=True, **save_kwargs) -> pd.DataFrame:
-    "Write each item of `boxes` cropped at `margin` into `dest`, mirroring its path under `root`; skips finished files."
+MANIFEST_COLUMNS = ['crop', 'item', 'instance', 'class', 'label', 'margin', 'x0', 'y0', 'x1', 'y1', 'width', 'height']
+
+def _safe_name(s) -> str: return re.sub(r'[^\w.-]+', '_', str(s))
+
+def export_crops(boxes:pd.DataFrame, dest, margin=0.95, root=None, pad_rel=0., aspect=None, overwrite=False, progress=True,
+                 manifest='crops.csv', **save_kwargs) -> pd.DataFrame:
+    "Write each row of `boxes` cropped at `margin` into `dest`, mirroring its path under `root`; skips finished files; writes the crop manifest."
     cols = margin_cols(margin)
     missing = [c for c in ['item'] + cols if c not in boxes.columns]
     if missing: raise ValueError(f"`boxes` has no column(s) {missing}; it holds margins {df_margins(boxes)}")
@@ -191,18 +257,79 @@ def export_crops(boxes:pd.DataFrame, dest, margin=0.95, root=None, pad_rel=0., a
     dest = Path(dest).resolve()
     if dest == root or root in dest.parents:
         raise ValueError(f"`dest` {dest} lies inside the source tree {root}: choose a folder outside it")
-    out, written, errors = [], [], []
     bxs = boxes[cols].to_numpy(np.float64)
     known = [None if pd.isna(e) else str(e) for e in boxes['error']] if 'error' in boxes.columns else [None]*len(boxes)
-    for p, b, err in zip(progress_bar(src, leave=False) if progress else src, bxs, known):
+    keys = row_keys(boxes)
+    many = boxes['item'].astype(str).duplicated(keep=False).to_numpy()   # items with several rows: one crop per class
+    cls = boxes['target'].astype(str).tolist() if 'target' in boxes.columns else [None]*len(boxes)
+    labels = boxes['label'].tolist() if 'label' in boxes.columns else [None]*len(boxes)
+    sizes = boxes[['width', 'height']].to_numpy() if {'width', 'height'} <= set(boxes.columns) else None
+    out, written, errors, cut, whs = [], [], [], [], []
+    for i, (p, b, err) in enumerate(zip(progress_bar(src, leave=False) if progress else src, bxs, known)):
         try: rel = p.relative_to(root)
         except ValueError: raise ValueError(f"item {p} is not under `root` {root}") from None
+        if many[i]: rel = rel.with_name(f"{rel.stem}__{_safe_name(cls[i])}{rel.suffix}")
         target = dest/rel
         done = target.exists() and not overwrite
         if err is None and not np.isfinite(b).all(): err = f"no finite box at margin {margin}"
+        wh = None
         if not done and err is None:
-            try: crop = crop_image(load_image(p, mode=None), b, pad_rel, aspect)   # as stored (mode, depth), EXIF orientation applied
+            try: img = load_image(p, mode=None)   # as stored (mode, depth), EXIF orientation applied
             except UnreadableImageError as e: err = e.reason
-            else: save_image_atomic(crop, target, **save_kwargs)
+            else:
+                wh = img.size
+                save_image_atomic(crop_image(img, b, pad_rel, aspect), target, **save_kwargs)
+        if err is None and wh is None:
+            try: wh = tuple(int(v) for v in sizes[i]) if sizes is not None else image_size(p)
+            except UnreadableImageError as e: err = e.reason
         out.append(str(target)); written.append(not done and err is None); errors.append(err)
-    return pd.DataFrame({'item': boxes['item'].astype(str).tolist(), 'dest': out, 'written': written, 'error': errors})
+        cut.append(crop_box(b, wh, pad_rel, aspect) if err is None else (np.nan,)*4); whs.append(wh or (np.nan, np.nan))
+    res = pd.DataFrame({'item': boxes['item'].astype(str).tolist(), 'dest': out, 'written': written, 'error': errors,
+                        'crop': [Path(o).relative_to(dest).as_posix() for o in out], 'instance': keys, 'class': cls,
+                        'label': labels, 'margin': float(check_margins(margin)[0])})
+    res[['x0', 'y0', 'x1', 'y1']] = np.asarray(cut, float).reshape(-1, 4)
+    res[['width', 'height']] = np.asarray(whs, float).reshape(-1, 2)
+    if manifest is not None: write_csv_atomic(res.loc[res['error'].isna(), MANIFEST_COLUMNS], dest/manifest)
+    return res
+
+# %% ../nbs/05_crop.ipynb #3ef51742
+FALLBACKS = ('zero_map', 'low_confidence', 'unreadable')
+
+def crop_prob_col(m) -> str:
+    "Column name `prob_crop_<m>` of the class probability on the crop at margin `m` (in percent, as `margin_cols`)."
+    return f"prob_crop_{check_margins(m)[0]*100:g}"
+
+def _fallback(boxes) -> np.ndarray:
+    f = boxes['fallback'].notna().to_numpy() if 'fallback' in boxes.columns else np.zeros(len(boxes), bool)
+    return f | failed_rows(boxes)
+
+def trust_score(boxes:pd.DataFrame, margin=0.95) -> np.ndarray:
+    "Per row: min(`prob`, `prob_crop_<margin>`) (`prob` alone without crop probabilities); 0 for whole-image fallbacks and unreadable files."
+    p = boxes['prob'].to_numpy(float)
+    col = crop_prob_col(margin)
+    if col in boxes.columns: p = np.minimum(p, boxes[col].to_numpy(float))
+    return np.where(_fallback(boxes), 0., np.nan_to_num(p, nan=0.))
+
+def trust_summary(boxes:pd.DataFrame) -> pd.DataFrame:
+    "Per margin of `boxes` with crop probabilities: `n`, `average_drop` and `increase_in_confidence` (%), mean `deletion_auc` and `insertion_auc`."
+    ok = boxes[~_fallback(boxes)]
+    rows = []
+    for m in df_margins(boxes):
+        col = crop_prob_col(m)
+        if col not in ok.columns: continue
+        p, c = ok['prob'].to_numpy(float), ok[col].to_numpy(float)
+        rows.append(dict(margin=m, n=len(ok), average_drop=100*float(np.mean(np.clip(p - c, 0, None) / np.maximum(p, 1e-12))) if len(ok) else np.nan,
+                         increase_in_confidence=100*float(np.mean(c > p)) if len(ok) else np.nan,
+                         deletion_auc=float(ok['deletion_auc'].mean()) if 'deletion_auc' in ok.columns else np.nan,
+                         insertion_auc=float(ok['insertion_auc'].mean()) if 'insertion_auc' in ok.columns else np.nan))
+    if not rows: raise ValueError("`boxes` has no crop probabilities (`prob_crop_<m>` columns): run the box pass with `trust=True`")
+    return pd.DataFrame(rows)
+
+def trust_margin(boxes:pd.DataFrame, max_drop=0.1) -> np.ndarray:
+    "Per row, the tightest margin of `boxes` whose crop keeps `prob_crop` >= (1 - `max_drop`) x `prob`; the widest margin otherwise."
+    if not 0 <= max_drop <= 1: raise ValueError(f"`max_drop` must be in [0, 1], got {max_drop!r}")
+    ms = sorted(m for m in df_margins(boxes) if crop_prob_col(m) in boxes.columns)
+    if not ms: raise ValueError("`boxes` has no crop probabilities (`prob_crop_<m>` columns): run the box pass with `trust=True`")
+    p = boxes['prob'].to_numpy(float)
+    keep = np.stack([boxes[crop_prob_col(m)].to_numpy(float) >= (1 - max_drop) * p for m in ms], 1)   # (N, margins), tight first
+    return np.asarray(ms)[np.where(keep.any(1), keep.argmax(1), len(ms) - 1)]

@@ -7,13 +7,13 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/learner.html.md"""
 
 # %% ../nbs/06_learner.ipynb #69fd41e5
 from __future__ import annotations
-import contextlib, copy, hashlib, os, shutil, warnings
+import contextlib, copy, functools, hashlib, itertools, os, shutil, warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
-import numpy as np, pandas as pd, torch, torch.nn as nn
+import numpy as np, pandas as pd, torch, torch.nn as nn, torch.nn.functional as F
 import matplotlib.pyplot as plt
 from PIL import Image
 from fastcore.basics import patch
@@ -25,29 +25,38 @@ from fastai.data.core import DataLoaders, Datasets
 from fasttransform import Transform
 import fastai_attncrop
 from .data import atomic_write, load_image, image_size, UnreadableImageError, _reason
-from .saliency import saliency_maps, get_method, show_saliency, frozen_eval, MapMaker
+from .saliency import saliency_maps, get_method, show_saliency, frozen_eval, MapMaker, upsample_maps, _as_input
 from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, adjust_boxes
 from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropItem, attention_dls,
-                                  crop_image, failed_rows)
+                                  crop_image, failed_rows, is_multi_label, split_labels, LABEL_DELIM, crop_prob_col)
 
 # %% auto #0
 __all__ = ['ADAPTIVE_MARGINS', 'FIT_METHODS', 'learner_items', 'image_class', 'check_vision_learner', 'OpenImage', 'load_batches',
-           'box_chunk', 'box_pass', 'AttentionCropResult', 'fresh_model', 'box_margins', 'AttentionCropCallback',
-           'penultimate_features']
+           'crop_batch', 'deletion_insertion', 'box_chunk', 'box_pass', 'AttentionCropResult', 'fresh_model',
+           'box_margins', 'AttentionCropCallback', 'penultimate_features']
 
 # %% ../nbs/06_learner.ipynb #b5396abf
 def _item_path(o): return o.path if isinstance(o, CropItem) else o
 
 def _labels(ds, vocab):
-    "Label names of the items of a `Datasets`, or None when they are not single categories."
+    "Label names of the items of a `Datasets` (multi-label: joined by `LABEL_DELIM`), or None when they are not categories."
     if isinstance(getattr(ds, 'items', None), (list, tuple)) and ds.items and isinstance(ds.items[0], CropItem):
         return [o.label for o in ds.items]
     tls = getattr(ds, 'tls', None)
     if vocab is None or tls is None or len(tls) < 2: return None
     try: ys = [tls[1][i] for i in range(len(ds))]
     except Exception: return None
-    if ys and getattr(ys[0], 'ndim', 0) != 0: return None   # multi-label targets
+    if ys and getattr(ys[0], 'ndim', 0) == 1:   # multi-label targets, one-hot: the class names joined by `LABEL_DELIM`
+        return [LABEL_DELIM.join(str(vocab[j]) for j in torch.as_tensor(y).nonzero().flatten().tolist()) for y in ys]
+    if ys and getattr(ys[0], 'ndim', 0) != 0: return None
     return [str(vocab[int(y)]) for y in ys]
+
+def _item_paths(ds) -> list:
+    "The image path of each item of a `Datasets`; items in a DataFrame (`from_df`) are read by the input pipeline's getters (`ColReader`)."
+    items = ds.items
+    if not isinstance(items, pd.DataFrame): return [str(_item_path(o)) for o in items]
+    getters = list(itertools.takewhile(lambda t: _opened_class(t) is None, ds.tls[0].tfms.fs))   # the transforms before the image opens
+    return [str(functools.reduce(lambda o, f: f(o), getters, items.iloc[i])) for i in range(len(items))]
 
 def learner_items(learn) -> pd.DataFrame:
     "`item` (path as a string), `split` and `label` of the training and validation items of `learn.dls`."
@@ -56,7 +65,7 @@ def learner_items(learn) -> pd.DataFrame:
         items = getattr(ds, 'items', None)
         if items is None: raise ValueError("the learner's datasets have no `items`: pass `items` (a list of image paths) explicitly")
         labels = _labels(ds, vocab)
-        df = pd.DataFrame({'item': [str(_item_path(o)) for o in items], 'split': split,
+        df = pd.DataFrame({'item': _item_paths(ds), 'split': split,
                            'label': labels if labels is not None else None})
         frames.append(df.drop_duplicates('item'))
     return pd.concat(frames, ignore_index=True)
@@ -118,18 +127,21 @@ def _as_items(learn, items) -> pd.DataFrame:
     return df[['item', 'split', 'label']].reset_index(drop=True)
 
 # %% ../nbs/06_learner.ipynb #6e950fb2
+def _opened_class(t):
+    "The fastai image class whose `create` transform `t` is, or None."
+    from fastai.vision.core import PILBase
+    try: impls = [m.implementation for m in t.encodes.methods]
+    except Exception: return None
+    for f in impls:
+        c = getattr(f, '__self__', None)
+        if isinstance(c, type) and issubclass(c, PILBase): return c
+    return None
+
 def image_class(learn):
     "The fastai image class (`PILImage`, `PILImageBW`, `CropImage`, ...) that opens the learner's input files, or None."
-    from fastai.vision.core import PILBase
     tls = getattr(getattr(getattr(learn, 'dls', None), 'valid_ds', None), 'tls', None)
     if not tls: return None
-    for t in tls[0].tfms.fs:
-        try: impls = [m.implementation for m in t.encodes.methods]
-        except Exception: continue
-        for f in impls:
-            c = getattr(f, '__self__', None)
-            if isinstance(c, type) and issubclass(c, PILBase): return c
-    return None
+    return next((c for c in map(_opened_class, tls[0].tfms.fs) if c is not None), None)
 
 def check_vision_learner(learn):
     "The learner's image class; a `TypeError` naming the problem if `learn` is not a Learner over image files."
@@ -193,11 +205,54 @@ def load_batches(learn, paths, positions=None, bs=64, failures:dict=None, on_err
             failures.update(bad)
             todo = [i for i in batch if i not in bad] + todo[done+bs:]
 
+# %% ../nbs/06_learner.ipynb #80767284
+def crop_batch(x:torch.Tensor, boxes, size=None) -> torch.Tensor:
+    "Crops of batch `x` (N, C, H, W): box `boxes[i]` (x0, y0, x1, y1 in input pixels) of image `i`, resized bilinearly to `size` (default (H, W))."
+    N, C, H, W = x.shape
+    b = torch.as_tensor(boxes, dtype=torch.float32, device=x.device).reshape(N, 4)
+    theta = torch.zeros(N, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 1, 1] = ((b[:, 2]-b[:, 0]) / W).clamp(min=1e-6), ((b[:, 3]-b[:, 1]) / H).clamp(min=1e-6)
+    theta[:, 0, 2], theta[:, 1, 2] = (b[:, 0]+b[:, 2]) / W - 1, (b[:, 1]+b[:, 3]) / H - 1
+    grid = F.affine_grid(theta, (N, C) + tuple(size or (H, W)), align_corners=False)
+    return F.grid_sample(x.as_subclass(torch.Tensor).float(), grid, mode='bilinear', padding_mode='border', align_corners=False).to(x.dtype)
+
+def _model_probs(model:nn.Module, x:torch.Tensor, multi_label=False, bs=64) -> torch.Tensor:
+    "Class probabilities (sigmoid if `multi_label`, else softmax) of `model` on `x`, in batches of `bs`, without gradients."
+    out = []
+    p = next(model.parameters(), None)
+    with frozen_eval(model), torch.no_grad():
+        for s in range(0, len(x), bs):
+            xs = x[s:s+bs] if p is None else _as_input(x[s:s+bs], p.device, p.dtype)   # the saliency pass's memory format
+            o = model(xs).float()
+            out.append(o.sigmoid() if multi_label else o.softmax(1))
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+def deletion_insertion(model:nn.Module, x:torch.Tensor, maps:torch.Tensor, target, steps=16, multi_label=False, bs=64) -> tuple:
+    "Deletion and insertion AUC (N,) of saliency `maps` (N, h, w) for class `target[i]` of image `x[i]` (N, C, H, W)."
+    if steps < 1: raise ValueError(f"`steps` must be >= 1, got {steps!r}")
+    N, C, H, W = x.shape
+    x = x.as_subclass(torch.Tensor)
+    m = upsample_maps(maps.to(x.device), (H, W)).flatten(1)
+    order = m.argsort(1, descending=True)                                       # most salient pixel first
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(H*W, device=x.device).expand(N, -1)).view(N, 1, H, W)
+    blur = F.interpolate(F.interpolate(x.float(), size=(max(H//16, 1), max(W//16, 1)), mode='area'), size=(H, W),
+                         mode='bilinear', align_corners=False).to(x.dtype)
+    t, rows = torch.as_tensor(target, device=x.device).long().reshape(N), torch.arange(N, device=x.device)
+    dele, ins = [], []
+    for s in range(steps + 1):
+        gone = (rank < round(s / steps * H * W)).to(x.dtype)                    # the top s/steps of the pixels
+        dele.append(_model_probs(model, x * (1 - gone), multi_label, bs)[rows, t])
+        ins.append(_model_probs(model, blur * (1 - gone) + x * gone, multi_label, bs)[rows, t])
+    auc = lambda c: ((c[:, 1:] + c[:, :-1]) / 2).mean(1)                         # trapezoids over [0, 1]
+    return auc(torch.stack(dele, 1)).cpu(), auc(torch.stack(ins, 1)).cpu()
+
 # %% ../nbs/06_learner.ipynb #cbf63b3d
-def _check_target(target, vocab, labels=None):
+def _check_target(target, vocab, labels=None, multi_label=False):
     if target is None: return
     names = [] if vocab is None else [str(v) for v in vocab]
     if target == 'label':
+        if multi_label: raise ValueError("target='label' is for single-label learners: on a multi-label learner the box pass "
+                                         "explains every class above `thresh` (target=None), or one class named by `target`")
         if vocab is None or labels is None or pd.isna(labels).any(): raise ValueError("target='label' needs a label for every item and a vocab")
         bad = sorted({str(l) for l in labels} - set(names))
         if bad: raise ValueError(f"target='label': label(s) {bad[:5]} are not in the vocab {names}")
@@ -211,8 +266,23 @@ def _targets(target, vocab, labels):
     names = [str(v) for v in vocab]
     return [names.index(str(l)) for l in labels] if target == 'label' else [names.index(target)]*len(labels)
 
+def _frame_boxes(frames, tfms, wh, bx, W, H) -> np.ndarray:
+    "Boxes `bx` (n, M, 4, input pixels) of images of original sizes `wh` (n, 2) in the original images' pixels."
+    out = np.empty(tuple(bx.shape))
+    for s in {tuple(x) for x in wh.tolist()}:          # one frame per original image size
+        if s not in frames: frames[s] = InputFrame.from_tfms(tfms, s)
+        if tuple(frames[s].input_wh) != (W, H):
+            raise ValueError(f"the validation batch transforms change the input size ({frames[s].input_wh[0]}x{frames[s].input_wh[1]} "
+                             f"after the item transforms, {W}x{H} in the batch): boxes can only be mapped back through item "
+                             "transforms. Resize with item_tfms (e.g. item_tfms=Resize(224)) and use size-preserving batch_tfms "
+                             "(e.g. aug_transforms() without `size`)")
+        k = np.flatnonzero((wh == s).all(1))
+        out[k] = frames[s].to_image(bx[k]).numpy()
+    return out
+
 def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5,
-              bs=64, on_error='report', sizes=None, frames:dict=None, tick=None) -> pd.DataFrame:
+              bs=64, on_error='report', sizes=None, frames:dict=None, tick=None, k=1, multi_label=False, thresh=0.75,
+              max_k=20, trust=False, auc_steps=0) -> pd.DataFrame:
     "Rows of the boxes table (see `box_pass`) for the items of `chunk` (columns `item`, `split`, `label`)."
     margins, vocab, tfms = check_margins(margins), getattr(learn.dls, 'vocab', None), _frame_tfms(learn)
     frames = {} if frames is None else frames
@@ -221,42 +291,74 @@ def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95
     wh, failures = sizes if sizes is not None else _image_sizes(paths)
     failures = dict(failures)
     if failures and on_error == 'raise': i = min(failures); raise UnreadableImageError(paths[i], failures[i])
-    boxes, prob, area = np.full((n, M, 4), np.nan), np.full(n, np.nan), np.full(n, np.nan)
-    zero, tgt = np.zeros(n, bool), np.full(n, -1)
     labels = chunk['label'].to_numpy()
+    cols = ('pos', 'target', 'prob', 'rank', 'area', 'zero', 'fallback', 'boxes', 'crop', 'dele', 'ins')
+    parts = {c: [] for c in cols}
+    def add(**kw):
+        for c in cols: parts[c].append(kw[c])
     for pos, xb in load_batches(learn, paths, [i for i in range(n) if i not in failures], bs, failures, on_error):
         pos = np.asarray(pos)
-        sm = saliency_maps(learn, xb, method, target=_targets(target, vocab, labels[pos]))
+        sm = saliency_maps(learn, xb, method, target=_targets(target, vocab, labels[pos]), k=k if target is None else 1,
+                           multi_label=multi_label, thresh=thresh, max_k=max_k)
         H, W = sm.input_size
-        bx = torch.stack([mass_box(sm.maps, margin_eps(m), size=(W, H)) for m in margins], 1).double().cpu()  # (n, M, 4)
-        for s in {tuple(x) for x in wh[pos].tolist()}:          # one frame per original image size
-            if s not in frames: frames[s] = InputFrame.from_tfms(tfms, s)
-            if tuple(frames[s].input_wh) != (W, H):
-                raise ValueError(f"the validation batch transforms change the input size ({frames[s].input_wh[0]}x{frames[s].input_wh[1]} "
-                                 f"after the item transforms, {W}x{H} in the batch): boxes can only be mapped back through item "
-                                 "transforms. Resize with item_tfms (e.g. item_tfms=Resize(224)) and use size-preserving batch_tfms "
-                                 "(e.g. aug_transforms() without `size`)")
-            k = np.flatnonzero((wh[pos] == s).all(1))
-            boxes[pos[k]] = frames[s].to_image(bx[k]).numpy()
-        area[pos] = threshold_masks(sm.maps, area_tau).flatten(1).float().mean(1).cpu().numpy()
-        zero[pos] = fallback_maps(sm.maps).cpu().numpy()
-        tgt[pos], prob[pos] = sm.target.cpu().numpy(), sm.prob.float().cpu().numpy()
+        ii = sm.img_idx.cpu().numpy()
+        bx = torch.stack([mass_box(sm.maps, margin_eps(m), size=(W, H)) for m in margins], 1).double().cpu()  # (rows, M, 4)
+        R = len(ii)
+        crop = np.full((R, M), np.nan); dele = ins = np.full(R, np.nan)
+        if trust and R:
+            cb = torch.cat([crop_batch(xb[sm.img_idx], bx[:, j], (H, W)) for j in range(M)])   # (M*rows, C, H, W)
+            pc = _model_probs(learn.model, cb, multi_label, bs)
+            crop = pc[torch.arange(M*R, device=pc.device), sm.target.repeat(M).to(pc.device)].view(M, R).T.cpu().numpy()
+        if auc_steps and R:
+            dele, ins = (v.numpy() for v in deletion_insertion(learn.model, xb[sm.img_idx], sm.maps, sm.target, auc_steps, multi_label, bs))
+        zero = fallback_maps(sm.maps).cpu().numpy()
+        add(pos=pos[ii], target=sm.target.cpu().numpy(), prob=sm.prob.float().cpu().numpy(), rank=sm.rank.cpu().numpy(),
+            area=threshold_masks(sm.maps, area_tau).flatten(1).float().mean(1).cpu().numpy(), zero=zero,
+            fallback=np.where(zero, 'zero_map', None), boxes=_frame_boxes(frames, tfms, wh[pos[ii]], bx, W, H), crop=crop,
+            dele=dele, ins=ins)
+        low = np.setdiff1d(np.arange(len(pos)), ii)    # multi-label: no class above `thresh`, the top one, the whole image
+        if len(low):
+            p, t = _model_probs(learn.model, xb[torch.as_tensor(low, device=xb.device)], True, bs).max(1)
+            full = np.stack([np.zeros(len(low)), np.zeros(len(low)), wh[pos[low], 0], wh[pos[low], 1]], 1).astype(float)
+            add(pos=pos[low], target=t.cpu().numpy(), prob=p.cpu().numpy(), rank=np.zeros(len(low), int), area=np.full(len(low), np.nan),
+                zero=np.zeros(len(low), bool), fallback=np.full(len(low), 'low_confidence', object),
+                boxes=np.repeat(full[:, None], M, 1), crop=np.repeat(p.cpu().numpy()[:, None], M, 1),
+                dele=np.full(len(low), np.nan), ins=np.full(len(low), np.nan))
         if tick is not None: tick()
+    bad = np.array(sorted(failures), int)
+    if len(bad): add(pos=bad, target=np.full(len(bad), -1), prob=np.full(len(bad), np.nan), rank=np.zeros(len(bad), int),
+                     area=np.full(len(bad), np.nan), zero=np.zeros(len(bad), bool), fallback=np.full(len(bad), 'unreadable', object),
+                     boxes=np.full((len(bad), M, 4), np.nan), crop=np.full((len(bad), M), np.nan), dele=np.full(len(bad), np.nan),
+                     ins=np.full(len(bad), np.nan))
+    cat = {c: np.concatenate(parts[c]) if parts[c] else np.zeros((0,) + ((M, 4) if c == 'boxes' else (M,) if c == 'crop' else ()))
+           for c in cols}
+    order = np.lexsort((cat['rank'], cat['pos']))    # the items in order, each item's classes by rank
+    cat = {c: v[order] for c, v in cat.items()}
+    pos, tgt = cat['pos'].astype(int), cat['target'].astype(int)
     ok = tgt >= 0
-    out = chunk.reset_index(drop=True).copy()
-    out['target'] = [str(vocab[t]) if o else None for t, o in zip(tgt, ok)] if vocab is not None else tgt
-    out['prob'] = prob
-    out['correct'] = out['label'].notna() & (out['label'].astype(str) == out['target'].astype(str)) & ok
-    out['width'], out['height'] = wh[:, 0], wh[:, 1]
-    out['area_ratio'], out['zero'] = area, zero
+    out = chunk.reset_index(drop=True).iloc[pos].reset_index(drop=True).copy()
+    out['target'] = [str(vocab[t]) if o else None for t, o in zip(tgt, ok)] if vocab is not None else np.where(ok, tgt, -1)
+    out['prob'] = cat['prob'].astype(float)
+    if multi_label: hit = [o and str(t) in split_labels(l) for t, l, o in zip(out['target'], out['label'], ok)]
+    else: hit = out['label'].notna() & (out['label'].astype(str) == out['target'].astype(str)) & ok
+    out['correct'] = np.asarray(hit, bool)
+    out['width'], out['height'] = wh[pos, 0], wh[pos, 1]
+    out['area_ratio'], out['zero'] = cat['area'].astype(float), cat['zero'].astype(bool)
     for j, m in enumerate(margins):
-        for k, name in enumerate(margin_cols(m)): out[name] = boxes[:, j, k]
-    out['error'] = pd.Series([failures.get(i) for i in range(n)], dtype=object)
+        for c, name in enumerate(margin_cols(m)): out[name] = cat['boxes'][:, j, c]
+    out['rank'] = cat['rank'].astype(int)
+    out['instance'] = [f"{p}#{t if o else ''}" for p, t, o in zip(out['item'], out['target'], ok)]
+    out['fallback'] = pd.Series(list(cat['fallback']), dtype=object)
+    if trust:
+        for j, m in enumerate(margins): out[crop_prob_col(m)] = cat['crop'][:, j].astype(float)
+    if auc_steps: out['deletion_auc'], out['insertion_auc'] = cat['dele'].astype(float), cat['ins'].astype(float)
+    out['error'] = pd.Series([failures.get(i) for i in pos], dtype=object)
     return out
 
 # %% ../nbs/06_learner.ipynb #5be51ee0
 def _box_plan(learn, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5, bs=None,
-              cache=True, chunk_batches=8, on_error='report') -> SimpleNamespace:
+              cache=True, chunk_batches=8, on_error='report', k=1, multi_label=None, thresh=0.75, max_k=20, trust=False,
+              auc_steps=0) -> SimpleNamespace:
     "The checked arguments of a box pass: its items cut in chunks, the frame transforms and the cache files (or None)."
     margins = check_margins(margins)
     if on_error not in ('report', 'raise'): raise ValueError(f"`on_error` must be 'report' or 'raise', got {on_error!r}")
@@ -264,17 +366,24 @@ def _box_plan(learn, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), tar
     for v, name in ((bs, 'bs'), (chunk_batches, 'chunk_batches')):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
             raise ValueError(f"`{name}` must be an integer >= 1, got {v!r}")
+    for v, name, lo in ((k, 'k', 1), (max_k, 'max_k', 1), (auc_steps, 'auc_steps', 0)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo: raise ValueError(f"`{name}` must be an integer >= {lo}, got {v!r}")
+    if not 0 <= thresh <= 1: raise ValueError(f"`thresh` must be in [0, 1], got {thresh!r}")
     meth = method if isinstance(method, MapMaker) else get_method(method)
     check_vision_learner(learn)
     df = _as_items(learn, items)
     vocab = getattr(learn.dls, 'vocab', None)
-    _check_target(target, vocab, df['label'])
+    multi_label = is_multi_label(learn.dls) if multi_label is None else bool(multi_label)
+    if multi_label and k != 1: raise ValueError("`k` is for single-label learners: a multi-label box pass explains the classes above `thresh` (at most `max_k`)")
+    if vocab is not None and k > len(vocab): raise ValueError(f"`k` must be at most the number of classes ({len(vocab)}), got {k}")
+    _check_target(target, vocab, df['label'], multi_label)
     bs = int(bs or learn.dls.valid.bs or 64)
     cs = bs*int(chunk_batches)
     tfms = _frame_tfms(learn)
     InputFrame.from_tfms(tfms, (64, 48))   # an item transform the box mapping does not know fails here, before any work
     params = dict(method=repr(meth), margins=margins,
-                  target=target, area_tau=area_tau, bs=bs, chunk=cs, tfms=repr(tfms),
+                  target=target, area_tau=area_tau, bs=bs, chunk=cs, tfms=repr(tfms), k=k, multi_label=multi_label, thresh=thresh,
+                  max_k=max_k, trust=bool(trust), auc_steps=auc_steps,
                   after_batch=repr(learn.dls.valid.after_batch), version=fastai_attncrop.__version__)
     cdir = _cache_dir(learn, cache)
     final = parts = None
@@ -282,7 +391,8 @@ def _box_plan(learn, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), tar
         key = _cache_key(learn, df, params)
         final, parts = cdir/f"boxes-{key}.pkl", cdir/f"boxes-{key}.parts"
     return SimpleNamespace(df=df, chunks=[df.iloc[s:s+cs] for s in range(0, len(df), cs)], bs=bs, method=meth, margins=margins,
-                           target=target, area_tau=area_tau, on_error=on_error, final=final, parts=parts)
+                           target=target, area_tau=area_tau, on_error=on_error, final=final, parts=parts,
+                           extra=dict(k=k, multi_label=multi_label, thresh=thresh, max_k=max_k, trust=bool(trust), auc_steps=auc_steps))
 
 def _saved_parts(plan) -> dict:
     "The chunks of an interrupted pass that are already on disk, by chunk index."
@@ -312,7 +422,7 @@ def _box_chunks(learn, plan, todo, progress=True):
         sizes = {c: ex.submit(_image_sizes, plan.chunks[c]['item'].astype(str).tolist()) for c in todo}
         for c in todo:
             yield c, box_chunk(learn, plan.chunks[c], plan.method, plan.margins, plan.target, plan.area_tau, plan.bs,
-                               plan.on_error, sizes[c].result(), frames, tick)
+                               plan.on_error, sizes[c].result(), frames, tick, **plan.extra)
     finally: ex.shutdown(wait=True, cancel_futures=True)
     if bar is not None: bar.on_iter_end()
 
@@ -333,10 +443,27 @@ def _check_failures(out:pd.DataFrame, on_error) -> pd.DataFrame:
                       f"column), e.g. {first['item']}: {first['error']}")
     return out
 
-def box_pass(learn:Learner, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5, bs=None,
-             cache=True, chunk_batches=8, progress=True, on_error='report') -> pd.DataFrame:
+def box_pass(learn:Learner,
+             items=None,              # image paths or a DataFrame with `item` (and `split`, `label`); default: the learner's items
+             method='gradcam',        # a saliency method's name, or a `MapMaker` (`SmoothGrad`, a fitted `DDT`)
+             margins=(0.95, 0.8, 0.6),# the retention margins of the boxes
+             target=None,             # None: the predicted class(es); 'label': the item's label; or a class name
+             area_tau=0.5,            # the activated-area ratio's threshold, relative to each map's maximum
+             bs=None,                 # batch size (default: the learner's validation batch size)
+             cache=True,              # a folder, True (`learn.path/learn.model_dir/'attncrop'`) or False
+             chunk_batches=8,         # batches per chunk (the unit of caching and resuming)
+             progress=True,           # show a progress bar
+             on_error='report',       # an unreadable image: 'report' (an `error` row) or 'raise'
+             k=1,                     # single-label: a row for each of the `k` most probable classes
+             multi_label=None,        # None: from the learner's DataLoaders (`MultiCategoryBlock`)
+             thresh=0.75,             # multi-label: the probability a class must exceed to be boxed...
+             max_k=20,                # ... among the `max_k` most probable
+             trust=False,             # add `prob_crop_<m>`: one more forward pass over the crops
+             auc_steps=0,             # > 0: add `deletion_auc`, `insertion_auc` with this many steps
+            ) -> pd.DataFrame:
     "Boxes DataFrame (see the table above) of `items` (default: the learner's training and validation items)."
-    plan = _box_plan(learn, items, method, margins, target, area_tau, bs, cache, chunk_batches, on_error)
+    plan = _box_plan(learn, items, method, margins, target, area_tau, bs, cache, chunk_batches, on_error, k, multi_label,
+                     thresh, max_k, trust, auc_steps)
     if plan.final is not None and plan.final.exists(): return _check_failures(pd.read_pickle(plan.final), on_error)
     done = _saved_parts(plan)
     for c, rows in _box_chunks(learn, plan, [c for c in range(len(plan.chunks)) if c not in done], progress):
@@ -414,7 +541,7 @@ FIT_METHODS = ('fit_one_cycle', 'fit', 'fine_tune', 'fit_flat_cos', 'fit_sgdr')
 def attention_crop(self:Learner, epochs=3, lr=None, margins=(0.95, 0.8, 0.6), crop_share=0.5, crop_valid=False,
                    valid_margin=None, method='gradcam', target=None, fresh=False, fit='fit_one_cycle', cache=True, bs=None,
                    pad_rel=0., aspect=None, seed=0, item_tfms=None, batch_tfms=None, progress=True, on_error='report', boxes=None,
-                   **fit_kwargs) -> AttentionCropResult:
+                   k=1, thresh=0.75, max_k=20, label_margin=None, inside=0.5, **fit_kwargs) -> AttentionCropResult:
     "Box the learner's items with saliency maps, mix crops into its DataLoaders and re-fit; metrics before and after."
     grid = box_margins(margins, valid_margin)
     if not 0 <= crop_share <= 1: raise ValueError(f"`crop_share` must be in [0, 1], got {crop_share!r}")
@@ -424,10 +551,12 @@ def attention_crop(self:Learner, epochs=3, lr=None, margins=(0.95, 0.8, 0.6), cr
     valid0 = _uncropped_valid(self.dls)   # a second call after one with `crop_valid=True` still compares uncropped images
     before = _metrics(self, valid0)
     if boxes is None:
-        boxes = box_pass(self, method=method, margins=grid, target=target, bs=bs, cache=cache, progress=progress, on_error=on_error)
+        boxes = box_pass(self, method=method, margins=grid, target=target, bs=bs, cache=cache, progress=progress, on_error=on_error,
+                         k=k, thresh=thresh, max_k=max_k)
     set_seed(seed)   # the crops drawn, a fresh model's weights and the shuffling: the same call gives the same result
     dls = attention_dls(self.dls, boxes, margins, crop_share=crop_share, crop_valid=crop_valid, valid_margin=valid_margin,
-                        pad_rel=pad_rel, aspect=aspect, item_tfms=item_tfms, batch_tfms=batch_tfms, bs=bs, seed=seed)
+                        pad_rel=pad_rel, aspect=aspect, item_tfms=item_tfms, batch_tfms=batch_tfms, bs=bs, seed=seed,
+                        label_margin=label_margin, inside=inside)
     learn = _fresh_learner(self, dls) if fresh else self
     with (contextlib.nullcontext() if fresh else _undone_on_failure(learn)):
         learn.dls = dls

@@ -168,3 +168,69 @@ def test_box_pass_with_dilated_last_stage(setup):
     ok = fine[fine.correct]
     assert np.median(gt_recall(ok, gt, root, 0.8)) > 0.6   # measured 0.85 (0.68 undilated), keeping 57% of the image (43%)
     pd.testing.assert_frame_equal(box_pass(learn, margins=(1, 0.8), cache=tmp/'c_dil', progress=False), bx)
+
+@pytest.fixture(scope='module')
+def multi(tmp_path_factory):
+    "A multi-label learner (MultiCategoryBlock through from_df, label_delim=' ') on two objects per image, one epoch."
+    from fastai.vision.all import accuracy_multi
+    root = make_shapes(tmp_path_factory.mktemp('multi')/'ml', n_train=10, n_valid=3, classes=3, size=32, multi_label=True,
+                       n_objects=2, background='plain', seed=0)
+    labels = pd.read_csv(root/'labels.csv')
+    set_seed(0)
+    dls = ImageDataLoaders.from_df(labels, root, fn_col='image', label_col='labels', label_delim=' ', valid_col='is_valid',
+                                   item_tfms=Resize(32), bs=16, num_workers=0)
+    learn = vision_learner(dls, partial(small_cnn, widths=(8, 16, 16, 16)), pretrained=False, metrics=accuracy_multi)
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 3e-3)
+    return root, labels, learn
+
+def test_multi_label_loop_end_to_end(multi, tmp_path):
+    "The issue's crash: attention_crop on a multi-label learner. One box row per (item, class above thresh), crops per true class."
+    root, labels, learn = multi
+    its = learner_items(learn)
+    assert dict(zip(its.item, its.label)) == {str(root/i): l for i, l in zip(labels.image, labels.labels)}
+    res = learn.attention_crop(epochs=1, margins=(0.95, 0.6), thresh=0.5, cache=tmp_path, progress=False)
+    bx = res.boxes
+    assert bx.instance.is_unique and set(bx.item) == set(its.item)
+    found = bx[bx.fallback.isna()]
+    assert (found.prob > 0.5).all() and (bx.groupby('item').size() > 1).any()      # several classes boxed per image
+    assert set(res.metrics_before) == set(res.metrics_after) == {'valid_loss', 'accuracy_multi'}
+    items = res.dls.train_ds.items
+    crops, whole = [o for o in items if o.crop], [o for o in items if not o.crop]
+    truth = dict(zip(its.item, its.label))
+    assert len(crops) and all(o.label == truth[o.path] for o in whole)             # uncropped: every label
+    for o in crops:                                                                # a crop: its class, a true one, among its labels
+        cls = o.key.split('#')[1]
+        assert cls in o.label.split() and set(o.label.split()) <= set(truth[o.path].split())
+    assert not any(o.crop for o in res.dls.valid_ds.items) and len(res.dls.valid_ds) == 9
+    y = res.dls.train_ds[items.index(crops[0])][1]
+    assert y.shape == (3,) and [res.dls.vocab[i] for i in y.nonzero().flatten()] == sorted(crops[0].label.split())
+    low = box_pass(learn, margins=(0.95,), thresh=1.0, cache=False, progress=False)  # nothing above the threshold
+    assert (low.fallback == 'low_confidence').all() and low.item.is_unique
+    assert (low.x0_95 == 0).all() and (low.x1_95 == low.width).all() and (low.y1_95 == low.height).all()
+    with pytest.raises(ValueError, match="target='label' is for single-label"): box_pass(learn, target='label', cache=False)
+
+def test_k_rows_and_trust_columns(setup, tmp_path):
+    tmp, root, learn, gt = setup
+    valid = learner_items(learn).query("split=='valid'")
+    k2 = box_pass(learn, valid, margins=(0.95,), k=2, cache=False, progress=False)
+    assert len(k2) == 2*len(valid) and k2['rank'].tolist()[:4] == [0, 1, 0, 1] and k2.instance.is_unique
+    assert (k2.target[k2['rank']==0].values != k2.target[k2['rank']==1].values).all()
+    one = k2.iloc[::2].reset_index(drop=True)
+    plain = box_pass(learn, valid, margins=(0.95,), cache=False, progress=False)
+    pd.testing.assert_frame_equal(one.drop(columns='rank'), plain.drop(columns='rank'))   # rank 0 rows: the k=1 pass
+    res = learn.attention_crop(epochs=1, lr=1e-5, margins=(0.95,), k=2, fresh=True, cache=False, progress=False)
+    crops = [o for o in res.dls.train_ds.items if o.crop]
+    assert len(crops) == 300 and len({o.path for o in crops}) == 300                # one crop per item, single-label
+    assert all(o.key.split('#')[1] == o.label for o in crops if o.key in set(res.boxes.instance[res.boxes.correct]))
+    # trust: the class's probability on the crop, computed on the input-frame crop of the row's box
+    tb = box_pass(learn, valid, margins=(0.95, 0.6), trust=True, auc_steps=2, cache=False, progress=False)
+    ref = box_pass(learn, valid, margins=(0.95, 0.6), cache=False, progress=False)
+    pd.testing.assert_frame_equal(tb[ref.columns], ref)                               # the same boxes, more columns
+    from fastai_attncrop.boxes import InputFrame
+    r = tb.iloc[3]
+    xb = L._paths_dl(learn, L.check_vision_learner(learn), [r['item']], 1).one_batch()[0]
+    box = InputFrame.from_tfms(L._frame_tfms(learn), (int(r.width), int(r.height))).to_input(torch.tensor([r[margin_cols(0.6)].to_numpy(float)]))
+    p = L._model_probs(learn.model, L.crop_batch(xb, box), bs=1)[0, list(learn.dls.vocab).index(r.target)]
+    assert float(p) == pytest.approx(r.prob_crop_60, abs=1e-4)
+    assert tb[['deletion_auc', 'insertion_auc']].apply(lambda s: s.between(0, 1)).all().all()
+    assert not (tb.prob_crop_95 == tb.prob).all() and not (tb.prob_crop_60 == tb.prob_crop_95).all()
