@@ -10,7 +10,8 @@ Every notebook in `nbs/` becomes one HTML page, in three steps, each redone only
    of the other cells are those of the nbdev-test run (`doc_filters`).
 3. render: nbconvert's basic HTML template renders the processed notebook (figures embedded as data URIs); the
    quarto cell options nbdev leaves (`echo`, `output`, `include`) are applied here; every page gets
-   a sidebar linking all pages: home, tutorials (`*tutorial*` notebooks) and the API reference (the rest).
+   a sidebar linking all pages: home, tutorials (`*tutorial*` notebooks), the benchmarks page and the API reference
+   (the rest); `nbs/images/` is copied beside the pages.
 
 Output: `_site/` (git-ignored); `_site/pages.json` lists every page with its title and source notebook.
 
@@ -40,6 +41,7 @@ def page_name(nb: Path) -> str:
 def section(nb: Path) -> str:
     if nb.stem == 'index': return 'Home'
     if 'tutorial' in nb.stem: return 'Tutorials'
+    if 'benchmarks' in nb.stem: return 'Benchmarks'
     return 'API reference'
 
 def _digest(nb: Path) -> str:
@@ -240,7 +242,7 @@ def _doc_url() -> str:
         return tomllib.loads((root/'pyproject.toml').read_text())['project']['urls']['Documentation'].rstrip('/')
     except Exception: return ''
 
-SECTIONS = ('Home', 'Tutorials', 'API reference')
+SECTIONS = ('Home', 'Tutorials', 'Benchmarks', 'API reference')
 
 def title_html(title: str) -> str:
     "A page title as HTML, its `code` spans as <code>."
@@ -278,6 +280,7 @@ def write_site(pages: list[dict], out=SITE):
         (out/p['page']).write_text(PAGE.format(title=html.escape(p['title'].replace('`', '')), h1=title_html(p['title']), pkg=PKG, sidebar=sidebar(pages, p['page']),
             desc=desc, body=_links(p['body'], names, doc_url), source=p['source']))
     (out/'style.css').write_text(style())
+    if (NBS/'images').is_dir(): shutil.copytree(NBS/'images', out/'images')   # pictures the markdown cells link to
     (out/'pages.json').write_text(json.dumps([{k: v for k, v in p.items() if k != 'body'} for p in pages], indent=1))
 
 def style() -> str:
