@@ -142,7 +142,7 @@ def _draw_shape(d:ImageDraw.ImageDraw, name, w, h):
 
 SHAPES = ('circle', 'square', 'triangle', 'star', 'cross', 'ring', 'diamond', 'hexagon', 'arrow', 'chevron', 'frame', 'pentagon')
 BACKGROUNDS = ('plain', 'noise', 'gradient', 'texture', 'mixed')
-PATTERNS = ('hstripes', 'checker', 'dots', 'solid', 'diagonal', 'vstripes', 'grid', 'rings', 'antidiagonal', 'blocks', 'hstripes', 'checker')
+PATTERNS = ('hstripes', 'checker', 'dots', 'solid', 'diagonal', 'vstripes', 'grid', 'rings', 'antidiagonal', 'blocks', 'waves', 'bricks')
 
 # %% ../nbs/00_data.ipynb #aebbc0d8
 def fill_pattern(name:str, w:int, h:int, period:int=6, phase:int=0) -> np.ndarray:
@@ -158,6 +158,8 @@ def fill_pattern(name:str, w:int, h:int, period:int=6, phase:int=0) -> np.ndarra
     if name=='grid': return (xx % period >= 2) & (yy % period >= 2)
     if name=='rings': return (np.hypot(xx-phase-w/2, yy-phase-h/2)//half) % 2 == 0
     if name=='blocks': return (xx//period + yy//period) % 2 == 0
+    if name=='waves': return ((yy + np.round(half*np.sin(np.pi*xx/period)).astype(int))//half) % 2 == 0
+    if name=='bricks': return (yy % period != 0) & ((xx + (yy//period % 2)*half) % period != 0)
     if name=='solid': return np.ones((h, w), bool)
     raise ValueError(f"unknown pattern {name!r}; available: {sorted(set(PATTERNS))}")
 
@@ -324,7 +326,7 @@ def make_shapes(dest, n_train=100, n_valid=25, classes=4, size=64, obj_frac=(0.1
     nd = _range(n_distractors, 'n_distractors', 0, integer=True)
     if fill not in ('pattern', 'solid'): raise ValueError(f"`fill` must be 'pattern' or 'solid', got {fill!r}")
     meta = _meta(n_train=n_train, n_valid=n_valid, classes=classes, size=sizes, obj_frac=frac, n_objects=n_obj,
-                 multi_label=bool(multi_label), background=background, n_distractors=nd, fill=fill, seed=int(seed), version=1)
+                 multi_label=bool(multi_label), background=background, n_distractors=nd, fill=fill, seed=int(seed), version=2)
     meta_path = dest/'meta.json'
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
