@@ -7,7 +7,7 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/learner.html.md"""
 
 # %% ../nbs/06_learner.ipynb #69fd41e5
 from __future__ import annotations
-import contextlib, copy, functools, hashlib, itertools, os, shutil, warnings
+import contextlib, copy, functools, hashlib, itertools, math, os, shutil, warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -22,18 +22,20 @@ from fastai.learner import Learner
 from fastai.torch_core import set_seed
 from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders, Datasets
-from fasttransform import Transform
+from fasttransform import Transform, Pipeline
 import fastai_attncrop
 from .data import atomic_write, load_image, image_size, UnreadableImageError, _reason
-from .saliency import saliency_maps, get_method, show_saliency, frozen_eval, MapMaker, upsample_maps, _as_input
-from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, adjust_boxes
+from .saliency import (saliency_maps, get_method, show_saliency, frozen_eval, MapMaker, upsample_maps, _as_input,
+                                      resolve_layers)
+from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, adjust_boxes, _flatten_tfms
 from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropItem, attention_dls,
                                   crop_image, failed_rows, is_multi_label, split_labels, LABEL_DELIM, crop_prob_col)
 
 # %% auto #0
 __all__ = ['ADAPTIVE_MARGINS', 'FIT_METHODS', 'learner_items', 'image_class', 'check_vision_learner', 'OpenImage', 'load_batches',
-           'crop_batch', 'deletion_insertion', 'box_chunk', 'box_pass', 'AttentionCropResult', 'fresh_model',
-           'box_margins', 'AttentionCropCallback', 'penultimate_features']
+           'feature_stride', 'native_size', 'native_buckets', 'native_batches', 'crop_batch', 'deletion_insertion',
+           'box_chunk', 'box_pass', 'AttentionCropResult', 'fresh_model', 'box_margins', 'AttentionCropCallback',
+           'penultimate_features']
 
 # %% ../nbs/06_learner.ipynb #b5396abf
 def _item_path(o): return o.path if isinstance(o, CropItem) else o
@@ -110,9 +112,23 @@ def _uncropped_valid(dls):
     if not (isinstance(items, (list, tuple)) and any(isinstance(o, CropItem) and o.crop for o in items)): return dls.valid
     return dls.test_dl([o._replace(crop=False) for o in items], with_labels=True, rm_type_tfms=0, shuffle=False, drop_last=False)
 
-def _frame_tfms(learn):
-    "The validation item transforms that shape the model input (without `AttentionCrop`, which leaves uncropped items alone)."
-    return [t for t in learn.dls.valid.after_item.fs if not isinstance(t, AttentionCrop)]
+def _frame_tfms(learn, frame=None):
+    "The validation item transforms that shape the model input (without `AttentionCrop`, which leaves uncropped items alone); `frame`: item transform(s) in place of its resizing ones."
+    tfms = [t for t in learn.dls.valid.after_item.fs if not isinstance(t, AttentionCrop)]
+    return tfms if frame is None else _with_frame(tfms, frame)
+
+def _is_resizer(t) -> bool:
+    "Whether item transform `t` sets the input's size or window (Resize, RandomResizedCrop, CropPad, RandomCrop)."
+    from fastai.vision.augment import Resize, RandomResizedCrop, CropPad, RandomCrop
+    return isinstance(t, (Resize, RandomResizedCrop, CropPad, RandomCrop))
+
+def _with_frame(tfms, frame) -> list:
+    "Item transforms `tfms` with their resizing ones replaced by `frame` (a transform or a list), in fastai's order."
+    new = _flatten_tfms(frame)
+    if not new or not all(_is_resizer(t) for t in new):
+        raise TypeError(f"`frame` must be resizing item transform(s) (Resize, RandomResizedCrop, CropPad, RandomCrop), e.g. "
+                        f"Resize(224, method='pad', pad_mode='zeros'); got {frame!r}")
+    return _flatten_tfms([t for t in tfms if not _is_resizer(t)] + new)
 
 # %% ../nbs/06_learner.ipynb #d2081529
 def _as_items(learn, items) -> pd.DataFrame:
@@ -167,29 +183,30 @@ def _image_sizes(paths):
         except UnreadableImageError as e: errors[i] = e.reason
     return sizes, errors
 
-def _paths_dl(learn, cls, paths, bs, **kwargs):
-    "A DataLoader of the image files `paths`, opened by `OpenImage(cls)`, with the learner's validation transforms."
+def _paths_dl(learn, cls, paths, bs, item_tfms=None, **kwargs):
+    "A DataLoader of the image files `paths`, opened by `OpenImage(cls)`, with the learner's validation transforms (item transforms: `item_tfms` if given)."
     ds = Datasets(list(paths), tfms=[[OpenImage(cls)]], split_idx=1)   # split_idx=1: random transforms act as at valid time
+    if item_tfms is not None: kwargs['after_item'] = Pipeline(list(item_tfms), split_idx=1)
     return learn.dls.valid.new(ds, bs=bs, shuffle=False, drop_last=False, **kwargs)
 
-def _probe(learn, cls, paths) -> dict:
+def _probe(learn, cls, paths, item_tfms=None) -> dict:
     "{position: reason} of the `paths` that fail on their own (opening or item transforms)."
     bad = {}
     for i, p in enumerate(paths):
-        try: _paths_dl(learn, cls, [p], 1, num_workers=0).one_batch()
+        try: _paths_dl(learn, cls, [p], 1, item_tfms, num_workers=0).one_batch()
         except UnreadableImageError as e: bad[i] = e.reason
         except Exception as e: bad[i] = _reason(e)
     return bad
 
-def load_batches(learn, paths, positions=None, bs=64, failures:dict=None, on_error='report'):
-    "Yield `(positions, xb)` batches of the image files `paths`; those that fail go to `failures` ({position: reason}) or raise."
+def load_batches(learn, paths, positions=None, bs=64, failures:dict=None, on_error='report', item_tfms=None):
+    "Yield `(positions, xb)` batches of the image files `paths`; those that fail go to `failures` ({position: reason}) or raise; `item_tfms`: the item transforms (default: the learner's validation ones)."
     cls = check_vision_learner(learn)
     todo = list(range(len(paths)) if positions is None else positions)
     failures = {} if failures is None else failures
     while todo:
         done = 0
         try:
-            for b in _paths_dl(learn, cls, [paths[i] for i in todo], bs):
+            for b in _paths_dl(learn, cls, [paths[i] for i in todo], bs, item_tfms):
                 n = len(b[0])
                 yield todo[done:done+n], b[0]
                 done += n
@@ -198,12 +215,62 @@ def load_batches(learn, paths, positions=None, bs=64, failures:dict=None, on_err
             batch = todo[done:done+bs]
             culprit = [i for i in batch if isinstance(e, UnreadableImageError) and paths[i] == e.path]
             bad = ({culprit[0]: e.reason} if culprit else       # our loader names the file; anything else: load one by one
-                   {batch[i]: r for i, r in _probe(learn, cls, [paths[j] for j in batch]).items()})
+                   {batch[i]: r for i, r in _probe(learn, cls, [paths[j] for j in batch], item_tfms).items()})
             if not bad: raise                      # not an item's fault (collation, batch transforms): a real error
             if on_error == 'raise':
                 i = min(bad); raise UnreadableImageError(paths[i], bad[i]) from None
             failures.update(bad)
             todo = [i for i in batch if i not in bad] + todo[done+bs:]
+
+# %% ../nbs/06_learner.ipynb #da144069
+def feature_stride(model:nn.Module, layers=None, size=256) -> int:
+    "Stride of the saliency layer(s) `layers` (default: the last spatial feature map) of `model`: `size` over the side of its output on a `size` x `size` input."
+    p = next(model.parameters())
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    x = torch.zeros(1, conv.in_channels if conv is not None else 3, size, size, device=p.device, dtype=p.dtype)
+    lays, out = resolve_layers(model, layers, x), []
+    hs = [l.register_forward_hook(lambda m, i, o: out.append(o.shape[-1])) for l in lays]
+    try:
+        with frozen_eval(model), torch.no_grad(): model(x)
+    finally:
+        for h in hs: h.remove()
+    if not out: raise ValueError("the saliency layer was not run by the model's forward pass: pass `stride` explicitly")
+    return max(1, size // min(out))
+
+def native_size(wh, max_side=None, stride=32) -> tuple:
+    "Input size (w, h) of an image of size `wh` at native resolution: its aspect kept, the longest side at most `max_side`, each side a multiple of `stride`."
+    w, h = (float(v) for v in wh)
+    s = 1. if max_side is None else min(1., max_side / max(w, h))
+    top = None if max_side is None else max(1, int(max_side) // stride)
+    n = [max(1, math.floor(v*s/stride + 0.5)) for v in (w, h)]   # to the nearest multiple (halves up)
+    return tuple(stride*(k if top is None else min(k, top)) for k in n)
+
+def native_buckets(sizes, max_side=None, stride=32) -> dict:
+    "{input size (w, h): positions} of the images of original sizes `sizes` ((n, 2) widths and heights) that share a `native_size`."
+    out = {}
+    for i, wh in enumerate(np.asarray(sizes).reshape(-1, 2).tolist()): out.setdefault(native_size(wh, max_side, stride), []).append(i)
+    return out
+
+def _check_native(max_side, stride):
+    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1):
+        raise ValueError(f"`stride` must be an integer >= 1 or None (the model's), got {stride!r}")
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < (stride or 1)):
+        raise ValueError(f"`max_side` must be None or an integer >= the stride ({stride or 1}), got {max_side!r}")
+
+def native_batches(learn, paths, positions=None, bs=64, failures:dict=None, on_error='report', sizes=None, max_side=None, stride=None):
+    "`load_batches` with each image at its `native_size`: the images of one input size batched together (buckets in order of first appearance)."
+    _check_native(max_side, stride)
+    todo = list(range(len(paths)) if positions is None else positions)
+    if sizes is None: sizes = _image_sizes(paths)[0]
+    stride = stride or feature_stride(learn.model)
+    tfms = _frame_tfms(learn)
+    for wh, idx in native_buckets(np.asarray(sizes)[todo], max_side, stride).items():
+        yield from load_batches(learn, paths, [todo[i] for i in idx], bs, failures, on_error,
+                                _with_frame(tfms, _native_resize(wh)))
+
+def _native_resize(wh):
+    from fastai.vision.augment import Resize
+    return Resize((int(wh[1]), int(wh[0])), method='squish')   # fastai's sizes are (height, width)
 
 # %% ../nbs/06_learner.ipynb #80767284
 def crop_batch(x:torch.Tensor, boxes, size=None) -> torch.Tensor:
@@ -282,21 +349,29 @@ def _frame_boxes(frames, tfms, wh, bx, W, H) -> np.ndarray:
 
 def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5,
               bs=64, on_error='report', sizes=None, frames:dict=None, tick=None, k=1, multi_label=False, thresh=0.75,
-              max_k=20, trust=False, auc_steps=0) -> pd.DataFrame:
+              max_k=20, trust=False, auc_steps=0, native=False, max_side=None, stride=None, frame=None) -> pd.DataFrame:
     "Rows of the boxes table (see `box_pass`) for the items of `chunk` (columns `item`, `split`, `label`)."
-    margins, vocab, tfms = check_margins(margins), getattr(learn.dls, 'vocab', None), _frame_tfms(learn)
-    frames = {} if frames is None else frames
+    margins, vocab, tfms = check_margins(margins), getattr(learn.dls, 'vocab', None), _frame_tfms(learn, frame)
     paths = chunk['item'].astype(str).tolist()
     n, M = len(paths), len(margins)
     wh, failures = sizes if sizes is not None else _image_sizes(paths)
     failures = dict(failures)
     if failures and on_error == 'raise': i = min(failures); raise UnreadableImageError(paths[i], failures[i])
+    todo = [i for i in range(n) if i not in failures]
+    if native:   # each image at its own size: a frame per original size, the batches by input size
+        stride = stride or feature_stride(learn.model, getattr(method, 'layers', None))
+        frames = {s: InputFrame.from_tfms(_with_frame(tfms, _native_resize(native_size(s, max_side, stride))), s)
+                  for s in {tuple(x) for x in wh[todo].tolist()}}
+        batches = native_batches(learn, paths, todo, bs, failures, on_error, wh, max_side, stride)
+    else:
+        frames = {} if frames is None else frames
+        batches = load_batches(learn, paths, todo, bs, failures, on_error, None if frame is None else tfms)
     labels = chunk['label'].to_numpy()
     cols = ('pos', 'target', 'prob', 'rank', 'area', 'zero', 'fallback', 'boxes', 'crop', 'dele', 'ins')
     parts = {c: [] for c in cols}
     def add(**kw):
         for c in cols: parts[c].append(kw[c])
-    for pos, xb in load_batches(learn, paths, [i for i in range(n) if i not in failures], bs, failures, on_error):
+    for pos, xb in batches:
         pos = np.asarray(pos)
         sm = saliency_maps(learn, xb, method, target=_targets(target, vocab, labels[pos]), k=k if target is None else 1,
                            multi_label=multi_label, thresh=thresh, max_k=max_k)
@@ -358,7 +433,7 @@ def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95
 # %% ../nbs/06_learner.ipynb #5be51ee0
 def _box_plan(learn, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5, bs=None,
               cache=True, chunk_batches=8, on_error='report', k=1, multi_label=None, thresh=0.75, max_k=20, trust=False,
-              auc_steps=0) -> SimpleNamespace:
+              auc_steps=0, native=False, max_side=None, stride=None, frame=None) -> SimpleNamespace:
     "The checked arguments of a box pass: its items cut in chunks, the frame transforms and the cache files (or None)."
     margins = check_margins(margins)
     if on_error not in ('report', 'raise'): raise ValueError(f"`on_error` must be 'report' or 'raise', got {on_error!r}")
@@ -379,12 +454,18 @@ def _box_plan(learn, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), tar
     _check_target(target, vocab, df['label'], multi_label)
     bs = int(bs or learn.dls.valid.bs or 64)
     cs = bs*int(chunk_batches)
-    tfms = _frame_tfms(learn)
+    if not isinstance(native, bool): raise ValueError(f"`native` must be True or False, got {native!r}")
+    if native and frame is not None: raise ValueError("`frame` sets the batched input; `native=True` sizes each image itself: pass one of them")
+    _check_native(max_side, stride)
+    if not native and (max_side, stride) != (None, None): raise ValueError("`max_side` and `stride` are for `native=True`")
+    tfms = _frame_tfms(learn, frame)
     InputFrame.from_tfms(tfms, (64, 48))   # an item transform the box mapping does not know fails here, before any work
+    if native: stride = stride or feature_stride(learn.model, getattr(meth, 'layers', None))
     params = dict(method=repr(meth), margins=margins,
                   target=target, area_tau=area_tau, bs=bs, chunk=cs, tfms=repr(tfms), k=k, multi_label=multi_label, thresh=thresh,
                   max_k=max_k, trust=bool(trust), auc_steps=auc_steps,
-                  after_batch=repr(learn.dls.valid.after_batch), version=fastai_attncrop.__version__)
+                  after_batch=repr(learn.dls.valid.after_batch), version=fastai_attncrop.__version__,
+                  **({'native': (max_side, stride)} if native else {}))   # the batched mode's keys are those of before
     cdir = _cache_dir(learn, cache)
     final = parts = None
     if cdir is not None:
@@ -392,7 +473,8 @@ def _box_plan(learn, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), tar
         final, parts = cdir/f"boxes-{key}.pkl", cdir/f"boxes-{key}.parts"
     return SimpleNamespace(df=df, chunks=[df.iloc[s:s+cs] for s in range(0, len(df), cs)], bs=bs, method=meth, margins=margins,
                            target=target, area_tau=area_tau, on_error=on_error, final=final, parts=parts,
-                           extra=dict(k=k, multi_label=multi_label, thresh=thresh, max_k=max_k, trust=bool(trust), auc_steps=auc_steps))
+                           extra=dict(k=k, multi_label=multi_label, thresh=thresh, max_k=max_k, trust=bool(trust), auc_steps=auc_steps,
+                                      native=native, max_side=max_side, stride=stride, frame=frame))
 
 def _saved_parts(plan) -> dict:
     "The chunks of an interrupted pass that are already on disk, by chunk index."
@@ -460,10 +542,14 @@ def box_pass(learn:Learner,
              max_k=20,                # ... among the `max_k` most probable
              trust=False,             # add `prob_crop_<m>`: one more forward pass over the crops
              auc_steps=0,             # > 0: add `deletion_auc`, `insertion_auc` with this many steps
+             native=False,            # each image at its own size (`native_size`), batched by size, not at the learner's input size
+             max_side=None,           # native: the longest side at most this many pixels (None: the image's own size)
+             stride=None,             # native: sides rounded to a multiple of this (None: the saliency layer's, `feature_stride`)
+             frame=None,              # batched: item transform(s) in place of the learner's resizing ones, e.g. `Resize(224, method='pad')`
             ) -> pd.DataFrame:
     "Boxes DataFrame (see the table above) of `items` (default: the learner's training and validation items)."
     plan = _box_plan(learn, items, method, margins, target, area_tau, bs, cache, chunk_batches, on_error, k, multi_label,
-                     thresh, max_k, trust, auc_steps)
+                     thresh, max_k, trust, auc_steps, native, max_side, stride, frame)
     if plan.final is not None and plan.final.exists(): return _check_failures(pd.read_pickle(plan.final), on_error)
     done = _saved_parts(plan)
     for c, rows in _box_chunks(learn, plan, [c for c in range(len(plan.chunks)) if c not in done], progress):
@@ -541,7 +627,8 @@ FIT_METHODS = ('fit_one_cycle', 'fit', 'fine_tune', 'fit_flat_cos', 'fit_sgdr')
 def attention_crop(self:Learner, epochs=3, lr=None, margins=(0.95, 0.8, 0.6), crop_share=0.5, crop_valid=False,
                    valid_margin=None, method='gradcam', target=None, fresh=False, fit='fit_one_cycle', cache=True, bs=None,
                    pad_rel=0., aspect=None, seed=0, item_tfms=None, batch_tfms=None, progress=True, on_error='report', boxes=None,
-                   k=1, thresh=0.75, max_k=20, label_margin=None, inside=0.5, **fit_kwargs) -> AttentionCropResult:
+                   k=1, thresh=0.75, max_k=20, label_margin=None, inside=0.5, native=False, max_side=None, frame=None,
+                   **fit_kwargs) -> AttentionCropResult:
     "Box the learner's items with saliency maps, mix crops into its DataLoaders and re-fit; metrics before and after."
     grid = box_margins(margins, valid_margin)
     if not 0 <= crop_share <= 1: raise ValueError(f"`crop_share` must be in [0, 1], got {crop_share!r}")
@@ -552,7 +639,7 @@ def attention_crop(self:Learner, epochs=3, lr=None, margins=(0.95, 0.8, 0.6), cr
     before = _metrics(self, valid0)
     if boxes is None:
         boxes = box_pass(self, method=method, margins=grid, target=target, bs=bs, cache=cache, progress=progress, on_error=on_error,
-                         k=k, thresh=thresh, max_k=max_k)
+                         k=k, thresh=thresh, max_k=max_k, native=native, max_side=max_side, frame=frame)
     set_seed(seed)   # the crops drawn, a fresh model's weights and the shuffling: the same call gives the same result
     dls = attention_dls(self.dls, boxes, margins, crop_share=crop_share, crop_valid=crop_valid, valid_margin=valid_margin,
                         pad_rel=pad_rel, aspect=aspect, item_tfms=item_tfms, batch_tfms=batch_tfms, bs=bs, seed=seed,

@@ -234,3 +234,80 @@ def test_k_rows_and_trust_columns(setup, tmp_path):
     assert float(p) == pytest.approx(r.prob_crop_60, abs=1e-4)
     assert tb[['deletion_auc', 'insertion_auc']].apply(lambda s: s.between(0, 1)).all().all()
     assert not (tb.prob_crop_95 == tb.prob).all() and not (tb.prob_crop_60 == tb.prob_crop_95).all()
+
+# ---------------------------------------------------------------------------------------------- native resolution
+from fastai.vision.all import Resize as _Resize
+from PIL import Image
+from fastai_attncrop.saliency import MapMaker, SaliencyMaps
+
+class Brightness(MapMaker):
+    "A model-free saliency method: the map is the input's brightness at input resolution (so its boxes are known)."
+    def __call__(self, model, xb, target=None, **kwargs):
+        x = xb.as_subclass(torch.Tensor).float()
+        n = len(x)
+        return SaliencyMaps(x.mean(1).clamp(min=0), torch.arange(n), torch.zeros(n, dtype=torch.long), torch.ones(n),
+                            torch.zeros(n, dtype=torch.long), tuple(x.shape[-2:]), 'brightness')
+
+def _bright_box(path, wh, box):
+    "A black `wh` image with a white rectangle `box` (x0, y0, x1, y1)."
+    a = np.zeros((wh[1], wh[0], 3), np.uint8); a[box[1]:box[3], box[0]:box[2]] = 255
+    Image.fromarray(a).save(path); return str(path)
+
+def _shapes(monkeypatch):
+    "Record the (H, W) of every batch the box pass computes maps of."
+    real, seen = L.saliency_maps, []
+    def wrapped(model, xb, *a, **k): seen.append((tuple(xb.shape[-2:]), len(xb))); return real(model, xb, *a, **k)
+    monkeypatch.setattr(L, 'saliency_maps', wrapped)
+    return seen
+
+def test_native_equals_batched_at_input_size_and_has_its_own_cache_key(setup, monkeypatch):
+    tmp, root, learn, gt = setup
+    valid = learner_items(learn).query("split=='valid'")          # 48x48 images: the learner's input size (Resize(48))
+    bat = box_pass(learn, valid, margins=(0.95, 0.6), cache=tmp/'cn', progress=False)
+    nat = box_pass(learn, valid, margins=(0.95, 0.6), cache=tmp/'cn', progress=False, native=True)
+    assert not (bat.x0_95 == 0).all() and bat.fallback.isna().all()                 # real, informative boxes
+    pd.testing.assert_frame_equal(nat, bat)                                          # the same input, the same table
+    assert len(list((tmp/'cn').glob('*.pkl'))) == 2                                  # the mode is part of the key
+    seen = _shapes(monkeypatch)
+    pd.testing.assert_frame_equal(box_pass(learn, valid, margins=(0.95, 0.6), cache=tmp/'cn', progress=False, native=True), bat)
+    assert seen == []                                                                # a cache hit
+    box_pass(learn, valid, margins=(0.95, 0.6), cache=tmp/'cn', progress=False, native=True, max_side=40)
+    assert len(list((tmp/'cn').glob('*.pkl'))) == 3 and {s for s, _ in seen} == {(40, 40)}   # max_side: another key
+
+def test_native_buckets_odd_sizes_and_extreme_aspect(setup, tmp_path, monkeypatch):
+    tmp, root, learn, gt = setup
+    sizes = [(48, 48), (100, 30), (30, 100), (100, 30), (7, 500), (33, 47), (48, 48), (500, 12)]
+    paths = [_bright_box(tmp_path/f'{i}.png', s, (s[0]//4, s[1]//4, s[0]//2, s[1]//2)) for i, s in enumerate(sizes)]
+    seen = _shapes(monkeypatch)
+    bx = box_pass(learn, paths, margins=(1,), cache=False, progress=False, native=True, bs=2, method=Brightness())
+    assert seen == [((48, 48), 2), ((32, 104), 2), ((104, 32), 1), ((504, 8), 1), ((48, 32), 1), ((16, 504), 1)]  # a batch per size
+    assert bx['item'].tolist() == paths and list(zip(bx.width, bx.height)) == sizes  # rows in item order, original sizes
+    for (w, h), r in zip(sizes, bx[margin_cols(1)].to_numpy()):
+        np.testing.assert_allclose(r, [w//4, h//4, w//2, h//2], atol=max(w, h)/100 + 2)   # the rectangle, in original pixels
+
+def test_native_cap_on_the_longest_side(setup, tmp_path, monkeypatch):
+    tmp, root, learn, gt = setup
+    rect = (120, 10, 160, 40)
+    paths = [_bright_box(tmp_path/'wide.png', (200, 60), rect), _bright_box(tmp_path/'tall.png', (60, 200), (10, 120, 40, 160))]
+    seen = _shapes(monkeypatch)
+    full = box_pass(learn, paths, margins=(1,), cache=False, progress=False, native=True, method=Brightness())
+    cap = box_pass(learn, paths, margins=(1,), cache=False, progress=False, native=True, max_side=100, method=Brightness())
+    assert [s for s, _ in seen] == [(64, 200), (200, 64), (32, 96), (96, 32)]           # the cap: longest side <= 100, stride 8
+    np.testing.assert_allclose(full[margin_cols(1)].to_numpy()[0], rect, atol=1.5)
+    np.testing.assert_allclose(cap[margin_cols(1)].to_numpy()[0], rect, atol=3.5)      # coarser input, same original pixels
+    np.testing.assert_allclose(cap[margin_cols(1)].to_numpy()[1], (10, 120, 40, 160), atol=3.5)
+    pad = box_pass(learn, paths, margins=(1,), cache=False, progress=False, method=Brightness(),
+                   frame=_Resize(100, method='pad', pad_mode='zeros'))                 # a batched frame with the aspect kept
+    np.testing.assert_allclose(pad[margin_cols(1)].to_numpy()[0], rect, atol=3.5)
+
+def test_native_argument_errors_and_attention_crop_passes_it_on(setup, monkeypatch):
+    tmp, root, learn, gt = setup
+    with pytest.raises(ValueError, match='`max_side`'): box_pass(learn, native=True, max_side=4, cache=False)
+    with pytest.raises(ValueError, match='for `native=True`'): box_pass(learn, max_side=64, cache=False)
+    with pytest.raises(ValueError, match='pass one of them'): box_pass(learn, native=True, frame=_Resize(64), cache=False)
+    with pytest.raises(TypeError, match='`frame` must be resizing'): box_pass(learn, frame=lambda x: x, cache=False)
+    class Called(Exception): pass
+    def fake(*a, **k): raise Called(k)
+    monkeypatch.setattr(L, 'box_pass', fake)
+    with pytest.raises(Called) as e: learn.attention_crop(native=True, max_side=96, cache=False, progress=False)
+    assert e.value.args[0]['native'] is True and e.value.args[0]['max_side'] == 96
