@@ -7,7 +7,7 @@ Modules:
 - `fastai_attncrop.distributed`: The box pass sharded across the ranks of a `torchrun` / `accelerate launch` run (gloo on CPUs, nccl on GPUs), gathered into the single-process table; the re-fit through fastai's `distrib_ctx`.
 - `fastai_attncrop.learner`: One line after `learn.fine_tune(...)`: saliency boxes for every item (streamed, cached, resumable), DataLoaders that mix uncropped images and crops, a re-fit, and the metrics before and after.
 - `fastai_attncrop.models`: A plain convolutional network that `vision_learner` accepts, trains from scratch in a minute on a laptop CPU, and keeps a fine final feature map for saliency.
-- `fastai_attncrop.saliency`: Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM, CAM, vanilla gradients, guided backprop, SmoothGrad and DDT for any fastai vision Learner or plain `nn.Module`, batched, at about the cost of inference.
+- `fastai_attncrop.saliency`: Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM, CAM, Eigen-CAM, Score-CAM, Ablation-CAM, vanilla gradients, guided backprop, SmoothGrad and DDT for any fastai vision Learner or plain `nn.Module`, CNN or transformer (timm's ViT, DeiT, Swin), batched, the gradient methods at about the cost of inference.
 - `fastai_attncrop.spg`: Train any `vision_learner` CNN with its own attention as extra supervision (Zhang et al., ECCV 2018): auxiliary heads on intermediate stages learn foreground and background from the final attention, and their fused mask trains the features the attention is made of. The heads live in the callback, never in the model."""
 
 __version__ = "0.0.1"

@@ -1,5 +1,7 @@
-"""Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM, CAM, vanilla gradients, guided backprop, SmoothGrad and
-DDT for any fastai vision Learner or plain `nn.Module`, batched, at about the cost of inference.
+"""Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM, CAM, Eigen-CAM, Score-CAM, Ablation-CAM, vanilla gradients,
+guided backprop, SmoothGrad and DDT for any fastai vision Learner or plain `nn.Module`, CNN or transformer (timm's
+ViT, DeiT, Swin), batched, the gradient methods at
+about the cost of inference.
 
 Docs: https://fastai-attncrop.github.io/fastai_attncrop/saliency.html.md"""
 
@@ -161,9 +163,10 @@ def _transformer_layer(model):
     for m in model.modules():
         if not _is_timm_model(m): continue
         blocks = getattr(m, 'blocks', None)
-        if getattr(m, 'global_pool', None)=='token' and getattr(m, 'num_prefix_tokens', 0) > 0 \
-           and isinstance(blocks, nn.Module) and len(blocks) and hasattr(blocks[-1], 'norm1'):
-            return blocks[-1].norm1
+        if hasattr(m, 'num_prefix_tokens') and hasattr(m, 'patch_embed') and isinstance(blocks, nn.Module) and len(blocks):
+            if getattr(m, 'global_pool', None)=='token' and m.num_prefix_tokens > 0 and hasattr(blocks[-1], 'norm1'):
+                return blocks[-1].norm1
+            if getattr(m, 'global_pool', None)!='token' and isinstance(getattr(m, 'norm', None), nn.Module): return m.norm
         info = getattr(m, 'feature_info', None)
         if str(getattr(m, 'output_fmt', '')).endswith('NHWC') and isinstance(info, (list, tuple)) and info:
             return m.get_submodule(info[-1]['module'])
@@ -316,7 +319,10 @@ def eigencam_weights(acts, _=None):
     X = acts.flatten(2)                                             # (N, C, hw)
     mu = X.mean(2, keepdim=True)
     Xc = (X - mu).transpose(1, 2).double()                          # (N, hw, C): positions as samples, centred
-    v = torch.linalg.svd(Xc, full_matrices=False).Vh[:, 0]          # (N, C) first principal direction
+    if Xc.shape[1] <= Xc.shape[2]:                                  # the smaller Gram matrix (6x faster than an SVD at 7x7x1280)
+        u = torch.linalg.eigh(Xc @ Xc.transpose(1, 2))[1][..., -1]
+        v = F.normalize((Xc.transpose(1, 2) @ u[..., None])[..., 0], dim=1)   # (N, C) first principal direction
+    else: v = torch.linalg.eigh(Xc.transpose(1, 2) @ Xc)[1][..., -1]
     proj = (Xc @ v[..., None])[..., 0]
     v = torch.where((proj.amin(1).abs() > proj.amax(1).abs())[:, None], -v, v).to(acts.dtype)   # the larger extreme positive
     return v[:, :, None, None], -(v * mu[..., 0]).sum(1)[:, None, None]

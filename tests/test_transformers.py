@@ -63,6 +63,15 @@ def test_default_layer_and_pytorch_grad_cam(family, x):
         theirs = _pgc(cls, model, layer_of(model), x, sm.target, reshape)
         torch.testing.assert_close(_as_pgc(sm.maps, x.shape[-2:]), theirs, atol=1e-4, rtol=0, msg=f"{family} {method}")
 
+def test_avg_pooled_vit_maps_its_final_norm(x):
+    "A ViT pooling the average of its tokens (no class token) maps its final per-token layer, `norm`."
+    model = vit(global_pool='avg', class_token=False)
+    assert model.num_prefix_tokens == 0 and find_target_layer(model) is model.norm
+    sm = saliency_maps(model, x, 'gradcam')
+    assert sm.maps.shape == (3, 4, 4) and nontrivial(sm.maps)
+    theirs = _pgc('GradCAM', model, model.norm, x, sm.target, tokens_to_map(0, (4, 4)))
+    torch.testing.assert_close(_as_pgc(sm.maps, x.shape[-2:]), theirs, atol=1e-4, rtol=0)
+
 def test_token_grid_from_the_model(x):
     "DeiT's two prefix tokens come from timm's `num_prefix_tokens`; a token count that is not prefix + grid is refused."
     model = deit()
