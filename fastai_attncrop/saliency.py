@@ -1,5 +1,7 @@
-"""Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM, CAM, vanilla gradients, guided backprop, SmoothGrad and
-DDT for any fastai vision Learner or plain `nn.Module`, batched, at about the cost of inference.
+"""Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM, CAM, Eigen-CAM, Score-CAM, Ablation-CAM, vanilla gradients,
+guided backprop, SmoothGrad and DDT for any fastai vision Learner or plain `nn.Module`, CNN or transformer (timm's
+ViT, DeiT, Swin), batched, the gradient methods at
+about the cost of inference.
 
 Docs: https://fastai-attncrop.github.io/fastai_attncrop/saliency.html.md"""
 
@@ -7,18 +9,19 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/saliency.html.md"""
 
 # %% ../nbs/01_saliency.ipynb #04549ec8
 from __future__ import annotations
-import contextlib, hashlib
+import contextlib, hashlib, math
 from dataclasses import dataclass, field
 from typing import Callable
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['METHODS', 'frozen_eval', 'ActivationCut', 'find_target_layer', 'resolve_layers', 'select_targets', 'Method',
-           'register_method', 'gradcam_weights', 'gradcampp_weights', 'xgradcam_weights', 'hirescam_weights',
-           'layercam_weights', 'gradient_weights', 'guided_backprop_weights', 'GuidedReLU', 'guided_relus',
-           'normalize_maps', 'upsample_maps', 'SaliencyMaps', 'get_method', 'MapMaker', 'saliency_maps', 'SmoothGrad',
-           'DDT', 'show_saliency', 'dilate_last_stage', 'dilated_last_stage']
+__all__ = ['METHODS', 'frozen_eval', 'ActivationCut', 'MapLayout', 'find_target_layer', 'resolve_layers', 'select_targets',
+           'Method', 'register_method', 'gradcam_weights', 'gradcampp_weights', 'xgradcam_weights', 'hirescam_weights',
+           'layercam_weights', 'gradient_weights', 'guided_backprop_weights', 'eigencam_weights', 'scorecam_weights',
+           'ablationcam_weights', 'GuidedReLU', 'guided_relus', 'normalize_maps', 'upsample_maps', 'SaliencyMaps',
+           'get_method', 'MapMaker', 'replaced_output', 'Rescore', 'saliency_maps', 'SmoothGrad', 'DDT',
+           'show_saliency', 'dilate_last_stage', 'dilated_last_stage']
 
 # %% ../nbs/01_saliency.ipynb #90d2d456
 @contextlib.contextmanager
@@ -55,32 +58,155 @@ class ActivationCut:
         self.handles = []
     def __exit__(self, *exc): self.remove()
 
+# %% ../nbs/01_saliency.ipynb #15a3819a
+@dataclass
+class MapLayout:
+    "How a layer's output becomes an (N, C, h, w) map: 'nchw', 'nhwc', 'tokens' (`prefix` tokens dropped, `grid` h x w) or 'custom' (`fn`)."
+    kind: str = 'nchw'
+    prefix: int = 0
+    grid: tuple = None
+    fn: Callable = None
+    def __call__(self, t:torch.Tensor) -> torch.Tensor:
+        if self.kind=='nchw': return t
+        if self.kind=='nhwc': return t.permute(0, 3, 1, 2)
+        if self.kind=='tokens': return t[:, self.prefix:].transpose(1, 2).reshape(t.shape[0], t.shape[2], *self.grid)
+        return self.fn(t)
+    def inverse(self, fmap:torch.Tensor, raw:torch.Tensor) -> torch.Tensor:
+        "What the layer outputs when its map is `fmap` (N, C, h, w); `raw`, its real output, gives the prefix tokens."
+        if self.kind=='nchw': return fmap
+        if self.kind=='nhwc': return fmap.permute(0, 2, 3, 1)
+        if self.kind=='tokens': return torch.cat([raw[:, :self.prefix], fmap.flatten(2).transpose(1, 2).to(raw.dtype)], 1)
+        raise ValueError("a custom `reshape` cannot be undone: this method (it changes the layer's output) needs a layer "
+                         "whose output is (N, C, h, w), (N, h, w, C) or tokens, without `reshape`")
+
+def _stride_spread(h, w, H, W):
+    "How far apart the strides of an h x w grid over an H x W input are (1: equal), or None if it cannot be its positions."
+    if not (1 <= h <= H and 1 <= w <= W): return None
+    sh, sw = H / h, W / w
+    r = max(sh, sw) / min(sh, sw)
+    return r if r <= 1.5 else None
+
+def _plausible(h, w, H, W) -> bool:
+    "Whether an h x w grid can be the positions of an H x W input: no larger, about the same stride in both directions."
+    return _stride_spread(h, w, H, W) is not None
+
+def _token_grids(tm, T, H, W):
+    "(prefix, (h, w)) readings of T tokens: the timm model's own (`num_prefix_tokens`, `patch_embed`), then a square grid."
+    pe = getattr(tm, 'patch_embed', None)
+    if tm is not None and pe is not None:
+        p = int(getattr(tm, 'num_prefix_tokens', 0) or 0)
+        grids = [tuple(getattr(pe, 'grid_size', ()) or ())]
+        ps = getattr(pe, 'patch_size', None)
+        if ps is not None: ps = (ps, ps) if isinstance(ps, int) else tuple(ps); grids.append((H // ps[0], W // ps[1]))
+        for g in grids:
+            if len(g)==2 and p + g[0]*g[1]==T: yield p, g
+    for p in range(min(9, T - 3)):        # up to 8 prefix tokens (class, distillation, registers)
+        s = math.isqrt(T - p)
+        if s*s==T - p: yield p, (s, s)
+
+def _layout_or_reason(out, where, input_hw, reshape=None):
+    "(`MapLayout`, '') when a layer's output `out` is a feature map of an input of size `input_hw`, else (None, why not)."
+    name, attn, tm = where if where is not None else ('', None, None)
+    H, W = input_hw
+    if reshape is not None:
+        try: fm = reshape(out)
+        except Exception as e: return None, f"`reshape` fails on it ({type(e).__name__}: {e})"
+        if not isinstance(fm, torch.Tensor) or fm.ndim!=4 or fm.shape[0]!=out.shape[0]:
+            return None, f"`reshape` turns it into {getattr(fm, 'shape', type(fm).__name__)}, not (N, C, h, w) with N={out.shape[0]}"
+        return MapLayout('custom', fn=reshape), ''
+    if attn is not None:
+        return None, (f"it is inside the attention module {attn[0]!r} ({attn[1]} heads): its dimensions are heads, tokens "
+                      "or scores, not channels and positions")
+    if out.ndim==4:   # the reading whose strides agree best; a tie goes to the model's own format (timm's `output_fmt`)
+        kinds = ['nhwc', 'nchw'] if str(getattr(tm, 'output_fmt', '')).endswith('NHWC') else ['nchw', 'nhwc']
+        fits = [(_stride_spread(*(out.shape[2:] if kind=='nchw' else out.shape[1:3]), H, W), kind) for kind in kinds]
+        fits = [(s, kind) for s, kind in fits if s is not None]
+        if fits: return MapLayout(min(fits, key=lambda f: f[0])[1]), ''
+        return None, (f"read as (N, C, h, w) or as (N, h, w, C) its positions are no grid over the {H}x{W} input "
+                      "(not the same stride in both directions)")
+    if out.ndim==3:
+        for p, g in _token_grids(tm, out.shape[1], H, W):
+            if _plausible(*g, H, W): return MapLayout('tokens', p, tuple(int(v) for v in g)), ''
+        return None, f"its {out.shape[1]} tokens are not a few prefix tokens and a grid over the {H}x{W} input"
+    return None, f"a {out.ndim}-D output has no channels and positions"
+
 # %% ../nbs/01_saliency.ipynb #b65765a0
 def _is_fastai_vision(model):
     if not (isinstance(model, nn.Sequential) and len(model)==2): return False
     head = [type(m).__name__ for m in model[1].modules()]
     return any('Pool' in n for n in head) and 'Linear' in head
 
-def find_target_layer(model:nn.Module, xb:torch.Tensor=None) -> nn.Module:
-    "The layer whose output is the model's last spatial feature map."
+def _layer_name(model, layer) -> str:
+    "The dotted name of `layer` in `model` (its class name if it is not one of its modules)."
+    for n, m in model.named_modules():
+        if m is layer: return n or '(the model itself)'
+    return type(layer).__name__
+
+def _is_timm_model(m) -> bool:
+    "A timm model (not one of its blocks): made by `timm.create_model`, or a timm model class with its `feature_info`."
+    return hasattr(m, 'pretrained_cfg') or (type(m).__module__.startswith('timm.') and hasattr(m, 'feature_info'))
+
+def _module_info(model) -> dict:
+    "Per module id: (dotted name, the attention module holding it as (name, heads) or None, the timm model holding it or None)."
+    info = {}
+    def walk(m, name, attn, tm):
+        if tm is None and _is_timm_model(m): tm = m
+        if attn is None and m is not model and hasattr(m, 'num_heads') and \
+           not any(hasattr(c, 'num_heads') for c in m.modules() if c is not m): attn = (name, m.num_heads)   # innermost: an attention
+        if id(m) not in info: info[id(m)] = (name, attn, tm)
+        for n, c in m.named_children(): walk(c, f"{name}.{n}" if name else n, attn, tm)
+    walk(model, '', None, None)
+    return info
+
+def _transformer_layer(model):
+    "The target layer of a timm transformer found in `model` (see the text), or None for other models."
+    for m in model.modules():
+        if not _is_timm_model(m): continue
+        blocks = getattr(m, 'blocks', None)
+        if hasattr(m, 'num_prefix_tokens') and hasattr(m, 'patch_embed') and isinstance(blocks, nn.Module) and len(blocks):
+            if getattr(m, 'global_pool', None)=='token' and m.num_prefix_tokens > 0 and hasattr(blocks[-1], 'norm1'):
+                return blocks[-1].norm1
+            if getattr(m, 'global_pool', None)!='token' and isinstance(getattr(m, 'norm', None), nn.Module): return m.norm
+        info = getattr(m, 'feature_info', None)
+        if str(getattr(m, 'output_fmt', '')).endswith('NHWC') and isinstance(info, (list, tuple)) and info:
+            return m.get_submodule(info[-1]['module'])
+    return None
+
+def find_target_layer(model:nn.Module, xb:torch.Tensor=None, reshape:Callable=None) -> nn.Module:
+    "The layer whose output is the model's last spatial feature map (for timm transformers, the layer they localize from)."
     if _is_fastai_vision(model): return model[0]
+    tf = _transformer_layer(model)
+    if tf is not None: return tf
     if xb is None: raise ValueError("cannot find the target layer of this model without an example batch `xb`; "
                                     "or pass `layers` (a module or a dotted name such as 'layer4')")
-    found, handles = [], []
+    info, hw = _module_info(model), tuple(xb.shape[-2:])
+    seen, handles = [], []    # (module, output shape, layout or None, why not) in the order the modules finish
     def hook(m, i, o):
-        if isinstance(o, torch.Tensor) and o.ndim==4 and o.shape[-1]*o.shape[-2] > 1: found.append(m)
+        if not isinstance(o, torch.Tensor): return
+        lay, why = _layout_or_reason(o, info.get(id(m)), hw, reshape)
+        if lay is not None and math.prod(lay(o).shape[-2:]) <= 1: return    # pooled: not a map
+        if lay is not None or (o.ndim==4 and o.shape[-1]*o.shape[-2] > 1): seen.append((m, tuple(o.shape), lay, why))
     try:
         handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
         with frozen_eval(model), torch.no_grad(): model(xb[:1])
     finally:
         for h in handles: h.remove()
-    if not found: raise ValueError(f"{type(model).__name__} has no layer with a spatial (N, C, h, w) output: "
-                                   "saliency maps need a convolutional feature map; pass `layers` explicitly")
-    return found[-1]
+    ok = [i for i, s in enumerate(seen) if s[2] is not None]
+    bad = [i for i, s in enumerate(seen) if s[2] is None and (not ok or i > ok[-1])]
+    if bad:
+        m, shape, _, why = seen[bad[-1]]
+        after = f"; the last map it would take, of {_layer_name(model, seen[ok[-1]][0])!r}, runs before it" if ok else ''
+        raise ValueError(f"the automatic target-layer finder rejected {_layer_name(model, m)!r} ({type(m).__name__}, output "
+                         f"{shape}): {why}{after}. It takes no tensor that is not a spatial feature map: pass `layers=` the layer "
+                         "to map (a module or a dotted name) and, if its output is not (N, C, h, w), (N, h, w, C) or tokens "
+                         "(N, prefix + h*w, C), `reshape=` a function from it to (N, C, h, w)")
+    if not ok: raise ValueError(f"{type(model).__name__} has no layer with a spatial (N, C, h, w) output: "
+                                "saliency maps need a convolutional feature map; pass `layers` explicitly")
+    return seen[ok[-1]][0]
 
-def resolve_layers(model:nn.Module, layers=None, xb=None) -> list:
+def resolve_layers(model:nn.Module, layers=None, xb=None, reshape=None) -> list:
     "`layers` (None, a module, a dotted name, or a list of those) as a list of modules of `model`."
-    if layers is None: return [find_target_layer(model, xb)]
+    if layers is None: return [find_target_layer(model, xb, reshape)]
     out = []
     for l in (layers if isinstance(layers, (list, tuple)) else [layers]):
         if isinstance(l, nn.Module): m = l
@@ -130,17 +256,20 @@ def select_targets(logits, target=None, k=1, multi_label=False, thresh=0.75, max
 class Method:
     "How a saliency map is made: from layer activations and their gradients, or from the input's gradient."
     name: str
-    weigh: Callable = None          # (acts, grads) -> weights broadcastable to acts
+    weigh: Callable = None          # (acts, grads) -> weights broadcastable to acts, or (weights, offset)
     on_input: bool = False          # gradient with respect to the input image instead of a layer
     guided: bool = False            # ReLUs pass only positive gradients (guided backprop)
     doc: str = ''
+    needs: str = 'grads'            # what `weigh` gets after the activations: 'grads', 'acts' (nothing: None) or 'scores' (a `Rescore`)
+    def __post_init__(self):
+        if self.needs not in ('grads', 'acts', 'scores'): raise ValueError(f"`needs` must be 'grads', 'acts' or 'scores', got {self.needs!r}")
     def __repr__(self): return f"Method({self.name!r})"
 
 METHODS = {}
-def register_method(name, on_input=False, guided=False):
-    "Decorator: register `fn(acts, grads) -> weights` as saliency method `name`."
+def register_method(name, on_input=False, guided=False, needs='grads'):
+    "Decorator: register `fn(acts, grads) -> weights` as saliency method `name` (`needs`: what `fn` gets as its second argument)."
     def _inner(fn):
-        METHODS[name] = Method(name, fn, on_input, guided, (fn.__doc__ or '').strip())
+        METHODS[name] = Method(name, fn, on_input, guided, (fn.__doc__ or '').strip(), needs)
         return fn
     return _inner
 
@@ -182,6 +311,41 @@ def gradient_weights(x, grads):
 def guided_backprop_weights(x, grads):
     "Guided backprop (Springenberg et al. 2015): the input gradient with ReLUs passing only positive gradients; |.|, max over channels."
     return grads
+
+# %% ../nbs/01_saliency.ipynb #f06426c7
+@register_method('eigencam', needs='acts')
+def eigencam_weights(acts, _=None):
+    "Eigen-CAM (Muhammad & Yeasin 2020): the activations projected on their first principal component; class-agnostic, no gradient."
+    X = acts.flatten(2)                                             # (N, C, hw)
+    mu = X.mean(2, keepdim=True)
+    Xc = (X - mu).transpose(1, 2).double()                          # (N, hw, C): positions as samples, centred
+    if Xc.shape[1] <= Xc.shape[2]:                                  # the smaller Gram matrix (6x faster than an SVD at 7x7x1280)
+        u = torch.linalg.eigh(Xc @ Xc.transpose(1, 2))[1][..., -1]
+        v = F.normalize((Xc.transpose(1, 2) @ u[..., None])[..., 0], dim=1)   # (N, C) first principal direction
+    else: v = torch.linalg.eigh(Xc.transpose(1, 2) @ Xc)[1][..., -1]
+    proj = (Xc @ v[..., None])[..., 0]
+    v = torch.where((proj.amin(1).abs() > proj.amax(1).abs())[:, None], -v, v).to(acts.dtype)   # the larger extreme positive
+    return v[:, :, None, None], -(v * mu[..., 0]).sum(1)[:, None, None]
+
+@register_method('scorecam', needs='scores')
+def scorecam_weights(acts, rescore, eps=1e-8):
+    "Score-CAM (Wang et al. 2020): each channel, upsampled and scaled to [0, 1], masks the input; weights: softmax over channels of the target scores."
+    H, W = rescore.x.shape[-2:]
+    def masked(r, c):
+        m = F.interpolate(acts[r, c][:, None], size=(H, W), mode='bilinear', align_corners=True)
+        lo, hi = m.amin((2, 3), keepdim=True), m.amax((2, 3), keepdim=True)
+        return rescore.x[r] * ((m - lo) / (hi - lo + eps)).to(rescore.x.dtype)
+    return rescore.of_inputs(masked, acts.shape[1]).softmax(1)[:, :, None, None]
+
+@register_method('ablationcam', needs='scores')
+def ablationcam_weights(acts, rescore):
+    "Ablation-CAM (Desai & Ramaswamy 2020): each channel weighted by the relative drop of the target score when it is set to zero."
+    def ablated(r, c):
+        a = acts[r].clone()
+        a[torch.arange(len(r)), c] = 0
+        return a
+    y = rescore.scores[:, None]
+    return ((y - rescore.of_acts(ablated, acts.shape[1])) / y)[:, :, None, None]
 
 # %% ../nbs/01_saliency.ipynb #2cb8b424
 def _cam_head_weights(head:nn.Module):
@@ -267,11 +431,12 @@ def _sanitize(m):
     return torch.nan_to_num(m, nan=0., posinf=0., neginf=0.).clamp(min=0), bad
 
 def _combine(method:Method, acts, grads):
-    "Raw map (N, h, w) in float32 from activations (or the input) and gradients."
-    a, g = acts.float(), grads.float()
+    "Raw map (N, h, w) in float32 from activations (or the input) and gradients (None, or a `Rescore`, as `method.needs`)."
+    a, g = acts.float(), (grads.float() if isinstance(grads, torch.Tensor) else grads)
     w = method.weigh(a, g)
     if method.on_input: return w.abs().amax(1)
-    return (w * a).sum(1).relu()
+    w, b = w if isinstance(w, tuple) else (w, 0.)
+    return ((w * a).sum(1) + b).relu()
 
 def _fuse(layer_maps:list) -> torch.Tensor:
     "One map from several layers: each normalized, upsampled to the finest resolution, averaged."
@@ -317,33 +482,84 @@ def _as_input(xb, device, dtype, channels_last=None) -> torch.Tensor:
 def _check_scores(out):
     if not isinstance(out, torch.Tensor) or out.ndim!=2: raise ValueError(f"the model must return (N, n_classes) scores, got {getattr(out, 'shape', type(out))}")
 
-def _check_feature_maps(lays, cut):
-    "The recorded outputs of the target layers `lays`, each checked to be a (N, C, h, w) feature map."
+def _feature_maps(model, lays, cut, input_hw, reshape=None):
+    "The recorded outputs of the target layers `lays` and the `MapLayout` making each an (N, C, h, w) map, or a clear error."
     if len(cut.acts)!=len(lays): raise ValueError("a target layer was not run by the model's forward pass; check `layers`")
-    acts = [cut.acts[i] for i in range(len(lays))]
-    for l, a in zip(lays, acts):
-        if a.ndim != 4: raise ValueError(f"the target layer {type(l).__name__} gives an output of shape {tuple(a.shape)}, not a "
-                                         "(N, C, h, w) feature map: CAM methods and DDT need a convolutional layer; pass `layers=` one "
-                                         "(a module or a dotted name such as 'layer4'), or use method='gradient'")
-    return acts
+    raw, info, layouts = [cut.acts[i] for i in range(len(lays))], _module_info(model), []
+    for l, a in zip(lays, raw):
+        lay, why = _layout_or_reason(a, info.get(id(l)), input_hw, reshape)
+        if lay is None: raise ValueError(f"the target layer {_layer_name(model, l)!r} ({type(l).__name__}) gives an output of shape "
+                                         f"{tuple(a.shape)}, not a (N, C, h, w) feature map: {why}. CAM methods and DDT need a "
+                                         "feature map: pass `layers=` one (a module or a dotted name such as 'layer4'), and "
+                                         "`reshape=` a function from its output to (N, C, h, w) if it is another layout; "
+                                         "or use method='gradient'")
+        layouts.append(lay)
+    return raw, layouts
+
+def _check_token_grads(model, layer, lay, g):
+    "Refuse gradients that reach a token layer's prefix (class) tokens only: its map would be all zero."
+    if lay.kind=='tokens' and lay.prefix and not g[:, lay.prefix:].any() and g[:, :lay.prefix].any():
+        raise ValueError(f"the class scores depend on the tokens of {_layer_name(model, layer)!r} through its {lay.prefix} prefix "
+                         "(class) token(s) only, so its maps are zero: with class-token pooling, map a layer before the last "
+                         "attention, e.g. `layers='blocks.11.norm1'` for a 12-block timm ViT (the default for timm models)")
+
+@contextlib.contextmanager
+def replaced_output(layer:nn.Module, value:torch.Tensor):
+    "Inside the block `layer` outputs `value` (of its output's shape) instead of what it computes; the hook is removed on exit."
+    def hook(m, i, o):
+        if not isinstance(o, torch.Tensor) or o.shape!=value.shape:
+            raise ValueError(f"replaced_output: {type(m).__name__} outputs {getattr(o, 'shape', type(o).__name__)}, the replacement is {tuple(value.shape)}")
+        return value
+    h = layer.register_forward_hook(hook)
+    try: yield layer
+    finally: h.remove()
+
+class Rescore:
+    "The target scores of the rows of a pass on changed inputs or changed target-layer maps, `batch_size` forwards at a time."
+    def __init__(self, model, x, target, layer, layout, raw, scores, batch_size=64):
+        self.model, self.x, self.target, self.layer, self.layout = model, x, target, layer, layout
+        self.raw, self.scores, self.batch_size = raw, scores, max(1, int(batch_size))
+    def _run(self, make, n, on_acts):
+        N, dev = len(self.x), self.x.device
+        rows, js = torch.arange(N, device=dev).repeat_interleave(n), torch.arange(n, device=dev).repeat(N)
+        out = torch.empty(N*n, device=dev)
+        for s in range(0, N*n, self.batch_size):
+            r, j = rows[s:s+self.batch_size], js[s:s+self.batch_size]
+            if on_acts:
+                with replaced_output(self.layer, self.layout.inverse(make(r, j), self.raw[r]).to(self.raw.dtype)):
+                    y = self.model(self.x[r])
+            else: y = self.model(make(r, j))
+            out[s:s+len(r)] = y[torch.arange(len(r), device=dev), self.target[r]].float()
+        return out.view(N, n)
+    def of_inputs(self, make:Callable, n:int) -> torch.Tensor:
+        "(rows, n) target scores of the model on the inputs `make(r, j)`: a batch for rows `r` and variants `j` (index tensors)."
+        return self._run(make, n, False)
+    def of_acts(self, make:Callable, n:int) -> torch.Tensor:
+        "(rows, n) target scores with the target layer's map set to `make(r, j)` (N, C, h, w) for rows `r`, variants `j`."
+        return self._run(make, n, True)
 
 # %% ../nbs/01_saliency.ipynb #775e6351
 def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=None, k=1, multi_label=False,
-                  thresh=0.75, max_k=20, vocab=None, channels_last=None) -> SaliencyMaps:
+                  thresh=0.75, max_k=20, vocab=None, channels_last=None, reshape:Callable=None, batch_size=64) -> SaliencyMaps:
     "Saliency maps of `method` for batch `xb` (N, 3, H, W) explaining `target` (default: the predicted class)."
-    if isinstance(method, MapMaker): return method(model, xb, target=target, layers=layers, k=k, multi_label=multi_label,
-                                                   thresh=thresh, max_k=max_k, vocab=vocab, channels_last=channels_last)
+    if isinstance(method, MapMaker):
+        extra = {} if reshape is None else {'reshape': reshape}   # makers written before `reshape` existed still work
+        return method(model, xb, target=target, layers=layers, k=k, multi_label=multi_label, thresh=thresh, max_k=max_k,
+                      vocab=vocab, channels_last=channels_last, **extra)
     meth = get_method(method)
     model, vocab_, device, dtype = _model_of(model)
     vocab = vocab if vocab is not None else vocab_
     xb = _as_input(xb, device, dtype, channels_last)
-    lays = [] if meth.on_input else resolve_layers(model, layers, xb)
+    lays = [] if meth.on_input else resolve_layers(model, layers, xb, reshape)
     guide = guided_relus(model) if meth.guided else contextlib.nullcontext()
-    with frozen_eval(model), guide, ActivationCut(lays) as cut, torch.enable_grad():
-        x = xb.detach().requires_grad_(meth.on_input)
-        out = model(x)
+    grads_needed = meth.on_input or meth.needs=='grads'
+    with frozen_eval(model), guide:
+        with ActivationCut(lays) as cut, torch.enable_grad() if grads_needed else torch.no_grad():
+            x = xb.detach().requires_grad_(meth.on_input)
+            out = model(x)
         _check_scores(out)
-        acts = [x] if meth.on_input else _check_feature_maps(lays, cut)
+        raw, layouts = ([x], [MapLayout()]) if meth.on_input else _feature_maps(model, lays, cut, xb.shape[-2:], reshape)
+        acts = [lay(a) for lay, a in zip(layouts, raw)]
         img_idx, tgt, rank = select_targets(out.detach(), target, k, multi_label, thresh, max_k, vocab)
         probs = out.detach().float().sigmoid() if multi_label else out.detach().float().softmax(1)
         if meth.name=='cam':
@@ -352,18 +568,26 @@ def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=
                                  "model (body, head) and `layers=None`; use method='gradcam' for other models or layers")
             W = _cam_head_weights(model[1])[tgt]                                # (N, C)
             per_layer = [(W[:, :, None, None] * acts[0][img_idx].detach().float()).sum(1).relu()]
+        elif not grads_needed:
+            per_layer = []
+            for l, lay, a, r in zip(lays, layouts, acts, raw):
+                score = (Rescore(model, xb[img_idx], tgt, l, lay, r.detach()[img_idx], out.detach()[img_idx, tgt].float(), batch_size)
+                         if meth.needs=='scores' else None)
+                with torch.no_grad(): per_layer.append(_combine(meth, a.detach()[img_idx], score))
         else:
-            if not out.requires_grad or not all(a.requires_grad for a in acts): raise ValueError(_NO_GRAD)
+            if not out.requires_grad or not all(a.requires_grad for a in raw): raise ValueError(_NO_GRAD)
             per_layer = [torch.zeros((len(tgt),) + tuple(a.shape[-2:]), device=device) for a in acts]
             K = int(rank.max()) + 1 if len(rank) else 0
-            for r in range(K):
-                rows = (rank==r).nonzero().squeeze(1)
-                score = out[img_idx[rows], tgt[rows]].sum()
-                grads = torch.autograd.grad(score, acts, retain_graph=r < K-1, allow_unused=True)
-                for li, (a, g) in enumerate(zip(acts, grads)):
-                    if g is None: raise ValueError(_NO_GRAD)
-                    ii = img_idx[rows]
-                    per_layer[li][rows] = _combine(meth, a[ii].detach(), g[ii])
+            with torch.enable_grad():
+                for r in range(K):
+                    rows = (rank==r).nonzero().squeeze(1)
+                    score = out[img_idx[rows], tgt[rows]].sum()
+                    grads = torch.autograd.grad(score, raw, retain_graph=r < K-1, allow_unused=True)
+                    for li, (lay, a, g) in enumerate(zip(layouts, acts, grads)):
+                        if g is None: raise ValueError(_NO_GRAD)
+                        if not meth.on_input: _check_token_grads(model, lays[li], lay, g)
+                        ii = img_idx[rows]
+                        per_layer[li][rows] = _combine(meth, a[ii].detach(), lay(g)[ii])
     cleaned = [_sanitize(m) for m in per_layer]
     per_layer, bad = [c[0] for c in cleaned], torch.stack([c[1] for c in cleaned]).any(0)
     maps = per_layer[0] if len(per_layer)==1 else _fuse(per_layer)
@@ -406,9 +630,9 @@ class SmoothGrad(MapMaker):
 # %% ../nbs/01_saliency.ipynb #825a1801
 class DDT(MapMaker):
     "Deep descriptor transforming: maps of where the features lie along each class's first principal direction (call `fit` first)."
-    def __init__(self, layers=None, per_class=True):
+    def __init__(self, layers=None, per_class=True, reshape:Callable=None):
         if isinstance(layers, (list, tuple)) and len(layers)!=1: raise ValueError(f"DDT uses one layer, got `layers`={layers!r}")
-        self.layers, self.per_class, self.mean, self.direction, self.n_images = layers, per_class, None, None, 0
+        self.layers, self.per_class, self.reshape, self.mean, self.direction, self.n_images = layers, per_class, reshape, None, None, 0
 
     def fit(self, model, dl=None, max_batches=None, channels_last=None):
         "Mean and first principal direction of the target layer's features over `dl`'s (image, class) batches (default: the Learner's training set)."
@@ -422,9 +646,9 @@ class DDT(MapMaker):
                 if max_batches is not None and b >= max_batches: break
                 if len(batch[0]) == 0: continue
                 xb = _as_input(batch[0], device, dtype, channels_last)
-                if lays is None: lays = resolve_layers(model, self.layers, xb)
+                if lays is None: lays = resolve_layers(model, self.layers, xb, self.reshape)
                 with ActivationCut(lays) as cut: model(xb)
-                X = _check_feature_maps(lays, cut)[0].detach().permute(0, 2, 3, 1).double()   # (N, h, w, C)
+                X = self._map(model, lays, cut, xb).permute(0, 2, 3, 1).double()   # (N, h, w, C)
                 groups = self._groups(batch, len(xb))
                 for g in groups.unique().tolist():
                     D = X[groups==g].flatten(0, 2)
@@ -442,6 +666,10 @@ class DDT(MapMaker):
             self.mean[g], self.direction[g] = mu.float(), p.float()
         return self
 
+    def _map(self, model, lays, cut, xb):
+        raw, layouts = _feature_maps(model, lays, cut, xb.shape[-2:], self.reshape)
+        return layouts[0](raw[0]).detach()
+
     def _groups(self, batch, n):
         if not self.per_class: return torch.zeros(n, dtype=torch.long)
         y = batch[1] if len(batch) > 1 else None
@@ -455,16 +683,19 @@ class DDT(MapMaker):
         digest = hashlib.sha1(torch.cat([torch.cat([self.mean[g], self.direction[g]]) for g in sorted(self.direction)]).numpy().tobytes()).hexdigest()[:10]
         return f"DDT(layers={self.layers!r}, per_class={self.per_class}, {len(self.direction)} directions from {self.n_images} images, {digest})"
 
-    def __call__(self, model, xb, target=None, layers=None, k=1, multi_label=False, thresh=0.75, max_k=20, vocab=None, channels_last=None):
+    def __call__(self, model, xb, target=None, layers=None, k=1, multi_label=False, thresh=0.75, max_k=20, vocab=None, channels_last=None,
+                 reshape=None):
         if self.direction is None: raise ValueError("DDT has no directions yet: call `.fit(learn)` (or `.fit(model, dl)`) first")
         if layers is not None: raise ValueError(f"DDT maps the layer it was fit on (`DDT(layers=...)`), not `layers`={layers!r}")
+        if reshape is not None and reshape is not self.reshape:
+            raise ValueError("DDT maps its layer with the `reshape` it was made with (`DDT(reshape=...)`), not another one")
         model, vocab_, device, dtype = _model_of(model)
         vocab = vocab if vocab is not None else vocab_
         xb = _as_input(xb, device, dtype, channels_last)
-        lays = resolve_layers(model, self.layers, xb)
+        lays = resolve_layers(model, self.layers, xb, self.reshape)
         with frozen_eval(model), torch.no_grad(), ActivationCut(lays) as cut:
             out = model(xb)
-            A = _check_feature_maps(lays, cut)[0].detach().float()
+            A = self._map(model, lays, cut, xb).float()
         _check_scores(out)
         img_idx, tgt, rank = select_targets(out, target, k, multi_label, thresh, max_k, vocab)
         probs = out.float().sigmoid() if multi_label else out.float().softmax(1)

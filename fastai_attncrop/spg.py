@@ -47,7 +47,7 @@ def _plain(t:torch.Tensor) -> torch.Tensor:
 def head_attention(head:nn.Module, feats:torch.Tensor, target:torch.Tensor, method='gradcam') -> torch.Tensor:
     "Attention maps (N, h, w) for classes `target` from the body's output `feats`, through `head` only; detached float32."
     meth = get_method(method)
-    if meth.on_input: raise ValueError(f"`attention` must be a layer method (e.g. 'gradcam', 'cam'), not {meth.name!r}")
+    if meth.on_input or meth.needs != 'grads': raise ValueError(f"`attention` must be a layer method with gradients (e.g. 'gradcam', 'cam'), not {meth.name!r}")
     feats, target = _plain(feats), _plain(target).long().reshape(-1)
     if meth.name == 'cam':
         W = _cam_head_weights(head)[target]                                            # (N, C)
@@ -135,7 +135,8 @@ class SPGCallback(Callback):
                  fused_th=(0.7, 0.1), attention='gradcam', start=0.):
         if len(weights) != 3: raise ValueError(f"`weights` must be (shallow, deep, final), got {weights!r}")
         for th in (deep_th, shallow_th, fused_th): tri_state_mask(torch.zeros(1), *th)   # validates the thresholds
-        if get_method(attention).on_input: raise ValueError(f"`attention` must be a layer method such as 'gradcam' or 'cam', got {attention!r}")
+        if get_method(attention).on_input or get_method(attention).needs != 'grads':
+            raise ValueError(f"`attention` must be a layer method with gradients such as 'gradcam' or 'cam', got {attention!r}")
         if not 0 <= start < 1: raise ValueError(f"`start` must be in [0, 1), got {start!r}")
         self.layers, self.width, self.weights, self.attention, self.start = layers, width, tuple(weights), attention, start
         self.deep_th, self.shallow_th, self.fused_th = deep_th, shallow_th, fused_th

@@ -145,5 +145,6 @@ def test_rejects_bad_settings(dls):
     with pytest.raises(ValueError, match='weights'): SPGCallback(weights=(1, 1))
     with pytest.raises(ValueError, match='delta_l <= delta_h'): SPGCallback(deep_th=(0.1, 0.7))
     with pytest.raises(ValueError, match='layer method'): SPGCallback(attention='gradient')
+    with pytest.raises(ValueError, match='layer method with gradients'): SPGCallback(attention='scorecam')   # gradient-free
     learn = new_learner(dls)
     with pytest.raises(ValueError, match=r'layers'): fit(learn, 1, SPGCallback(layers=(1,)))
