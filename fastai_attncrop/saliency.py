@@ -502,6 +502,19 @@ def _as_input(xb, device, dtype, channels_last=None) -> torch.Tensor:
 def _check_scores(out):
     if not isinstance(out, torch.Tensor) or out.ndim!=2: raise ValueError(f"the model must return (N, n_classes) scores, got {getattr(out, 'shape', type(out))}")
 
+def _pass_input(model, xb, vocab=None, channels_last=None):
+    "(module, vocab, device, input batch) of a pass of `model` (a Learner or a module) on `xb`; `vocab` by default the Learner's."
+    model, vocab_, device, dtype = _model_of(model)
+    return model, (vocab if vocab is not None else vocab_), device, _as_input(xb, device, dtype, channels_last)
+
+def _pass_targets(out, target=None, k=1, multi_label=False, thresh=0.75, max_k=20, vocab=None):
+    "Rows `(img_idx, target, rank, prob)` a pass's scores `out` explain: `select_targets`, and each row's softmax (sigmoid) probability."
+    _check_scores(out)
+    out = out.detach()
+    img_idx, tgt, rank = select_targets(out, target, k, multi_label, thresh, max_k, vocab)
+    probs = out.float().sigmoid() if multi_label else out.float().softmax(1)
+    return img_idx, tgt, rank, probs[img_idx, tgt]
+
 def _feature_maps(model, lays, cut, input_hw, reshape=None):
     "The recorded outputs of the target layers `lays` and the `MapLayout` making each an (N, C, h, w) map, or a clear error."
     if len(cut.acts)!=len(lays): raise ValueError("a target layer was not run by the model's forward pass; check `layers`")
@@ -589,13 +602,10 @@ def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=
     "Saliency maps of `method` for batch `xb` (N, 3, H, W) explaining `target` (default: the predicted class)."
     meth = method_for(method, model)
     if isinstance(meth, MapMaker):
-        method = meth
         extra = {} if reshape is None else {'reshape': reshape}   # makers written before `reshape` existed still work
-        return method(model, xb, target=target, layers=layers, k=k, multi_label=multi_label, thresh=thresh, max_k=max_k,
+        return meth(model, xb, target=target, layers=layers, k=k, multi_label=multi_label, thresh=thresh, max_k=max_k,
                       vocab=vocab, channels_last=channels_last, **extra)
-    model, vocab_, device, dtype = _model_of(model)
-    vocab = vocab if vocab is not None else vocab_
-    xb = _as_input(xb, device, dtype, channels_last)
+    model, vocab, device, xb = _pass_input(model, xb, vocab, channels_last)
     lays = [] if meth.on_input else resolve_layers(model, layers, xb, reshape)
     guide = guided_relus(model) if meth.guided else contextlib.nullcontext()
     grads_needed = meth.on_input or meth.needs=='grads'
@@ -606,8 +616,7 @@ def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=
         _check_scores(out)
         raw, layouts = ([x], [MapLayout()]) if meth.on_input else _feature_maps(model, lays, cut, xb.shape[-2:], reshape)
         acts = [lay(a) for lay, a in zip(layouts, raw)]
-        img_idx, tgt, rank = select_targets(out.detach(), target, k, multi_label, thresh, max_k, vocab)
-        probs = out.detach().float().sigmoid() if multi_label else out.detach().float().softmax(1)
+        img_idx, tgt, rank, prob = _pass_targets(out, target, k, multi_label, thresh, max_k, vocab)
         if meth.needs=='head':
             if not is_fastai_vision(model) or lays!=[model[0]]:
                 raise ValueError("CAM weighs the body's last feature map by the head's linear layer: it needs a fastai vision "
@@ -640,7 +649,7 @@ def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=
     if len(lays) > 1:
         names = {id(m): n for n, m in model.named_modules()}
         layer_maps = {names.get(id(l), str(i)): m for i, (l, m) in enumerate(zip(lays, per_layer))}
-    return SaliencyMaps(maps, img_idx, tgt, probs[img_idx, tgt], rank, tuple(xb.shape[-2:]), meth.name, bad, layer_maps)
+    return SaliencyMaps(maps, img_idx, tgt, prob, rank, tuple(xb.shape[-2:]), meth.name, bad, layer_maps)
 
 # %% ../nbs/01_saliency.ipynb #03d1c508
 class SmoothGrad(MapMaker):
@@ -734,16 +743,12 @@ class DDT(MapMaker):
         if layers is not None: raise ValueError(f"DDT maps the layer it was fit on (`DDT(layers=...)`), not `layers`={layers!r}")
         if reshape is not None and reshape is not self.reshape:
             raise ValueError("DDT maps its layer with the `reshape` it was made with (`DDT(reshape=...)`), not another one")
-        model, vocab_, device, dtype = _model_of(model)
-        vocab = vocab if vocab is not None else vocab_
-        xb = _as_input(xb, device, dtype, channels_last)
+        model, vocab, device, xb = _pass_input(model, xb, vocab, channels_last)
         lays = resolve_layers(model, self.layers, xb, self.reshape)
         with frozen_eval(model), torch.no_grad(), ActivationCut(lays) as cut:
             out = model(xb)
             A = self._map(model, lays, cut, xb).float()
-        _check_scores(out)
-        img_idx, tgt, rank = select_targets(out, target, k, multi_label, thresh, max_k, vocab)
-        probs = out.float().sigmoid() if multi_label else out.float().softmax(1)
+        img_idx, tgt, rank, prob = _pass_targets(out, target, k, multi_label, thresh, max_k, vocab)
         groups = tgt.tolist() if self.per_class else [0]*len(tgt)
         missing = sorted(set(groups) - set(self.direction))
         if missing: raise ValueError(f"DDT was fit on no image of class(es) {[vocab[g] if vocab is not None else g for g in missing]}: "
@@ -752,7 +757,7 @@ class DDT(MapMaker):
         M = torch.stack([self.mean[g] for g in groups]).to(device) if groups else A.new_zeros(0, A.shape[1])
         proj = torch.einsum('nchw,nc->nhw', A[img_idx], P) - (P*M).sum(1)[:, None, None]
         maps, bad = _sanitize(proj - proj.flatten(1).amin(1)[:, None, None] if len(proj) else proj)
-        return SaliencyMaps(maps, img_idx, tgt, probs[img_idx, tgt], rank, tuple(xb.shape[-2:]), 'ddt', bad)
+        return SaliencyMaps(maps, img_idx, tgt, prob, rank, tuple(xb.shape[-2:]), 'ddt', bad)
 
 # %% ../nbs/01_saliency.ipynb #c1fb35d9
 @register_maker('ddt')
