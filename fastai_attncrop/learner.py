@@ -25,7 +25,7 @@ from fastai.data.core import DataLoaders, Datasets
 from fasttransform import Transform, Pipeline
 import fastai_attncrop
 from .data import atomic_write, load_image, image_size, UnreadableImageError, _reason
-from .saliency import (saliency_maps, get_method, show_saliency, frozen_eval, MapMaker, upsample_maps, _as_input,
+from .saliency import (saliency_maps, get_method, method_for, show_saliency, frozen_eval, MapMaker, upsample_maps, _as_input,
                                       resolve_layers)
 from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, adjust_boxes, _flatten_tfms
 from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropItem, attention_dls,
@@ -444,7 +444,7 @@ def _box_plan(learn, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), tar
     for v, name, lo in ((k, 'k', 1), (max_k, 'max_k', 1), (auc_steps, 'auc_steps', 0)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo: raise ValueError(f"`{name}` must be an integer >= {lo}, got {v!r}")
     if not 0 <= thresh <= 1: raise ValueError(f"`thresh` must be in [0, 1], got {thresh!r}")
-    meth = method if isinstance(method, MapMaker) else get_method(method)
+    meth = method_for(method, learn)   # a name, a `Method` or a `MapMaker`; 'ddt': fitted on the training set once
     check_vision_learner(learn)
     df = _as_items(learn, items)
     vocab = getattr(learn.dls, 'vocab', None)

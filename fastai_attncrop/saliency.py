@@ -9,19 +9,20 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/saliency.html.md"""
 
 # %% ../nbs/01_saliency.ipynb #04549ec8
 from __future__ import annotations
-import contextlib, hashlib, math
+import contextlib, hashlib, math, weakref
 from dataclasses import dataclass, field
 from typing import Callable
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 import matplotlib.pyplot as plt
 
 # %% auto #0
-__all__ = ['METHODS', 'frozen_eval', 'ActivationCut', 'MapLayout', 'find_target_layer', 'resolve_layers', 'select_targets',
-           'Method', 'register_method', 'gradcam_weights', 'gradcampp_weights', 'xgradcam_weights', 'hirescam_weights',
-           'layercam_weights', 'gradient_weights', 'guided_backprop_weights', 'eigencam_weights', 'scorecam_weights',
-           'ablationcam_weights', 'GuidedReLU', 'guided_relus', 'normalize_maps', 'upsample_maps', 'SaliencyMaps',
-           'get_method', 'MapMaker', 'replaced_output', 'Rescore', 'saliency_maps', 'SmoothGrad', 'DDT',
-           'show_saliency', 'dilate_last_stage', 'dilated_last_stage']
+__all__ = ['NEEDS', 'METHODS', 'MAKERS', 'frozen_eval', 'ActivationCut', 'MapLayout', 'is_fastai_vision', 'find_target_layer',
+           'resolve_layers', 'select_targets', 'Method', 'register_method', 'register_maker', 'gradcam_weights',
+           'gradcampp_weights', 'xgradcam_weights', 'hirescam_weights', 'layercam_weights', 'gradient_weights',
+           'guided_backprop_weights', 'eigencam_weights', 'scorecam_weights', 'ablationcam_weights', 'cam_head_weights',
+           'cam_weights', 'GuidedReLU', 'guided_relus', 'normalize_maps', 'upsample_maps', 'SaliencyMaps',
+           'combine_maps', 'get_method', 'MapMaker', 'replaced_output', 'Rescore', 'model_fingerprint', 'method_for',
+           'saliency_maps', 'SmoothGrad', 'DDT', 'fit_ddt', 'show_saliency', 'dilate_last_stage', 'dilated_last_stage']
 
 # %% ../nbs/01_saliency.ipynb #90d2d456
 @contextlib.contextmanager
@@ -131,7 +132,8 @@ def _layout_or_reason(out, where, input_hw, reshape=None):
     return None, f"a {out.ndim}-D output has no channels and positions"
 
 # %% ../nbs/01_saliency.ipynb #b65765a0
-def _is_fastai_vision(model):
+def is_fastai_vision(model) -> bool:
+    "Whether `model` is a fastai vision model: `nn.Sequential(body, head)` whose head pools and ends in a linear layer."
     if not (isinstance(model, nn.Sequential) and len(model)==2): return False
     head = [type(m).__name__ for m in model[1].modules()]
     return any('Pool' in n for n in head) and 'Linear' in head
@@ -174,7 +176,7 @@ def _transformer_layer(model):
 
 def find_target_layer(model:nn.Module, xb:torch.Tensor=None, reshape:Callable=None) -> nn.Module:
     "The layer whose output is the model's last spatial feature map (for timm transformers, the layer they localize from)."
-    if _is_fastai_vision(model): return model[0]
+    if is_fastai_vision(model): return model[0]
     tf = _transformer_layer(model)
     if tf is not None: return tf
     if xb is None: raise ValueError("cannot find the target layer of this model without an example batch `xb`; "
@@ -252,6 +254,8 @@ def select_targets(logits, target=None, k=1, multi_label=False, thresh=0.75, max
             torch.arange(k, device=dev).expand(B, k).reshape(-1))
 
 # %% ../nbs/01_saliency.ipynb #661c2025
+NEEDS = ('grads', 'acts', 'scores', 'head')
+
 @dataclass
 class Method:
     "How a saliency map is made: from layer activations and their gradients, or from the input's gradient."
@@ -260,9 +264,9 @@ class Method:
     on_input: bool = False          # gradient with respect to the input image instead of a layer
     guided: bool = False            # ReLUs pass only positive gradients (guided backprop)
     doc: str = ''
-    needs: str = 'grads'            # what `weigh` gets after the activations: 'grads', 'acts' (nothing: None) or 'scores' (a `Rescore`)
+    needs: str = 'grads'            # what `weigh` gets after the activations: 'grads', 'acts' (nothing: None), 'scores' (a `Rescore`) or 'head' (the head's (N, C) class weights)
     def __post_init__(self):
-        if self.needs not in ('grads', 'acts', 'scores'): raise ValueError(f"`needs` must be 'grads', 'acts' or 'scores', got {self.needs!r}")
+        if self.needs not in NEEDS: raise ValueError(f"`needs` must be one of {NEEDS}, got {self.needs!r}")
     def __repr__(self): return f"Method({self.name!r})"
 
 METHODS = {}
@@ -270,6 +274,14 @@ def register_method(name, on_input=False, guided=False, needs='grads'):
     "Decorator: register `fn(acts, grads) -> weights` as saliency method `name` (`needs`: what `fn` gets as its second argument)."
     def _inner(fn):
         METHODS[name] = Method(name, fn, on_input, guided, (fn.__doc__ or '').strip(), needs)
+        return fn
+    return _inner
+
+MAKERS = {}
+def register_maker(name):
+    "Decorator: register `fn(learn) -> MapMaker`, a method fitted on a Learner's training data, as method `name`."
+    def _inner(fn):
+        MAKERS[name] = fn
         return fn
     return _inner
 
@@ -348,7 +360,7 @@ def ablationcam_weights(acts, rescore):
     return ((y - rescore.of_acts(ablated, acts.shape[1])) / y)[:, :, None, None]
 
 # %% ../nbs/01_saliency.ipynb #2cb8b424
-def _cam_head_weights(head:nn.Module):
+def cam_head_weights(head:nn.Module):
     "Effective (n_classes, C) weight of a GAP -> [Flatten|Dropout|BatchNorm1d]* -> Linear head, or a clear error."
     mods = list(head.children()) if isinstance(head, nn.Sequential) else [head]
     flat = []
@@ -368,6 +380,13 @@ def _cam_head_weights(head:nn.Module):
             scale = (m.weight.float() if m.affine else 1) / (m.running_var.float() + m.eps).sqrt()
             W = W * scale
     return W
+
+# %% ../nbs/01_saliency.ipynb #86da9c0a
+@register_method('cam', needs='head')
+def cam_weights(acts, head_weights):
+    "CAM (Zhou et al. 2016): each channel of the body's map weighted by the head's linear weight of the target class."
+    return head_weights[:, :, None, None]
+
 
 # %% ../nbs/01_saliency.ipynb #edebfc5f
 class _GuidedReLUFn(torch.autograd.Function):
@@ -430,7 +449,7 @@ def _sanitize(m):
     bad = ~torch.isfinite(m).flatten(1).all(1)
     return torch.nan_to_num(m, nan=0., posinf=0., neginf=0.).clamp(min=0), bad
 
-def _combine(method:Method, acts, grads):
+def combine_maps(method:Method, acts, grads):
     "Raw map (N, h, w) in float32 from activations (or the input) and gradients (None, or a `Rescore`, as `method.needs`)."
     a, g = acts.float(), (grads.float() if isinstance(grads, torch.Tensor) else grads)
     w = method.weigh(a, g)
@@ -464,8 +483,9 @@ _NO_GRAD = ("the class scores get no gradient from the target layer (its output 
 def get_method(method) -> Method:
     "A `Method` from its name (see `METHODS`)."
     if isinstance(method, Method): return method
-    if method=='cam': return Method('cam')
-    if method not in METHODS: raise ValueError(f"unknown `method` {method!r}; available: {sorted(METHODS) + ['cam']}")
+    if method in MAKERS: raise ValueError(f"method {method!r} is fitted on training data, not a `Method`: pass its name to "
+                                          "`saliency_maps` or `box_pass` with a Learner, or a fitted maker (e.g. `DDT().fit(learn)`)")
+    if method not in METHODS: raise ValueError(f"unknown `method` {method!r}; available: {sorted(METHODS) + sorted(MAKERS)}")
     return METHODS[method]
 
 # %% ../nbs/01_saliency.ipynb #600f4677
@@ -481,6 +501,19 @@ def _as_input(xb, device, dtype, channels_last=None) -> torch.Tensor:
 
 def _check_scores(out):
     if not isinstance(out, torch.Tensor) or out.ndim!=2: raise ValueError(f"the model must return (N, n_classes) scores, got {getattr(out, 'shape', type(out))}")
+
+def _pass_input(model, xb, vocab=None, channels_last=None):
+    "(module, vocab, device, input batch) of a pass of `model` (a Learner or a module) on `xb`; `vocab` by default the Learner's."
+    model, vocab_, device, dtype = _model_of(model)
+    return model, (vocab if vocab is not None else vocab_), device, _as_input(xb, device, dtype, channels_last)
+
+def _pass_targets(out, target=None, k=1, multi_label=False, thresh=0.75, max_k=20, vocab=None):
+    "Rows `(img_idx, target, rank, prob)` a pass's scores `out` explain: `select_targets`, and each row's softmax (sigmoid) probability."
+    _check_scores(out)
+    out = out.detach()
+    img_idx, tgt, rank = select_targets(out, target, k, multi_label, thresh, max_k, vocab)
+    probs = out.float().sigmoid() if multi_label else out.float().softmax(1)
+    return img_idx, tgt, rank, probs[img_idx, tgt]
 
 def _feature_maps(model, lays, cut, input_hw, reshape=None):
     "The recorded outputs of the target layers `lays` and the `MapLayout` making each an (N, C, h, w) map, or a clear error."
@@ -538,18 +571,41 @@ class Rescore:
         "(rows, n) target scores with the target layer's map set to `make(r, j)` (N, C, h, w) for rows `r`, variants `j`."
         return self._run(make, n, True)
 
+# %% ../nbs/01_saliency.ipynb #2700f261
+def model_fingerprint(model:nn.Module) -> str:
+    "A cheap digest of `model`'s weights and buffers: per tensor its shape, sum and sum of absolute values (float64)."
+    ts = [t.detach() for t in model.state_dict().values() if isinstance(t, torch.Tensor)]
+    if not ts: return ''
+    s = torch.stack([torch.stack([t.sum(dtype=torch.float64), t.abs().sum(dtype=torch.float64)]) if t.numel() else t.new_zeros(2, dtype=torch.float64)
+                     for t in ts]).cpu()
+    return hashlib.sha1(s.numpy().tobytes() + repr([tuple(t.shape) for t in ts]).encode()).hexdigest()
+
+_FITTED = weakref.WeakKeyDictionary()   # Learner -> {name: (key, fitted maker)}
+
+def method_for(method, model=None):
+    "The `Method` or `MapMaker` `method` stands for with `model`; a maker's name (`MAKERS`) gives it fitted on the Learner's training set, once."
+    if isinstance(method, (Method, MapMaker)): return method
+    if isinstance(method, str) and method in MAKERS:
+        if not (hasattr(model, 'model') and hasattr(model, 'dls')):
+            raise ValueError(f"method {method!r} is fitted on a Learner's training set and {type(model).__name__} has none: "
+                             f"{(MAKERS[method].__doc__ or '').strip()}")
+        key = (id(model.model), id(model.dls.train), model_fingerprint(model.model))
+        fitted = _FITTED.setdefault(model, {})
+        if method not in fitted or fitted[method][0]!=key: fitted[method] = (key, MAKERS[method](model))
+        return fitted[method][1]
+    return get_method(method)
+
+
 # %% ../nbs/01_saliency.ipynb #775e6351
 def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=None, k=1, multi_label=False,
                   thresh=0.75, max_k=20, vocab=None, channels_last=None, reshape:Callable=None, batch_size=64) -> SaliencyMaps:
     "Saliency maps of `method` for batch `xb` (N, 3, H, W) explaining `target` (default: the predicted class)."
-    if isinstance(method, MapMaker):
+    meth = method_for(method, model)
+    if isinstance(meth, MapMaker):
         extra = {} if reshape is None else {'reshape': reshape}   # makers written before `reshape` existed still work
-        return method(model, xb, target=target, layers=layers, k=k, multi_label=multi_label, thresh=thresh, max_k=max_k,
+        return meth(model, xb, target=target, layers=layers, k=k, multi_label=multi_label, thresh=thresh, max_k=max_k,
                       vocab=vocab, channels_last=channels_last, **extra)
-    meth = get_method(method)
-    model, vocab_, device, dtype = _model_of(model)
-    vocab = vocab if vocab is not None else vocab_
-    xb = _as_input(xb, device, dtype, channels_last)
+    model, vocab, device, xb = _pass_input(model, xb, vocab, channels_last)
     lays = [] if meth.on_input else resolve_layers(model, layers, xb, reshape)
     guide = guided_relus(model) if meth.guided else contextlib.nullcontext()
     grads_needed = meth.on_input or meth.needs=='grads'
@@ -560,20 +616,18 @@ def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=
         _check_scores(out)
         raw, layouts = ([x], [MapLayout()]) if meth.on_input else _feature_maps(model, lays, cut, xb.shape[-2:], reshape)
         acts = [lay(a) for lay, a in zip(layouts, raw)]
-        img_idx, tgt, rank = select_targets(out.detach(), target, k, multi_label, thresh, max_k, vocab)
-        probs = out.detach().float().sigmoid() if multi_label else out.detach().float().softmax(1)
-        if meth.name=='cam':
-            if not _is_fastai_vision(model) or lays!=[model[0]]:
+        img_idx, tgt, rank, prob = _pass_targets(out, target, k, multi_label, thresh, max_k, vocab)
+        if meth.needs=='head':
+            if not is_fastai_vision(model) or lays!=[model[0]]:
                 raise ValueError("CAM weighs the body's last feature map by the head's linear layer: it needs a fastai vision "
                                  "model (body, head) and `layers=None`; use method='gradcam' for other models or layers")
-            W = _cam_head_weights(model[1])[tgt]                                # (N, C)
-            per_layer = [(W[:, :, None, None] * acts[0][img_idx].detach().float()).sum(1).relu()]
+            per_layer = [combine_maps(meth, acts[0][img_idx].detach(), cam_head_weights(model[1])[tgt])]
         elif not grads_needed:
             per_layer = []
             for l, lay, a, r in zip(lays, layouts, acts, raw):
                 score = (Rescore(model, xb[img_idx], tgt, l, lay, r.detach()[img_idx], out.detach()[img_idx, tgt].float(), batch_size)
                          if meth.needs=='scores' else None)
-                with torch.no_grad(): per_layer.append(_combine(meth, a.detach()[img_idx], score))
+                with torch.no_grad(): per_layer.append(combine_maps(meth, a.detach()[img_idx], score))
         else:
             if not out.requires_grad or not all(a.requires_grad for a in raw): raise ValueError(_NO_GRAD)
             per_layer = [torch.zeros((len(tgt),) + tuple(a.shape[-2:]), device=device) for a in acts]
@@ -587,7 +641,7 @@ def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=
                         if g is None: raise ValueError(_NO_GRAD)
                         if not meth.on_input: _check_token_grads(model, lays[li], lay, g)
                         ii = img_idx[rows]
-                        per_layer[li][rows] = _combine(meth, a[ii].detach(), lay(g)[ii])
+                        per_layer[li][rows] = combine_maps(meth, a[ii].detach(), lay(g)[ii])
     cleaned = [_sanitize(m) for m in per_layer]
     per_layer, bad = [c[0] for c in cleaned], torch.stack([c[1] for c in cleaned]).any(0)
     maps = per_layer[0] if len(per_layer)==1 else _fuse(per_layer)
@@ -595,7 +649,7 @@ def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=
     if len(lays) > 1:
         names = {id(m): n for n, m in model.named_modules()}
         layer_maps = {names.get(id(l), str(i)): m for i, (l, m) in enumerate(zip(lays, per_layer))}
-    return SaliencyMaps(maps, img_idx, tgt, probs[img_idx, tgt], rank, tuple(xb.shape[-2:]), meth.name, bad, layer_maps)
+    return SaliencyMaps(maps, img_idx, tgt, prob, rank, tuple(xb.shape[-2:]), meth.name, bad, layer_maps)
 
 # %% ../nbs/01_saliency.ipynb #03d1c508
 class SmoothGrad(MapMaker):
@@ -689,16 +743,12 @@ class DDT(MapMaker):
         if layers is not None: raise ValueError(f"DDT maps the layer it was fit on (`DDT(layers=...)`), not `layers`={layers!r}")
         if reshape is not None and reshape is not self.reshape:
             raise ValueError("DDT maps its layer with the `reshape` it was made with (`DDT(reshape=...)`), not another one")
-        model, vocab_, device, dtype = _model_of(model)
-        vocab = vocab if vocab is not None else vocab_
-        xb = _as_input(xb, device, dtype, channels_last)
+        model, vocab, device, xb = _pass_input(model, xb, vocab, channels_last)
         lays = resolve_layers(model, self.layers, xb, self.reshape)
         with frozen_eval(model), torch.no_grad(), ActivationCut(lays) as cut:
             out = model(xb)
             A = self._map(model, lays, cut, xb).float()
-        _check_scores(out)
-        img_idx, tgt, rank = select_targets(out, target, k, multi_label, thresh, max_k, vocab)
-        probs = out.float().sigmoid() if multi_label else out.float().softmax(1)
+        img_idx, tgt, rank, prob = _pass_targets(out, target, k, multi_label, thresh, max_k, vocab)
         groups = tgt.tolist() if self.per_class else [0]*len(tgt)
         missing = sorted(set(groups) - set(self.direction))
         if missing: raise ValueError(f"DDT was fit on no image of class(es) {[vocab[g] if vocab is not None else g for g in missing]}: "
@@ -707,7 +757,14 @@ class DDT(MapMaker):
         M = torch.stack([self.mean[g] for g in groups]).to(device) if groups else A.new_zeros(0, A.shape[1])
         proj = torch.einsum('nchw,nc->nhw', A[img_idx], P) - (P*M).sum(1)[:, None, None]
         maps, bad = _sanitize(proj - proj.flatten(1).amin(1)[:, None, None] if len(proj) else proj)
-        return SaliencyMaps(maps, img_idx, tgt, probs[img_idx, tgt], rank, tuple(xb.shape[-2:]), 'ddt', bad)
+        return SaliencyMaps(maps, img_idx, tgt, prob, rank, tuple(xb.shape[-2:]), 'ddt', bad)
+
+# %% ../nbs/01_saliency.ipynb #c1fb35d9
+@register_maker('ddt')
+def fit_ddt(learn):
+    "DDT fitted on the Learner's training set (`DDT().fit(learn)`); for a plain module pass a fitted `DDT().fit(model, dl)` as `method`."
+    return DDT().fit(learn)
+
 
 # %% ../nbs/01_saliency.ipynb #b765b81b
 def show_saliency(xb, sm:SaliencyMaps, vocab=None, max_n=8, ncols=4, figsize=None, alpha=0.5, cmap='jet', axs=None):

@@ -16,7 +16,7 @@ from fastai.layers import ConvLayer
 from fastai.learner import Learner, Metric
 from fastai.optimizer import OptimWrapper
 from fastai.torch_core import norm_bias_params
-from .saliency import frozen_eval, get_method, resolve_layers, _combine, _cam_head_weights, _is_fastai_vision
+from .saliency import frozen_eval, get_method, resolve_layers, combine_maps, cam_head_weights, is_fastai_vision
 
 # %% auto #0
 __all__ = ['FG', 'BG', 'IGNORE', 'tri_state_mask', 'masked_bce', 'head_attention', 'spg_losses', 'stage_ends', 'spg_layers',
@@ -47,18 +47,16 @@ def _plain(t:torch.Tensor) -> torch.Tensor:
 def head_attention(head:nn.Module, feats:torch.Tensor, target:torch.Tensor, method='gradcam') -> torch.Tensor:
     "Attention maps (N, h, w) for classes `target` from the body's output `feats`, through `head` only; detached float32."
     meth = get_method(method)
-    if meth.on_input or meth.needs != 'grads': raise ValueError(f"`attention` must be a layer method with gradients (e.g. 'gradcam', 'cam'), not {meth.name!r}")
+    if meth.on_input or meth.needs not in ('grads', 'head'): raise ValueError(f"`attention` must be a layer method with gradients (e.g. 'gradcam', 'cam'), not {meth.name!r}")
     feats, target = _plain(feats), _plain(target).long().reshape(-1)
-    if meth.name == 'cam':
-        W = _cam_head_weights(head)[target]                                            # (N, C)
-        return (W[:, :, None, None] * feats.detach().float()).sum(1).relu()
+    if meth.needs == 'head': return combine_maps(meth, feats.detach(), cam_head_weights(head)[target])   # CAM: the head's class weights
     p = next(head.parameters(), None)
     dtype = p.dtype if p is not None else torch.float32
     with frozen_eval(head), torch.enable_grad(), torch.autocast(feats.device.type, enabled=False):
         a = feats.detach().to(dtype).requires_grad_(True)
         out = head(a)
         g, = torch.autograd.grad(out.float().gather(1, target[:, None]).sum(), a)
-    return _combine(meth, a.detach(), g)
+    return combine_maps(meth, a.detach(), g)
 
 # %% ../nbs/07_spg.ipynb #ab0c4b8d
 def spg_losses(att, shallow, deep, final, deep_th=(0.7, 0.1), shallow_th=(0.5, 0.05), fused_th=(0.7, 0.1)):
@@ -135,7 +133,7 @@ class SPGCallback(Callback):
                  fused_th=(0.7, 0.1), attention='gradcam', start=0.):
         if len(weights) != 3: raise ValueError(f"`weights` must be (shallow, deep, final), got {weights!r}")
         for th in (deep_th, shallow_th, fused_th): tri_state_mask(torch.zeros(1), *th)   # validates the thresholds
-        if get_method(attention).on_input or get_method(attention).needs != 'grads':
+        if get_method(attention).on_input or get_method(attention).needs not in ('grads', 'head'):
             raise ValueError(f"`attention` must be a layer method with gradients such as 'gradcam' or 'cam', got {attention!r}")
         if not 0 <= start < 1: raise ValueError(f"`start` must be in [0, 1), got {start!r}")
         self.layers, self.width, self.weights, self.attention, self.start = layers, width, tuple(weights), attention, start
@@ -201,7 +199,7 @@ class SPGCallback(Callback):
         # `learn.validate` and `get_preds` send before_fit / after_fit too: only a real fit gets heads and columns
         self._fitting = _in_fit()
         if not self._fitting: return
-        if not _is_fastai_vision(self.learn.model):
+        if not is_fastai_vision(self.learn.model):
             raise ValueError("SPGCallback needs a vision learner's model: nn.Sequential(body, head) with a pooling head")
         self._remove_hooks()
         if self.heads is not None:

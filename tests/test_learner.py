@@ -151,6 +151,9 @@ def test_box_pass_with_ddt(setup):
     assert np.median(gt_recall(ok, gt, root, 0.8)) > 0.6 and np.median(kept) < 0.5     # measured: 0.72, 0.41
     again = box_pass(learn, margins=(1, 0.8), method=DDT().fit(learn, learn.dls.valid), cache=tmp/'c_ddt', progress=False)
     assert len(list((tmp/'c_ddt').glob('*.pkl'))) == 2 and len(again) == len(bx)
+    by_name = box_pass(learn, margins=(1, 0.8), method='ddt', progress=False, cache=tmp/'c_ddt_name')   # DDT().fit(learn), by name
+    assert len(by_name) == len(bx) and not by_name.zero.any()       # fit on other shuffled batches (drop_last): not the same boxes
+    assert np.median(gt_recall(by_name[by_name.correct], gt, root, 0.8)) > 0.6
 
 def test_box_pass_with_dilated_last_stage(setup):
     """Inside `dilated_last_stage` the box pass maps at twice the resolution with the same weights: another cache key

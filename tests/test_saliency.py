@@ -530,3 +530,27 @@ def test_ddt_fits_on_a_learner_and_refuses_bad_input(learn, xb):
     with pytest.raises(ValueError, match='one layer'): DDT(layers=['0.6', '0.7'])
     with pytest.raises(ValueError, match='gave no batches'): DDT().fit(learn, [])
     with pytest.raises(ValueError, match='needs `dl`'): DDT().fit(learn.model)
+
+def test_ddt_by_name_is_fitted_once_per_model(dls, xb, monkeypatch):
+    "'ddt' by name: a `DDT().fit(learn)` on the Learner's training set, fitted once, refit when the model changes."
+    learn = make_learner(dls, seed=3)
+    fits = []
+    fit = DDT.fit
+    monkeypatch.setattr(DDT, 'fit', lambda self, *a, **kw: fits.append(1) or fit(self, *a, **kw))
+    by_name, explicit = saliency_maps(learn, xb, 'ddt'), saliency_maps(learn, xb, DDT().fit(learn))
+    assert by_name.method == 'ddt' and nontrivial(by_name.maps) and torch.equal(by_name.target, explicit.target)
+    torch.testing.assert_close(by_name.maps, explicit.maps, atol=1e-5*float(explicit.maps.abs().max()), rtol=0)
+    assert len(fits) == 2
+    saliency_maps(learn, xb, 'ddt', target=0)                                   # the same model: the fit is kept
+    assert len(fits) == 2
+    with torch.no_grad(): learn.model[0][0].weight.mul_(1.5)                  # a changed model is refit
+    changed = saliency_maps(learn, xb, 'ddt')
+    assert len(fits) == 3
+    torch.testing.assert_close(changed.maps, saliency_maps(learn, xb, DDT().fit(learn)).maps,
+                               atol=1e-5*float(changed.maps.abs().max()), rtol=0)
+    with pytest.raises(ValueError, match=r"has none: .*DDT\(\)\.fit\(model, dl\)"): saliency_maps(learn.model, xb, 'ddt')
+    with pytest.raises(ValueError, match="fitted on training data"): SmoothGrad('ddt')
+
+def test_cam_is_a_registered_method():
+    assert METHODS['cam'].needs == 'head' and get_method('cam') is METHODS['cam']
+    with pytest.raises(ValueError, match=r"available: \[.*'cam'.*'ddt'"): get_method('nope')
