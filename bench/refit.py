@@ -50,7 +50,7 @@ error over the seeds).
     python bench/refit.py --backbone small_cnn --design continue --epochs 30 --epochs1 20 --image-size 128 --pretrain 15 # from a pretrained body
     python bench/refit.py --backbone small_cnn --epochs 30 --epochs1 10 --lr2 3e-3 --image-size 128 --pretrain 15 --crop-valid \
         --method gradcampp --margins 0.8 0.6 --valid-margin 0.6 --aspect 1 --seeds 12  # README's pretrained split run"""
-import argparse, copy, datetime, hashlib, json, os, platform, tempfile, time, warnings
+import argparse, copy, datetime, hashlib, json, os, platform, sys, tempfile, time, warnings
 from functools import partial
 from pathlib import Path
 warnings.filterwarnings('ignore')
@@ -165,7 +165,7 @@ PHOTO_ROOT = Path(__file__).resolve().parents[2]/'shared'/'data'/'imagenette224'
 CACHE = Path(__file__).parent/'cache'
 SMALL_CNN_DEFAULTS = dict(n_train=300, n_valid=50, classes=4, size=64, image_size=None, obj_frac=[0.05, 0.1], epochs1=None,
                           lr=3e-3, margins=['0.95', '0.8', '0.6'], bs=32, seeds=3, method='gradcam', crop_share=0.5)
-PRETRAINED_DEFAULTS = dict(n_train=20, n_valid=10, classes=4, size=128, image_size=256, obj_frac=[0.05, 0.1], epochs1=1,
+PRETRAINED_DEFAULTS = dict(n_train=40, n_valid=20, classes=4, size=128, image_size=256, obj_frac=[0.05, 0.1], epochs1=2,
                            lr=3e-3, margins=['0.95', '0.8', '0.6'], bs=8, seeds=5, method='gradcam', crop_share=0.5,
                            photo_classes=5)
 QUICK = dict(n_train=8, n_valid=4, classes=2, photo_classes=2, seeds=1, bs=4)
@@ -284,6 +284,7 @@ def pretrained_seed(root, a, seed) -> dict:
                         crop_share=a.crop_share, crop_valid=True, seed=seed)
     r['baseline_cropped_error'] = error(learn, own.valid)
     r['n_mixed'], r['n_plain'] = len(res.dls.train_ds), len(dls.train_ds)
+    r['threads'], r['load'] = torch.get_num_threads(), os.getloadavg()[0]
     return r
 
 COLS = [('first model', 'first_error'), ('baseline', 'baseline_error'), ('attncrop', 'attncrop_error'), ('gain', 'gain'),
@@ -372,14 +373,16 @@ NOTES = Path(__file__).parent/'refit_notes.md'
 def write_report(path, a, descs, sections, summary, seeds, t_start, load0):
     "bench/results/refit.md: settings, date, machine, one table per setting (and the notes in bench/refit_notes.md)."
     margins = 'adaptive' if a.margins == ['adaptive'] else [float(m) for m in a.margins]
-    cmd = 'PYTHONPATH=. python bench/refit.py' + (' --quick' if a.quick else '') + (
-        f" --seeds {a.seeds}" if a.seeds != PRETRAINED_DEFAULTS['seeds'] and not a.quick else '') + (
-        f" --settings {' '.join(a.settings)}" if a.settings != ['shapes', 'photos'] else '')
+    kept, argv = [], iter(sys.argv[1:])   # the command without the flags of how it ran (not what)
+    for o in argv:
+        if o in ('--results', '--threads'): next(argv, None)
+        elif o != '--report-only': kept.append(o)
+    cmd = ' '.join(['PYTHONPATH=. python bench/refit.py'] + kept)
     lines = ["# Re-fit on attention crops from an ImageNet-pretrained backbone", "",
              f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
              f"shared with other jobs (load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} now), torch "
-             f"{torch.__version__} with {torch.get_num_threads()} threads; this run {time.time() - t_start:.0f} s (seeds "
-             f"loaded from bench/cache/ cost nothing). Command: `{cmd}`.", "",
+             f"{torch.__version__}; this invocation {time.time() - t_start:.0f} s (seeds loaded from bench/cache/ cost nothing; "
+             f"each seed's own times are in its row). Command: `{cmd}`.", "",
              f"Backbone: `pretrained_learner(dls)` (EfficientNet-Lite0, ImageNet weights), `ImageDataLoaders.from_folder(..., "
              f"item_tfms=Resize({a.size}), bs={a.bs})`: {a.image_size} px images squashed to {a.size} px. Both arms: "
              f"`learn.fine_tune({a.epochs1}, {a.lr:g})`, then from those weights and optimizer state "
@@ -411,15 +414,15 @@ if __name__ == '__main__':
     p.add_argument('--backbone', default='tf_efficientnet_lite0', choices=['tf_efficientnet_lite0', 'small_cnn'],
                    help='tf_efficientnet_lite0: the default run (ImageNet-pretrained, two settings); small_cnn: the earlier benchmark')
     # defaults of None: PRETRAINED_DEFAULTS for the default run, SMALL_CNN_DEFAULTS with --backbone small_cnn
-    p.add_argument('--n-train', type=int, default=None, help='training images per class (20; small_cnn: 300)')
-    p.add_argument('--n-valid', type=int, default=None, help='validation images per class (10; small_cnn: 50)')
+    p.add_argument('--n-train', type=int, default=None, help='training images per class (40; small_cnn: 300)')
+    p.add_argument('--n-valid', type=int, default=None, help='validation images per class (20; small_cnn: 50)')
     p.add_argument('--classes', type=int, default=None, help='classes of the synthetic shapes (4)')
     p.add_argument('--size', type=int, default=None, help='network input size (images are squashed to it; 128, small_cnn: 64)')
     p.add_argument('--image-size', type=int, default=None, help='size of the images (256; small_cnn: --size); crops '
                    'of larger images keep more of the object\'s pixels than the squashed whole image')
     p.add_argument('--obj-frac', type=float, nargs=2, default=None, help='share of the area of the synthetic objects (0.05 0.1)')
     p.add_argument('--epochs', type=int, default=10, help='small_cnn: budget E, in epochs over the plain training set')
-    p.add_argument('--epochs1', type=int, default=None, help='fine_tune epochs before the boxes (1; small_cnn: epochs before the re-fit, E // 2)')
+    p.add_argument('--epochs1', type=int, default=None, help='fine_tune epochs before the boxes (2, as the demo; small_cnn: epochs before the re-fit, E // 2)')
     p.add_argument('--refit-epochs', type=int, default=1, help='attention_crop epochs of the mixed set (the baseline: as many images seen)')
     p.add_argument('--lr', type=float, default=None, help='fine_tune base lr (3e-3, as the demo; small_cnn: fit_one_cycle lr)')
     p.add_argument('--lr2', type=float, default=1e-3, help='small_cnn: learning rate of the re-fit')
