@@ -370,6 +370,27 @@ def main_pretrained(a):
 
 NOTES = Path(__file__).parent/'refit_notes.md'
 
+def designs_table(a) -> list:
+    "Markdown lines: every design found in the per-seed cache (2 seeds or more), what it changes from this run, its means."
+    groups = {}
+    for f in sorted((CACHE/'refit_pretrained').glob('*.json')):
+        d = json.loads(f.read_text())
+        groups.setdefault(json.dumps(d['config'], sort_keys=True), []).append(d['result'])
+    lines = ["## Every design tried (from bench/cache/refit_pretrained/, 2 seeds or more)", "",
+             "| setting | differs from this run | seeds | first model | baseline | attncrop | gain ± SE | attncrop better | "
+             "attncrop on own crops | baseline on own crops | box recall / kept | claim (gain >= 2 SE) |", "|" + "---|"*12]
+    for cfg, rows in groups.items():
+        cfg = json.loads(cfg)
+        if len(rows) < 2: continue
+        mine = config(a, cfg['setting'])
+        diff = ', '.join(f"{k} {v}" for k, v in cfg.items() if mine.get(k) != v) or '(this run)'
+        s = summarize(sorted(rows, key=lambda r: r['seed']))
+        lines.append(f"| {cfg['setting']} | {diff} | {s['seeds']} | {s['first_error']:.3f} | {s['baseline_error']:.3f} | "
+                     f"{s['attncrop_error']:.3f} | {s['gain']:+.3f} ± {s['gain_se']:.3f} | {s['wins']} of {s['seeds']} | "
+                     f"{s['attncrop_cropped_error']:.3f} | {s['baseline_cropped_error']:.3f} | {s['recall_valid']:.2f} / "
+                     f"{s['kept_valid']:.2f} | {'holds' if s['gain'] >= 2*s['gain_se'] else 'does not hold'} |")
+    return lines
+
 def write_report(path, a, descs, sections, summary, seeds, t_start, load0):
     "bench/results/refit.md: settings, date, machine, one table per setting (and the notes in bench/refit_notes.md)."
     margins = 'adaptive' if a.margins == ['adaptive'] else [float(m) for m in a.margins]
@@ -400,7 +421,7 @@ def write_report(path, a, descs, sections, summary, seeds, t_start, load0):
     for setting, title in (('shapes', 'Setting 1: small synthetic objects'), ('photos', 'Setting 2: real photographs made small')):
         if setting not in descs: continue
         lines += [f"## {title}", "", descs[setting] + '.', ""] + sections.get(setting, ['(no seed finished)']) + [""]
-    if NOTES.exists() and not a.quick: lines += [NOTES.read_text().rstrip(), ""]
+    if not a.quick: lines += designs_table(a) + [""] + ([NOTES.read_text().rstrip(), ""] if NOTES.exists() else [])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('\n'.join(lines))
 
