@@ -401,7 +401,8 @@ def write_report(path, a, descs, sections, summary, seeds, t_start, load0):
     cmd = ' '.join(['PYTHONPATH=. python bench/refit.py'] + kept)
     lines = ["# Re-fit on attention crops from an ImageNet-pretrained backbone", "",
              f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
-             f"shared with other jobs (load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} now), torch "
+             f"shared with other jobs (load average {load0:.1f} at the start of this invocation, {os.getloadavg()[0]:.1f} at its end; "
+             f"the seeds read from the cache ran under their own load, see below), torch "
              f"{torch.__version__}; this invocation {time.time() - t_start:.0f} s (seeds loaded from bench/cache/ cost nothing; "
              f"each seed's own times are in its row). Command: `{cmd}`.", "",
              f"Backbone: `pretrained_learner(dls)` (EfficientNet-Lite0, ImageNet weights), `ImageDataLoaders.from_folder(..., "
