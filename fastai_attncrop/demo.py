@@ -18,7 +18,7 @@ from fastcore.script import call_parse
 from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, set_seed
 from .data import make_shapes, read_boxes_csv, show_box, write_csv_atomic, write_text_atomic
 from .models import small_cnn, pretrained_learner
-from .saliency import saliency_maps, upsample_maps, normalize_maps, DDT
+from .saliency import saliency_maps, upsample_maps, normalize_maps
 from .metrics import boxes_from_maps, evaluate_localization, eps_curve, plot_eps_curve
 from .crop import export_crops
 import fastai_attncrop.learner  # noqa: F401 (adds Learner.attention_crop)
@@ -27,16 +27,15 @@ import fastai_attncrop.learner  # noqa: F401 (adds Learner.attention_crop)
 __all__ = ['METHODS', 'run_demo', 'main']
 
 # %% ../nbs/90_demo.ipynb #83a95ed7
-METHODS = {'Grad-CAM': 'gradcam', 'Grad-CAM++': 'gradcampp', 'DDT': 'ddt'}   # ddt: a `DDT` fitted on the training set
+METHODS = {'Grad-CAM': 'gradcam', 'Grad-CAM++': 'gradcampp', 'DDT': 'ddt'}   # 'ddt': a `DDT` fitted once on the learner's training set
 
 def _valid_maps(learn, root, dls):
     "Saliency maps of every validation image for each method in `METHODS`, keyed by the image's path under `root`."
     maps = {name: {} for name in METHODS}
-    meths = {name: DDT().fit(learn) if m=='ddt' else m for name, m in METHODS.items()}
     items = [Path(p).relative_to(root).as_posix() for p in dls.valid.items]
     i = 0
     for xb, _ in dls.valid:
-        for name, m in meths.items():
+        for name, m in METHODS.items():
             sm = saliency_maps(learn, xb, m)
             for r in range(len(sm)): maps[name][items[i + int(sm.img_idx[r])]] = sm.maps[r].cpu()
         i += len(xb)
