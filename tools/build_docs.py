@@ -57,6 +57,8 @@ def stale(nbs: list[Path]) -> list[Path]:
             or _stamp(nb).read_text() != _digest(nb)]
 
 # ---------------------------------------------------------------------------------------------------- 1. execute
+def _has_code(nb: Path) -> bool: return any(c['cell_type'] == 'code' for c in json.loads(nb.read_text())['cells'])
+
 def execute(nbs: list[Path], n_workers=2, force=False) -> list[Path]:
     "Run the stale notebooks among `nbs` (all of them with `force`) with `nbdev-test --save`; returns the failed ones."
     todo = list(nbs) if force else stale(nbs)
@@ -75,7 +77,7 @@ def execute(nbs: list[Path], n_workers=2, force=False) -> list[Path]:
     failed = []
     for nb in todo:
         staged = STAGE/nb.name
-        if staged.stat().st_mtime >= t0:
+        if staged.stat().st_mtime >= t0 or not _has_code(staged):   # nbdev-test saves nothing for a notebook without code
             shutil.move(staged, EXEC/nb.name); _stamp(nb).write_text(digests[nb.name])
         else: failed.append(nb)
     if rc and not failed: failed = todo  # nbdev-test failed without telling which: trust nothing it ran
