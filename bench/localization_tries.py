@@ -40,9 +40,13 @@ are in bench/results/localization_tries.txt.
 * finetune224: the shared full model (not dilated) fine-tuned at 224 px on `--train-dir` for 3 epochs (all layers, one
   cycle, lr 1e-4..1e-3; cached in bench/cache/localization/full_ft224.pth), against the shared model: box-set accuracy,
   Grad-CAM and DDT at 224 px, and DDT of the dilated last stage at 160 and 224 px.
+* pretrained: the ImageNet-pretrained EfficientNet-Lite0 with its ImageNet head cut to the 10 classes (no fine-tuning), at
+  224 px: Grad-CAM, its last stage dilated, a flip average, Grad-CAM + the dilated map, Grad-CAM++, DDT (50 images a class) alone and
+  plus Grad-CAM, Grad-CAM times the centre map, the body fused with blocks.4, and Grad-CAM at 192/256/288 px averaged with the flip;
+  MaxBoxAccV2 and the mass-cut box at the largest eps keeping recall >= 0.90 (and >= 0.861, the seed's recall).
 
     python bench/localization_tries.py [tta dilated prior agnostic finetune ddt ddt_fusion ddt_tta finetune_ddt ddt_n zoom affinity spectral
-                                       finetune224 regress]
+                                       finetune224 regress pretrained]
 """
 import sys, time
 from pathlib import Path
@@ -54,7 +58,7 @@ import localization as LB, torch, numpy as np, torch.nn as nn
 from fastai.vision.all import Learner, Callback, accuracy, model_meta, resnet18, set_seed
 from fastai_attncrop.boxes import mass_box
 from fastai_attncrop.metrics import box_accuracy, evaluate_localization
-from fastai_attncrop.saliency import register_method, dilate_last_stage, saliency_maps
+from fastai_attncrop.saliency import register_method, dilate_last_stage, dilated_last_stage, saliency_maps
 
 a = LB.parse()
 labels, gt = LB.box_set(a.boxes_dir)
@@ -83,7 +87,7 @@ def save_weights(learn, pth):
     LB.CACHE.mkdir(parents=True, exist_ok=True)
     tmp = pth.with_suffix('.tmp'); torch.save(learn.model.state_dict(), tmp); tmp.replace(pth)
 
-centre = LB.centre_maps(['x'])['x']
+centre = LB.centre_map()
 print('centre map', v2({i: centre for i in images}), flush=True)
 if 'tta' in tries:
     m, acc = run(learn, 224); mf, accf = run(learn, 224, flip=True)
@@ -325,3 +329,32 @@ if 'regress' in tries:
     summary = evaluate_localization(pd.concat(rows, ignore_index=True), gt)[1]
     with pd.option_context('display.width', 200, 'display.max_colwidth', 60):
         print(summary[['Recall', 'Precision', 'IoU', 'Image Area Reduction', 'BoxAcc']].round(3).to_string(), flush=True)
+if 'pretrained' in tries:
+    # the ImageNet-pretrained EfficientNet-Lite0, its ImageNet head cut to the 10 classes (no fine-tuning): which map localizes best
+    from fastai_attncrop.metrics import eps_curve
+    ih, info = LB.imagenet_head_model(a.train_dir, Path(a.boxes_dir)/'classes.csv', 64, validate=False)
+    def op(maps, tag):
+        "MaxBoxAccV2, and the mass-cut box at the largest eps that keeps recall >= 0.90 (and at recall >= 0.861, the seed's)."
+        c = eps_curve(maps, gt, LB.EPS_GRID)
+        parts = [f'{tag}: v2 {v2(maps)}']
+        for r in (0.9, 0.861):
+            o = LB.operating_point(c, r)
+            if o is not None: parts.append(f'| recall>={r}: eps {o.eps:g} recall {o.recall:.3f} prec {o.precision:.3f} iou {o.iou:.3f} AR {o.area_reduction:.3f}')
+        print(*parts, flush=True)
+    def maps_of(learn, size, method='gradcam', flip=False, layers=None):
+        return LB.model_maps(learn, a.boxes_dir, images, size, method, layers=layers, flip=flip)[0]
+    g224 = maps_of(ih, 224); op(g224, 'Grad-CAM 224')
+    with dilated_last_stage(ih.model[0]): gd = maps_of(ih, 224)
+    op(gd, 'Grad-CAM dilated 224')
+    gf = maps_of(ih, 224, flip=True); flip = {k: unit(g224[k]) + unit(gf[k]) for k in g224}; op(flip, 'Grad-CAM 224 flip TTA')
+    op({k: unit(g224[k]) + unit(gd[k]) for k in g224}, 'Grad-CAM + Grad-CAM dilated 224')
+    op(maps_of(ih, 224, 'gradcampp'), 'Grad-CAM++ 224')
+    d = LB.ddt_fit(ih, a.train_dir, 224, n=50); dm = maps_of(ih, 224, d); op(dm, 'DDT 224')
+    op({k: unit(dm[k]) + unit(g224[k]) for k in dm}, 'DDT + Grad-CAM 224')
+    op(LB.times_centre(g224), 'Grad-CAM 224 x centre')
+    op(maps_of(ih, 224, layers=['0', '0.model.blocks.4']), 'Grad-CAM body + blocks.4 fused')
+    sizes = dict(flip)
+    for s in (192, 256, 288):
+        ms = maps_of(ih, s); op(ms, f'Grad-CAM {s}')
+        sizes = {k: sizes[k] + unit(ms[k]) for k in sizes}
+        op(sizes, f'Grad-CAM flip + sizes up to {s} TTA')
