@@ -175,7 +175,7 @@ def operating_point(curve, min_recall=0.9):
     ok = curve[curve.recall >= min_recall]
     return None if not len(ok) else ok.loc[ok.area_reduction.idxmax()]
 
-# Row label: settings of `maps_for`. The last one is the method chosen on the dev set (bench/localization_tries.py pretrained).
+# Row label: settings of `maps_for`. The last one is the method chosen on the dev set (bench/tries/localization_tries.py pretrained).
 METHODS = {'Grad-CAM': dict(method='gradcam'), 'Grad-CAM++': dict(method='gradcampp'),
            'Grad-CAM, dilated + flip': dict(method='gradcam', dilated=True, flip=True)}
 BEST = list(METHODS)[-1]
@@ -186,7 +186,7 @@ DEFAULT_ROW = f'full · {BEST} · pred'
 _ROWS = [f'{m} · {l} · pred' for m in ('ImageNet head', 'full', 'small') for l in ('Grad-CAM', 'Grad-CAM, dilated + flip')] + ['scratch · Grad-CAM · pred']
 EPS_OP = {'recall 0.90': dict(zip(_ROWS, [0.025, 0.02, 0.015, 0.0125, 0.0125, 0.0125, 0.0475])),   # the dev run of 2026-12-01
           'seed recall': dict(zip(_ROWS, [0.035, 0.0275, 0.0225, 0.0175, 0.02, 0.0175, 0.065]))}
-DDT_N = 50        # training images a class DDT is fitted on (bench/results/localization_tries.txt ddt_n: 25-500 are alike)
+DDT_N = 50        # training images a class DDT is fitted on (bench/tries/results/localization_tries.txt ddt_n: 25-500 are alike)
 ORACLE = 'ground-truth enclosing box (oracle)'
 COLS = ['Recall', 'Precision', 'IoU', 'mAP', 'Image Area Reduction', 'BoxAcc', 'MaxBoxAccV2', 'Fallback', 'N']
 SWEEP = (0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2)
@@ -410,12 +410,12 @@ ground-truth class (`GT class`; recomputed only for the misclassified images, th
 ground-truth box of the image (recall: share of the objects' area inside the box; area reduction: share of the image cut away).
 MaxBoxAccV2 sweeps the map's thresholds (WSOL evaluation: all components, mean over IoU 0.3/0.5/0.7; it does not depend on eps).
 Methods: Grad-CAM and Grad-CAM++ of the body's output (1280 channels, 7x7 at 224 px); `{BEST}` = {METHODS[BEST]} (the method chosen on
-the dev set, bench/localization_tries.py `pretrained`; multi-pass maps are min-max normalized and averaged, every pass explains the
+the dev set, bench/tries/localization_tries.py `pretrained`; multi-pass maps are min-max normalized and averaged, every pass explains the
 class predicted by the first); on `ImageNet head` also the two parts of it alone (the last stage dilated: `dilated_last_stage`, stride 16, 14x14
 maps, same weights; a flip average), DDT (`fastai_attncrop.saliency.DDT`, one direction a class, fitted on {DDT_N} training images a class;
 the explained class: predicted), and pytorch-grad-cam's Grad-CAM through the same box rule. MaxBoxAccV2 is computed for the `pred` rows
 (the `GT class` maps differ only on the misclassified images; the 2-core budget). Layer fusion and size averaging were tried on the
-ImageNet head (bench/results/localization_tries.txt) and left out. Baselines by the same code: whole image; the
+ImageNet head (bench/tries/results/localization_tries.txt) and left out. Baselines by the same code: whole image; the
 centred box with the best mean IoU (its size tuned on this set); the centre map (`fastai_attncrop.metrics.centre_map`: every centred box size,
 MaxBoxAccV2 only); and the oracle: the smallest box around the image's ground-truth boxes (recall 1 with the most image a single box cuts away).
 

@@ -1,6 +1,7 @@
 """What was tried on the dev box set to make the full model's maps localize better, beyond bench/localization_grid.py
 (target layer, method, input size, post-processing). Prints MaxBoxAccV2 (and box-set accuracy) per try; the numbers
-are in bench/results/localization_tries.txt.
+are in bench/tries/results/localization_tries.txt (an exploration kept out of the product path: bench/tries/ is
+neither packaged nor rendered).
 
 * tta: Grad-CAM maps averaged over a horizontal flip, then also over input sizes 160/224/288;
 * dilated: the full model's last stage run at stride 16 (stride 1, dilation 2; same weights, no training);
@@ -50,7 +51,7 @@ are in bench/results/localization_tries.txt.
 """
 import sys, time
 from pathlib import Path
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))   # bench/localization.py, the benchmark these tries feed
 tries = [t for t in sys.argv[1:] if not t.startswith('-')] or ['tta', 'dilated', 'prior', 'agnostic', 'finetune', 'ddt', 'ddt_fusion', 'ddt_tta', 'finetune_ddt', 'ddt_n',
                                                                'zoom', 'affinity', 'spectral', 'finetune224', 'regress']
 sys.argv = sys.argv[:1]
