@@ -10,7 +10,7 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/demo.html.md"""
 from __future__ import annotations
 import copy, json, time, warnings
 from pathlib import Path
-import numpy as np, pandas as pd, torch
+import pandas as pd
 import matplotlib
 import matplotlib.pyplot as plt
 from PIL import Image
