@@ -9,7 +9,7 @@ pytorch-grad-cam, TorchCAM, Captum and the fastbook hook recipe, on CPU, fastai 
 `vit_tiny_patch16_224` built as users build them for transformers (`timm.create_model(name, num_classes=4)`,
 `pretrained=False`), 224 px, batch 64: inference, ours (Grad-CAM, Eigen-CAM) and pytorch-grad-cam's on the same
 layer (ours' default: the last feature map for the CNNs, `blocks[-1].norm1` for the ViT, with the standard reshape
-transform), interleaved as above; then the costly gradient-free methods (Score-CAM, Ablation-CAM: one forward per
+transform), interleaved as above (2 warm-up rounds, median of 5 timed: the first rounds of a fresh process run slow); then the costly gradient-free methods (Score-CAM, Ablation-CAM: one forward per
 channel) at batch 1 on convnext_atto and the ViT, ours against pytorch-grad-cam's. No memory column for these rows.
 It replaces its own section at the end of `--out` and leaves the rest of the file as it is.
 
@@ -160,8 +160,8 @@ def timed(fns, x, warm, timed_rounds):
             if r >= warm: times[m].append(dt)
     return {m: len(x) / statistics.median(times[m]) for m in names}
 
-def transformer_rows(bs=64, rounds=2):
-    "The issue-22 rows: {(arch, bs): {method: images/s}} and the target layer of each arch."
+def transformer_rows(bs=64, rounds=5, costly=True, warm=2):
+    "The issue-22 rows: {(arch, bs): {method: images/s}} and the target layer of each arch; `costly=False` skips Score/Ablation-CAM."
     import timm
     speed, layers = {}, {}
     for arch in TF_ARCHS:
@@ -175,9 +175,9 @@ def transformer_rows(bs=64, rounds=2):
                'ours eigencam': lambda x: m_ours('eigencam')(model, x),
                'pytorch-grad-cam gradcam': lambda x: _pgc('GradCAM', layer, rs)(model, x),
                'pytorch-grad-cam eigencam': lambda x: _pgc('EigenCAM', layer, rs)(model, x)}
-        speed[arch, bs] = timed(fns, x, 1, rounds)
+        speed[arch, bs] = timed(fns, x, warm, rounds)
         print(f"{arch} bs {bs} ({layers[arch]}): " + ', '.join(f"{m} {v:.1f}" for m, v in speed[arch, bs].items()), flush=True)
-        if arch == 'tf_efficientnet_lite0': continue   # 1280 channels: a forward per channel is too long here
+        if not costly or arch == 'tf_efficientnet_lite0': continue   # 1280 channels: a forward per channel is too long here
         x1 = x[:1]
         from pytorch_grad_cam.ablation_layer import AblationLayerVit
         abl = {'ablation_layer': AblationLayerVit()} if 'vit' in arch else {}   # its default ablation layer fails on tokens
@@ -189,13 +189,14 @@ def transformer_rows(bs=64, rounds=2):
         print(f"{arch} bs 1: " + ', '.join(f"{m} {v:.2f}" for m, v in speed[arch, 1].items()), flush=True)
     return speed, layers
 
-def transformer_report(speed, layers, total, load0, load1):
+def transformer_report(speed, layers, total, load0, load1, costly=True):
     lines = [TF_SECTION, "",
              f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, {psutil.cpu_count()} CPU cores, "
              f"torch {torch.__version__} with {torch.get_num_threads()} threads, `timm.create_model(name, num_classes=4, "
              f"pretrained=False)` at 224 px, random input, ours with the engine's defaults, pytorch-grad-cam on the same layer "
              f"(the ViT with its standard reshape transform). Load average before/after: {load0[0]:.2f} / {load1[0]:.2f}. "
-             f"Run time {total:.0f} s. Command: `PYTHONPATH=. python bench/saliency.py --transformers`.", "",
+             f"Run time {total:.0f} s. Command: `PYTHONPATH=. python bench/saliency.py --transformers" + ("" if costly else " --no-costly")
+             + "`." + ("" if costly else " Score-CAM and Ablation-CAM (batch-1 rows) not run (`--no-costly`)."), "",
              "Target layers (ours' default, given to pytorch-grad-cam too): " + ', '.join(f"{a}: `{l}`" for a, l in layers.items()) + ".", "",
              "images/s (median of the timed rounds; higher is better):", ""]
     for bs in sorted({b for _, b in speed}, reverse=True):
@@ -215,8 +216,8 @@ def transformer_report(speed, layers, total, load0, load1):
 
 def main_transformers(a):
     t0, load0 = time.time(), os.getloadavg()
-    speed, layers = transformer_rows()
-    report, res = transformer_report(speed, layers, time.time() - t0, load0, os.getloadavg())
+    speed, layers = transformer_rows(costly=a.costly)
+    report, res = transformer_report(speed, layers, time.time() - t0, load0, os.getloadavg(), a.costly)
     print(report)
     if a.out:
         out = Path(a.out)
@@ -234,6 +235,8 @@ def main():
     ap.add_argument('--bs', default='1,16,64')
     ap.add_argument('--archs', default='resnet18,resnet34')
     ap.add_argument('--transformers', action='store_true', help="run only the timm rows of issue 22 (see the docstring)")
+    ap.add_argument('--no-costly', dest='costly', action='store_false',
+                    help="with --transformers: skip the batch-1 Score-CAM / Ablation-CAM rows (an hour on 2 cores)")
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
     if a.transformers: return main_transformers(a)
