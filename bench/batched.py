@@ -29,7 +29,7 @@ from fastai_attncrop.saliency import saliency_maps
 from fastai_attncrop.boxes import InputFrame
 from fastai_attncrop.metrics import evaluate_localization, box_accuracy
 from fastai_attncrop.crop import margin_cols
-from fastai_attncrop.learner import (box_pass, load_batches, native_batches, native_size, feature_stride, _frame_tfms,
+from fastai_attncrop.boxpass import (box_pass, load_batches, native_batches, native_size, feature_stride, frame_tfms,
                                      _image_sizes, _with_frame, _native_resize)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def image_maps(learn, paths, kw, bs):
     sizes = _image_sizes(paths)[0]
     stride = feature_stride(learn.model)
     if kw.get('native'): batches = native_batches(learn, paths, bs=bs, sizes=sizes, max_side=kw.get('max_side'), stride=stride)
-    else: batches = load_batches(learn, paths, bs=bs, item_tfms=_frame_tfms(learn, kw.get('frame')))
+    else: batches = load_batches(learn, paths, bs=bs, item_tfms=frame_tfms(learn, kw.get('frame')))
     out, frames = {}, {}
     for pos, xb in batches:
         sm = saliency_maps(learn, xb, 'gradcam')
@@ -90,8 +90,8 @@ def image_maps(learn, paths, kw, bs):
             i = pos[int(sm.img_idx[r])]
             wh = tuple(int(v) for v in sizes[i])
             if wh not in frames:
-                frames[wh] = InputFrame.from_tfms(_with_frame(_frame_tfms(learn), _native_resize(native_size(wh, kw.get('max_side'), stride)))
-                                                  if kw.get('native') else _frame_tfms(learn, kw.get('frame')), wh)
+                frames[wh] = InputFrame.from_tfms(_with_frame(frame_tfms(learn), _native_resize(native_size(wh, kw.get('max_side'), stride)))
+                                                  if kw.get('native') else frame_tfms(learn, kw.get('frame')), wh)
             out[i] = on_image(sm.maps[r].float(), frames[wh], (W, H))
     return out
 

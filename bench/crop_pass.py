@@ -31,13 +31,13 @@ def items_of(paths, n): return (paths * (n // len(paths) + 1))[:n]
 
 def child(args):
     "One box pass over `args.child` items; prints the peak RSS in MB."
-    from fastai_attncrop.learner import box_pass
+    from fastai_attncrop.boxpass import box_pass
     learn, paths = setup(args.size, args.n_img, args.threads)
     box_pass(learn, items_of(paths, args.child), bs=args.bs, cache=False, progress=False)
     print(json.dumps({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))
 
 def main(args):
-    from fastai_attncrop.learner import box_pass
+    from fastai_attncrop.boxpass import box_pass
     learn, paths = setup(args.size, args.n_img, args.threads)
     items = items_of(paths, args.n_time)
     dl = learn.dls.test_dl(items, bs=args.bs)

@@ -59,7 +59,8 @@ from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy
 from fastai_attncrop.data import make_shapes, SHAPES
 from fastai_attncrop.models import small_cnn
 from fastai_attncrop.crop import margin_cols, gt_recall, attention_dls
-from fastai_attncrop.learner import box_pass, box_margins, learner_items
+from fastai_attncrop.boxpass import box_pass, learner_items
+from fastai_attncrop.learner import box_margins
 from fastai_attncrop.saliency import DDT
 import fastai_attncrop.learner  # noqa: F401  (patches Learner.attention_crop)
 

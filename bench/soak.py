@@ -78,7 +78,7 @@ def _reset_peak() -> bool:
 def child(args):
     "One box pass over the first `args.child` items in this process; prints its checks and peak RSS as JSON."
     import torch
-    from fastai_attncrop.learner import box_pass
+    from fastai_attncrop.boxpass import box_pass
     from fastai_attncrop.crop import margin_cols
     torch.set_num_threads(args.threads)
     root, info = make_items(args.n_large, args.size, args.every)

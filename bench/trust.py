@@ -24,7 +24,7 @@ def main(args):
     from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, set_seed
     from fastai_attncrop.data import make_shapes, read_boxes_csv
     from fastai_attncrop.models import small_cnn
-    from fastai_attncrop.learner import box_pass, learner_items
+    from fastai_attncrop.boxpass import box_pass, learner_items
     from fastai_attncrop.crop import margin_cols, crop_prob_col, trust_score, trust_margin, adaptive_margin, trust_summary
     from fastai_attncrop.metrics import box_scores
     if args.threads: torch.set_num_threads(args.threads)

@@ -10,6 +10,7 @@ from .boxes import *
 from .metrics import *
 from .models import *
 from .crop import *
+from .boxpass import *
 from .learner import *
 from .spg import *
 from .export import *

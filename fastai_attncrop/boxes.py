@@ -6,14 +6,14 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/boxes.html.md"""
 
 # %% ../nbs/02_boxes.ipynb #cb05a135
 from __future__ import annotations
-import math
+import math, numbers
 import numpy as np, torch, torch.nn.functional as F
 from scipy import ndimage
 from .data import mask_box
 
 # %% auto #0
-__all__ = ['fallback_maps', 'mass_edges', 'map_marginals', 'mass_box', 'component_boxes', 'threshold_box', 'adjust_boxes',
-           'InputFrame', 'threshold_masks', 'union_masks', 'graphcut_mask']
+__all__ = ['fallback_maps', 'mass_edges', 'map_marginals', 'mass_box', 'component_boxes', 'threshold_box', 'check_adjust',
+           'adjust_boxes', 'InputFrame', 'threshold_masks', 'union_masks', 'graphcut_mask']
 
 # %% ../nbs/02_boxes.ipynb #2e75504c
 def _as_batch(maps):
@@ -114,12 +114,16 @@ def threshold_box(maps, tau=0.5, component='largest'):
     return box[0] if single else box
 
 # %% ../nbs/02_boxes.ipynb #45ff51d3
+def check_adjust(pad=0., pad_rel=0., min_size=0., aspect=None):
+    "Raise a `ValueError` naming the argument of `adjust_boxes` (`pad`, `pad_rel`, `min_size`, `aspect`) that is out of range."
+    for v, name in ((pad, 'pad'), (pad_rel, 'pad_rel'), (min_size, 'min_size')):
+        if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= 0): raise ValueError(f"`{name}` must be >= 0, got {v!r}")
+    if aspect is not None and not (isinstance(aspect, numbers.Real) and not isinstance(aspect, bool) and 0 < aspect < float('inf')):
+        raise ValueError(f"`aspect` must be a positive width / height ratio or None, got {aspect!r}")
+
 def adjust_boxes(boxes, img_wh, pad=0., pad_rel=0., min_size=0., aspect=None):
     "Pad `boxes` (B, 4) by `pad` pixels + `pad_rel` of their size per side, then sides >= `min_size` and shape `aspect`, inside the image."
-    for v, name in ((pad, 'pad'), (pad_rel, 'pad_rel'), (min_size, 'min_size')):
-        if not v >= 0: raise ValueError(f"`{name}` must be >= 0, got {v!r}")
-    if aspect is not None and not (isinstance(aspect, (int, float)) and 0 < aspect < float('inf')):
-        raise ValueError(f"`aspect` must be a positive width / height ratio or None, got {aspect!r}")
+    check_adjust(pad, pad_rel, min_size, aspect)
     b = torch.as_tensor(boxes, dtype=torch.float32) if not isinstance(boxes, torch.Tensor) else boxes.float()
     single = b.ndim==1
     b = b.reshape(-1, 4)

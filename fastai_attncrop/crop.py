@@ -16,7 +16,7 @@ from fastprogress.fastprogress import progress_bar
 from fastai.vision.all import (PILImage, RandTransform, DataBlock, ImageBlock, CategoryBlock, MultiCategoryBlock, MultiCategorize,
                                FuncSplitter, ToTensor, IntToFloatTensor, DataLoaders)
 from .data import save_image_atomic, load_image, image_size, write_csv_atomic, UnreadableImageError
-from .boxes import adjust_boxes
+from .boxes import adjust_boxes, check_adjust
 from .metrics import box_scores, box_area, intersect_boxes
 
 # %% auto #0
@@ -130,7 +130,7 @@ class AttentionCrop(RandTransform):
     split_idx, order = None, 0
     def __init__(self, boxes:pd.DataFrame, margins=(0.95, 0.8, 0.6), valid_margin=None, pad_rel=0., aspect=None):
         super().__init__()
-        adjust_boxes([0., 0, 1, 1], (1, 1), pad_rel=pad_rel, aspect=aspect)   # clear errors for bad `pad_rel` / `aspect` now, not per item
+        check_adjust(pad_rel=pad_rel, aspect=aspect)   # clear errors for bad `pad_rel` / `aspect` now, not per item
         have = df_margins(boxes)
         if 'item' not in boxes.columns or not have: raise ValueError("`boxes` must be a boxes DataFrame with an `item` column and box columns such as `x0_95`")
         self.adaptive = isinstance(margins, str)

@@ -7,7 +7,7 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/distributed.html.md"""
 
 # %% ../nbs/08_distributed.ipynb #996a7b62
 from __future__ import annotations
-import json, os, time, traceback
+import contextlib, json, time, traceback
 from functools import partial
 from pathlib import Path
 import pandas as pd, torch, torch.distributed as dist
@@ -18,11 +18,13 @@ from fastai.torch_core import LongTensor
 from fastai.learner import Learner
 from fastai.distributed import DistributedDL, teardown_distrib
 from accelerate import PartialState
-from .learner import (box_pass, box_margins, _box_plan, _saved_parts, _save_part, _box_chunks, _box_table, _check_failures,
-                                     _write_pickle)
+from .data import atomic_write
+from .boxpass import box_pass, BoxPlan
+from .learner import box_margins
 
 # %% auto #0
-__all__ = ['setup_distributed', 'DistributedBoxPassError', 'distrib_box_pass', 'distrib_fit', 'run_folder', 'main']
+__all__ = ['setup_distributed', 'cpu_broadcast', 'DistributedBoxPassError', 'distrib_box_pass', 'distrib_fit', 'run_folder',
+           'main']
 
 # %% ../nbs/08_distributed.ipynb #59ca3efd
 def _use_cpu() -> bool: return not torch.cuda.is_available()
@@ -37,12 +39,20 @@ def _world() -> tuple:
     return 0, 1
 
 # %% ../nbs/08_distributed.ipynb #a3036562
-@patch
 def _broadcast(self:DistributedDL, t, rank):
     "Broadcast `t` from `rank` to all ranks: on CUDA for nccl (as fastai does), on the CPU for gloo."
     t = LongTensor(t).to('cuda' if dist.get_backend() == 'nccl' else 'cpu')
     dist.broadcast(t, rank)
     return t.cpu().tolist()
+
+@contextlib.contextmanager
+def cpu_broadcast():
+    "Inside the block fastai's `DistributedDL` broadcasts its indices on the CPU under gloo (on CUDA under nccl); fastai's method is back on exit."
+    orig = DistributedDL._broadcast
+    DistributedDL._broadcast = _broadcast
+    try: yield
+    finally: DistributedDL._broadcast = orig
+
 
 # %% ../nbs/08_distributed.ipynb #d63867b3
 class DistributedBoxPassError(RuntimeError):
@@ -57,7 +67,7 @@ def _gather_round(plan, got, rank, world, results:dict):
     everyone = [None]*world
     dist.all_gather_object(everyone, got)
     for o in everyone:
-        if isinstance(o, tuple) and rank == 0: results[o[0]] = _save_part(plan, *o)
+        if isinstance(o, tuple) and rank == 0: results[o[0]] = plan.save(*o)
     failed = [o for o in everyone if isinstance(o, str)]
     if failed:
         keep = f"\nThe finished chunks are kept in {plan.parts}: run again to resume." if plan.parts is not None else ""
@@ -68,18 +78,18 @@ def distrib_box_pass(learn:Learner, items=None, cache=True, progress=True, **kwa
     "`box_pass` with its chunks shared among the ranks of the process group; the same table on every rank."
     rank, world = _world()
     if world == 1: return box_pass(learn, items, cache=cache, progress=progress, **kwargs)
-    plan = _box_plan(learn, items, cache=cache if rank == 0 else None, **kwargs)   # only rank 0 touches the cache
+    plan = BoxPlan.make(learn, items, cache=cache if rank == 0 else None, **kwargs)   # only rank 0 touches the cache
     msg, done = [None], {}
     if rank == 0:
-        if plan.final is not None and plan.final.exists(): msg = [pd.read_pickle(plan.final)]
-        else:
-            done = _saved_parts(plan)
-            msg = [[c for c in range(len(plan.chunks)) if c not in done]]
+        msg = [plan.cached()]
+        if msg[0] is None:
+            done = plan.saved()
+            msg = [plan.todo(done)]
     dist.broadcast_object_list(msg, src=0)
-    if isinstance(msg[0], pd.DataFrame): return _check_failures(msg[0], plan.on_error)
+    if isinstance(msg[0], pd.DataFrame): return plan.checked(msg[0])
     todo = msg[0]
     mine = todo[rank::world]
-    chunks = _box_chunks(learn, plan, mine, progress and rank == 0)
+    chunks = plan.run(learn, mine, progress and rank == 0)
     try:
         for r in range(-(-len(todo)//world)):
             got = None
@@ -88,14 +98,14 @@ def distrib_box_pass(learn:Learner, items=None, cache=True, progress=True, **kwa
                 except Exception as e: got = _failure(rank, mine[r], len(plan.chunks), e)
             _gather_round(plan, got, rank, world, done)
     finally: chunks.close()
-    out = [_box_table(plan, done) if rank == 0 else None]
+    out = [plan.table(done) if rank == 0 else None]
     dist.broadcast_object_list(out, src=0)
-    return _check_failures(out[0], plan.on_error)
+    return plan.checked(out[0])
 
 # %% ../nbs/08_distributed.ipynb #b884a05d
 def distrib_fit(learn:Learner, *args, fit='fit_one_cycle', sync_bn:bool=None, **kwargs):
     "`learn.<fit>(*args, **kwargs)` inside fastai's `distrib_ctx` (DistributedDataParallel through Accelerate)."
-    with learn.distrib_ctx(sync_bn=not _use_cpu() if sync_bn is None else sync_bn, cpu=_use_cpu()):
+    with cpu_broadcast(), learn.distrib_ctx(sync_bn=not _use_cpu() if sync_bn is None else sync_bn, cpu=_use_cpu()):
         return getattr(learn, fit)(*args, **kwargs)
 
 @patch
@@ -144,7 +154,7 @@ def run_folder(data, out='boxes.pkl', arch='small_cnn', size=64, bs=64, weights=
                                           chunk_batches=chunk_batches, progress=rank == 0), {}
     summary = dict(items=len(boxes), processes=world, backend=dist.get_backend() if world > 1 else None,
                    seconds=round(time.perf_counter() - t0, 3), out=str(out), **metrics)
-    if rank == 0: _write_pickle(boxes, out)
+    if rank == 0: atomic_write(out, lambda tmp: boxes.to_pickle(tmp), suffix='.pkl')
     return summary
 
 @call_parse

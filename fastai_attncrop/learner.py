@@ -1,4 +1,4 @@
-"""One line after `learn.fine_tune(...)`: saliency boxes for every item (streamed, cached, resumable), DataLoaders
+"""One line after `learn.fine_tune(...)`: saliency boxes for every item (`fastai_attncrop.boxpass.box_pass`), DataLoaders
 that mix uncropped images and crops, a re-fit, and the metrics before and after.
 
 Docs: https://fastai-attncrop.github.io/fastai_attncrop/learner.html.md"""
@@ -7,99 +7,30 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/learner.html.md"""
 
 # %% ../nbs/06_learner.ipynb #69fd41e5
 from __future__ import annotations
-import contextlib, copy, functools, hashlib, itertools, math, os, shutil, warnings
-from concurrent.futures import ThreadPoolExecutor
+import contextlib, copy
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
-import numpy as np, pandas as pd, torch, torch.nn as nn, torch.nn.functional as F
+import numpy as np, pandas as pd, torch, torch.nn as nn
 import matplotlib.pyplot as plt
-from PIL import Image
 from fastcore.basics import patch
-from fastprogress.fastprogress import progress_bar
+from fastai.callback.core import Callback
+from fastai.callback.hook import Hooks
+from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
-from fastai.callback.core import Callback
-from fastai.data.core import DataLoaders, Datasets
-from fasttransform import Transform, Pipeline
-import fastai_attncrop
-from .data import atomic_write, load_image, image_size, UnreadableImageError, _reason
-from .saliency import (saliency_maps, get_method, method_for, show_saliency, frozen_eval, MapMaker, upsample_maps, _as_input,
-                                      resolve_layers)
-from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, adjust_boxes, _flatten_tfms
-from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropItem, attention_dls,
-                                  crop_image, failed_rows, is_multi_label, split_labels, LABEL_DELIM, crop_prob_col)
+from .data import load_image, image_size, show_box
+from .saliency import saliency_maps, show_saliency, frozen_eval
+from .boxes import mass_box, InputFrame, check_adjust
+from .crop import check_margins, margin_eps, margin_cols, CropItem, attention_dls, crop_image, failed_rows
+from .boxpass import box_pass, check_vision_learner, frame_tfms, item_path, paths_dl
+
 
 # %% auto #0
-__all__ = ['ADAPTIVE_MARGINS', 'FIT_METHODS', 'learner_items', 'image_class', 'check_vision_learner', 'OpenImage', 'load_batches',
-           'feature_stride', 'native_size', 'native_buckets', 'native_batches', 'crop_batch', 'deletion_insertion',
-           'box_chunk', 'box_pass', 'AttentionCropResult', 'fresh_model', 'box_margins', 'AttentionCropCallback',
+__all__ = ['ADAPTIVE_MARGINS', 'FIT_METHODS', 'AttentionCropResult', 'fresh_model', 'box_margins', 'AttentionCropCallback',
            'penultimate_features']
 
-# %% ../nbs/06_learner.ipynb #b5396abf
-def _item_path(o): return o.path if isinstance(o, CropItem) else o
-
-def _labels(ds, vocab):
-    "Label names of the items of a `Datasets` (multi-label: joined by `LABEL_DELIM`), or None when they are not categories."
-    if isinstance(getattr(ds, 'items', None), (list, tuple)) and ds.items and isinstance(ds.items[0], CropItem):
-        return [o.label for o in ds.items]
-    tls = getattr(ds, 'tls', None)
-    if vocab is None or tls is None or len(tls) < 2: return None
-    try: ys = [tls[1][i] for i in range(len(ds))]
-    except Exception: return None
-    if ys and getattr(ys[0], 'ndim', 0) == 1:   # multi-label targets, one-hot: the class names joined by `LABEL_DELIM`
-        return [LABEL_DELIM.join(str(vocab[j]) for j in torch.as_tensor(y).nonzero().flatten().tolist()) for y in ys]
-    if ys and getattr(ys[0], 'ndim', 0) != 0: return None
-    return [str(vocab[int(y)]) for y in ys]
-
-def _item_paths(ds) -> list:
-    "The image path of each item of a `Datasets`; items in a DataFrame (`from_df`) are read by the input pipeline's getters (`ColReader`)."
-    items = ds.items
-    if not isinstance(items, pd.DataFrame): return [str(_item_path(o)) for o in items]
-    getters = list(itertools.takewhile(lambda t: _opened_class(t) is None, ds.tls[0].tfms.fs))   # the transforms before the image opens
-    return [str(functools.reduce(lambda o, f: f(o), getters, items.iloc[i])) for i in range(len(items))]
-
-def learner_items(learn) -> pd.DataFrame:
-    "`item` (path as a string), `split` and `label` of the training and validation items of `learn.dls`."
-    vocab, frames = getattr(learn.dls, 'vocab', None), []
-    for split, ds in (('train', learn.dls.train_ds), ('valid', learn.dls.valid_ds)):
-        items = getattr(ds, 'items', None)
-        if items is None: raise ValueError("the learner's datasets have no `items`: pass `items` (a list of image paths) explicitly")
-        labels = _labels(ds, vocab)
-        df = pd.DataFrame({'item': _item_paths(ds), 'split': split,
-                           'label': labels if labels is not None else None})
-        frames.append(df.drop_duplicates('item'))
-    return pd.concat(frames, ignore_index=True)
-
-# %% ../nbs/06_learner.ipynb #e1ac23d5
-def _hash_model(h, model:nn.Module):
-    h.update(repr(model).encode())   # layer settings that are not weights: strides, dilations, activations
-    for k, v in model.state_dict().items():
-        t = v.detach().cpu().contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-
-def _file_stamp(p) -> str:
-    try: st = os.stat(p)
-    except OSError as e: return type(e).__name__   # a missing file is reported by the pass, not here
-    return f"{st.st_size}|{st.st_mtime_ns}"
-
-def _cache_key(learn, items:pd.DataFrame, params:dict) -> str:
-    "Hash of the model's weights and layer settings, the items (path, size, mtime, split, label) and `params`."
-    h = hashlib.sha256()
-    _hash_model(h, learn.model)
-    for p, s, l in zip(items['item'], items['split'], items['label']):
-        h.update(f"{p}|{_file_stamp(p)}|{s}|{l}\n".encode())
-    h.update(repr(sorted(params.items())).encode())
-    return h.hexdigest()[:24]
-
-def _cache_dir(learn, cache):
-    if cache is None or cache is False: return None
-    return Path(learn.path)/learn.model_dir/'attncrop' if cache is True else Path(cache)
-
-def _write_pickle(df, path): return atomic_write(path, lambda tmp: df.to_pickle(tmp), suffix='.pkl')
-
+# %% ../nbs/06_learner.ipynb #a566ef0f
 def _test_dl(learn, xs, bs=None):
     "A `test_dl` of image paths or PIL images `xs`; on mixed DataLoaders `CropImage.create` takes them as they are."
     items = getattr(learn.dls.valid_ds, 'items', None)
@@ -112,449 +43,6 @@ def _uncropped_valid(dls):
     if not (isinstance(items, (list, tuple)) and any(isinstance(o, CropItem) and o.crop for o in items)): return dls.valid
     return dls.test_dl([o._replace(crop=False) for o in items], with_labels=True, rm_type_tfms=0, shuffle=False, drop_last=False)
 
-def _frame_tfms(learn, frame=None):
-    "The validation item transforms that shape the model input (without `AttentionCrop`, which leaves uncropped items alone); `frame`: item transform(s) in place of its resizing ones."
-    tfms = [t for t in learn.dls.valid.after_item.fs if not isinstance(t, AttentionCrop)]
-    return tfms if frame is None else _with_frame(tfms, frame)
-
-def _is_resizer(t) -> bool:
-    "Whether item transform `t` sets the input's size or window (Resize, RandomResizedCrop, CropPad, RandomCrop)."
-    from fastai.vision.augment import Resize, RandomResizedCrop, CropPad, RandomCrop
-    return isinstance(t, (Resize, RandomResizedCrop, CropPad, RandomCrop))
-
-def _with_frame(tfms, frame) -> list:
-    "Item transforms `tfms` with their resizing ones replaced by `frame` (a transform or a list), in fastai's order."
-    new = _flatten_tfms(frame)
-    if not new or not all(_is_resizer(t) for t in new):
-        raise TypeError(f"`frame` must be resizing item transform(s) (Resize, RandomResizedCrop, CropPad, RandomCrop), e.g. "
-                        f"Resize(224, method='pad', pad_mode='zeros'); got {frame!r}")
-    return _flatten_tfms([t for t in tfms if not _is_resizer(t)] + new)
-
-# %% ../nbs/06_learner.ipynb #d2081529
-def _as_items(learn, items) -> pd.DataFrame:
-    if items is None: return learner_items(learn)
-    if isinstance(items, pd.DataFrame):
-        if 'item' not in items.columns: raise ValueError("`items` as a DataFrame needs an `item` column of image paths")
-        df = items.copy()
-    else: df = pd.DataFrame({'item': [str(_item_path(o)) for o in items]})
-    df['item'] = df['item'].astype(str)
-    for c in ('split', 'label'):
-        if c not in df.columns: df[c] = None
-    return df[['item', 'split', 'label']].reset_index(drop=True)
-
-# %% ../nbs/06_learner.ipynb #6e950fb2
-def _opened_class(t):
-    "The fastai image class whose `create` transform `t` is, or None."
-    from fastai.vision.core import PILBase
-    try: impls = [m.implementation for m in t.encodes.methods]
-    except Exception: return None
-    for f in impls:
-        c = getattr(f, '__self__', None)
-        if isinstance(c, type) and issubclass(c, PILBase): return c
-    return None
-
-def image_class(learn):
-    "The fastai image class (`PILImage`, `PILImageBW`, `CropImage`, ...) that opens the learner's input files, or None."
-    tls = getattr(getattr(getattr(learn, 'dls', None), 'valid_ds', None), 'tls', None)
-    if not tls: return None
-    return next((c for c in map(_opened_class, tls[0].tfms.fs) if c is not None), None)
-
-def check_vision_learner(learn):
-    "The learner's image class; a `TypeError` naming the problem if `learn` is not a Learner over image files."
-    cls = image_class(learn)
-    if cls is None:
-        what = type(getattr(getattr(learn, 'dls', None), 'valid_ds', learn)).__name__
-        raise TypeError(f"the box pass needs a vision Learner whose inputs are image files opened by a fastai image class "
-                        f"(ImageBlock / PILImage); this one's validation data is a {what} without one. Pass a Learner "
-                        "built with ImageDataLoaders or a DataBlock with ImageBlock (e.g. vision_learner(dls, resnet18))")
-    return cls
-
-class OpenImage(Transform):
-    "Type transform of the box pass: open an image file with `load_image` as image class `cls` (mode from `cls._open_args`)."
-    def __init__(self, cls): super().__init__(); self.cls = cls
-    def encodes(self, o): return self.cls(load_image(o, self.cls._open_args.get('mode')))
-
-# %% ../nbs/06_learner.ipynb #1b182e5d
-def _image_sizes(paths):
-    "(n, 2) array of the (width, height) of image files `paths` from their headers, and {position: reason} of those that fail."
-    sizes, errors = np.zeros((len(paths), 2), dtype=int), {}
-    for i, p in enumerate(paths):
-        try: sizes[i] = image_size(p)
-        except UnreadableImageError as e: errors[i] = e.reason
-    return sizes, errors
-
-def _paths_dl(learn, cls, paths, bs, item_tfms=None, **kwargs):
-    "A DataLoader of the image files `paths`, opened by `OpenImage(cls)`, with the learner's validation transforms (item transforms: `item_tfms` if given)."
-    ds = Datasets(list(paths), tfms=[[OpenImage(cls)]], split_idx=1)   # split_idx=1: random transforms act as at valid time
-    if item_tfms is not None: kwargs['after_item'] = Pipeline(list(item_tfms), split_idx=1)
-    return learn.dls.valid.new(ds, bs=bs, shuffle=False, drop_last=False, **kwargs)
-
-def _probe(learn, cls, paths, item_tfms=None) -> dict:
-    "{position: reason} of the `paths` that fail on their own (opening or item transforms)."
-    bad = {}
-    for i, p in enumerate(paths):
-        try: _paths_dl(learn, cls, [p], 1, item_tfms, num_workers=0).one_batch()
-        except UnreadableImageError as e: bad[i] = e.reason
-        except Exception as e: bad[i] = _reason(e)
-    return bad
-
-def load_batches(learn, paths, positions=None, bs=64, failures:dict=None, on_error='report', item_tfms=None):
-    "Yield `(positions, xb)` batches of the image files `paths`; those that fail go to `failures` ({position: reason}) or raise; `item_tfms`: the item transforms (default: the learner's validation ones)."
-    cls = check_vision_learner(learn)
-    todo = list(range(len(paths)) if positions is None else positions)
-    failures = {} if failures is None else failures
-    while todo:
-        done = 0
-        try:
-            for b in _paths_dl(learn, cls, [paths[i] for i in todo], bs, item_tfms):
-                n = len(b[0])
-                yield todo[done:done+n], b[0]
-                done += n
-            return
-        except Exception as e:
-            batch = todo[done:done+bs]
-            culprit = [i for i in batch if isinstance(e, UnreadableImageError) and paths[i] == e.path]
-            bad = ({culprit[0]: e.reason} if culprit else       # our loader names the file; anything else: load one by one
-                   {batch[i]: r for i, r in _probe(learn, cls, [paths[j] for j in batch], item_tfms).items()})
-            if not bad: raise                      # not an item's fault (collation, batch transforms): a real error
-            if on_error == 'raise':
-                i = min(bad); raise UnreadableImageError(paths[i], bad[i]) from None
-            failures.update(bad)
-            todo = [i for i in batch if i not in bad] + todo[done+bs:]
-
-# %% ../nbs/06_learner.ipynb #da144069
-def feature_stride(model:nn.Module, layers=None, size=256) -> int:
-    "Stride of the saliency layer(s) `layers` (default: the last spatial feature map) of `model`: `size` over the side of its output on a `size` x `size` input."
-    p = next(model.parameters())
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    x = torch.zeros(1, conv.in_channels if conv is not None else 3, size, size, device=p.device, dtype=p.dtype)
-    lays, out = resolve_layers(model, layers, x), []
-    hs = [l.register_forward_hook(lambda m, i, o: out.append(o.shape[-1])) for l in lays]
-    try:
-        with frozen_eval(model), torch.no_grad(): model(x)
-    finally:
-        for h in hs: h.remove()
-    if not out: raise ValueError("the saliency layer was not run by the model's forward pass: pass `stride` explicitly")
-    return max(1, size // min(out))
-
-def native_size(wh, max_side=None, stride=32) -> tuple:
-    "Input size (w, h) of an image of size `wh` at native resolution: its aspect kept, the longest side at most `max_side`, each side a multiple of `stride`."
-    w, h = (float(v) for v in wh)
-    s = 1. if max_side is None else min(1., max_side / max(w, h))
-    top = None if max_side is None else max(1, int(max_side) // stride)
-    n = [max(1, math.floor(v*s/stride + 0.5)) for v in (w, h)]   # to the nearest multiple (halves up)
-    return tuple(stride*(k if top is None else min(k, top)) for k in n)
-
-def native_buckets(sizes, max_side=None, stride=32) -> dict:
-    "{input size (w, h): positions} of the images of original sizes `sizes` ((n, 2) widths and heights) that share a `native_size`."
-    out = {}
-    for i, wh in enumerate(np.asarray(sizes).reshape(-1, 2).tolist()): out.setdefault(native_size(wh, max_side, stride), []).append(i)
-    return out
-
-def _check_native(max_side, stride):
-    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1):
-        raise ValueError(f"`stride` must be an integer >= 1 or None (the model's), got {stride!r}")
-    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < (stride or 1)):
-        raise ValueError(f"`max_side` must be None or an integer >= the stride ({stride or 1}), got {max_side!r}")
-
-def native_batches(learn, paths, positions=None, bs=64, failures:dict=None, on_error='report', sizes=None, max_side=None, stride=None):
-    "`load_batches` with each image at its `native_size`: the images of one input size batched together (buckets in order of first appearance)."
-    _check_native(max_side, stride)
-    todo = list(range(len(paths)) if positions is None else positions)
-    if sizes is None: sizes = _image_sizes(paths)[0]
-    stride = stride or feature_stride(learn.model)
-    tfms = _frame_tfms(learn)
-    for wh, idx in native_buckets(np.asarray(sizes)[todo], max_side, stride).items():
-        yield from load_batches(learn, paths, [todo[i] for i in idx], bs, failures, on_error,
-                                _with_frame(tfms, _native_resize(wh)))
-
-def _native_resize(wh):
-    from fastai.vision.augment import Resize
-    return Resize((int(wh[1]), int(wh[0])), method='squish')   # fastai's sizes are (height, width)
-
-# %% ../nbs/06_learner.ipynb #80767284
-def crop_batch(x:torch.Tensor, boxes, size=None) -> torch.Tensor:
-    "Crops of batch `x` (N, C, H, W): box `boxes[i]` (x0, y0, x1, y1 in input pixels) of image `i`, resized bilinearly to `size` (default (H, W))."
-    N, C, H, W = x.shape
-    b = torch.as_tensor(boxes, dtype=torch.float32, device=x.device).reshape(N, 4)
-    theta = torch.zeros(N, 2, 3, device=x.device)
-    theta[:, 0, 0], theta[:, 1, 1] = ((b[:, 2]-b[:, 0]) / W).clamp(min=1e-6), ((b[:, 3]-b[:, 1]) / H).clamp(min=1e-6)
-    theta[:, 0, 2], theta[:, 1, 2] = (b[:, 0]+b[:, 2]) / W - 1, (b[:, 1]+b[:, 3]) / H - 1
-    grid = F.affine_grid(theta, (N, C) + tuple(size or (H, W)), align_corners=False)
-    return F.grid_sample(x.as_subclass(torch.Tensor).float(), grid, mode='bilinear', padding_mode='border', align_corners=False).to(x.dtype)
-
-def _model_probs(model:nn.Module, x:torch.Tensor, multi_label=False, bs=64) -> torch.Tensor:
-    "Class probabilities (sigmoid if `multi_label`, else softmax) of `model` on `x`, in batches of `bs`, without gradients."
-    out = []
-    p = next(model.parameters(), None)
-    with frozen_eval(model), torch.no_grad():
-        for s in range(0, len(x), bs):
-            xs = x[s:s+bs] if p is None else _as_input(x[s:s+bs], p.device, p.dtype)   # the saliency pass's memory format
-            o = model(xs).float()
-            out.append(o.sigmoid() if multi_label else o.softmax(1))
-    return torch.cat(out) if out else torch.zeros(0, 0)
-
-def deletion_insertion(model:nn.Module, x:torch.Tensor, maps:torch.Tensor, target, steps=16, multi_label=False, bs=64) -> tuple:
-    "Deletion and insertion AUC (N,) of saliency `maps` (N, h, w) for class `target[i]` of image `x[i]` (N, C, H, W)."
-    if steps < 1: raise ValueError(f"`steps` must be >= 1, got {steps!r}")
-    N, C, H, W = x.shape
-    x = x.as_subclass(torch.Tensor)
-    m = upsample_maps(maps.to(x.device), (H, W)).flatten(1)
-    order = m.argsort(1, descending=True)                                       # most salient pixel first
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(H*W, device=x.device).expand(N, -1)).view(N, 1, H, W)
-    blur = F.interpolate(F.interpolate(x.float(), size=(max(H//16, 1), max(W//16, 1)), mode='area'), size=(H, W),
-                         mode='bilinear', align_corners=False).to(x.dtype)
-    t, rows = torch.as_tensor(target, device=x.device).long().reshape(N), torch.arange(N, device=x.device)
-    dele, ins = [], []
-    for s in range(steps + 1):
-        gone = (rank < round(s / steps * H * W)).to(x.dtype)                    # the top s/steps of the pixels
-        dele.append(_model_probs(model, x * (1 - gone), multi_label, bs)[rows, t])
-        ins.append(_model_probs(model, blur * (1 - gone) + x * gone, multi_label, bs)[rows, t])
-    auc = lambda c: ((c[:, 1:] + c[:, :-1]) / 2).mean(1)                         # trapezoids over [0, 1]
-    return auc(torch.stack(dele, 1)).cpu(), auc(torch.stack(ins, 1)).cpu()
-
-# %% ../nbs/06_learner.ipynb #cbf63b3d
-def _check_target(target, vocab, labels=None, multi_label=False):
-    if target is None: return
-    names = [] if vocab is None else [str(v) for v in vocab]
-    if target == 'label':
-        if multi_label: raise ValueError("target='label' is for single-label learners: on a multi-label learner the box pass "
-                                         "explains every class above `thresh` (target=None), or one class named by `target`")
-        if vocab is None or labels is None or pd.isna(labels).any(): raise ValueError("target='label' needs a label for every item and a vocab")
-        bad = sorted({str(l) for l in labels} - set(names))
-        if bad: raise ValueError(f"target='label': label(s) {bad[:5]} are not in the vocab {names}")
-        return
-    if not isinstance(target, str) or target not in names:
-        raise ValueError(f"`target` must be None (the predicted class), 'label', or a class name of the vocab {names}, got {target!r}")
-
-def _targets(target, vocab, labels):
-    "Class index per item of a batch for `target`, or None for the predicted class."
-    if target is None: return None
-    names = [str(v) for v in vocab]
-    return [names.index(str(l)) for l in labels] if target == 'label' else [names.index(target)]*len(labels)
-
-def _frame_boxes(frames, tfms, wh, bx, W, H) -> np.ndarray:
-    "Boxes `bx` (n, M, 4, input pixels) of images of original sizes `wh` (n, 2) in the original images' pixels."
-    out = np.empty(tuple(bx.shape))
-    for s in {tuple(x) for x in wh.tolist()}:          # one frame per original image size
-        if s not in frames: frames[s] = InputFrame.from_tfms(tfms, s)
-        if tuple(frames[s].input_wh) != (W, H):
-            raise ValueError(f"the validation batch transforms change the input size ({frames[s].input_wh[0]}x{frames[s].input_wh[1]} "
-                             f"after the item transforms, {W}x{H} in the batch): boxes can only be mapped back through item "
-                             "transforms. Resize with item_tfms (e.g. item_tfms=Resize(224)) and use size-preserving batch_tfms "
-                             "(e.g. aug_transforms() without `size`)")
-        k = np.flatnonzero((wh == s).all(1))
-        out[k] = frames[s].to_image(bx[k]).numpy()
-    return out
-
-def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5,
-              bs=64, on_error='report', sizes=None, frames:dict=None, tick=None, k=1, multi_label=False, thresh=0.75,
-              max_k=20, trust=False, auc_steps=0, native=False, max_side=None, stride=None, frame=None) -> pd.DataFrame:
-    "Rows of the boxes table (see `box_pass`) for the items of `chunk` (columns `item`, `split`, `label`)."
-    margins, vocab, tfms = check_margins(margins), getattr(learn.dls, 'vocab', None), _frame_tfms(learn, frame)
-    paths = chunk['item'].astype(str).tolist()
-    n, M = len(paths), len(margins)
-    wh, failures = sizes if sizes is not None else _image_sizes(paths)
-    failures = dict(failures)
-    if failures and on_error == 'raise': i = min(failures); raise UnreadableImageError(paths[i], failures[i])
-    todo = [i for i in range(n) if i not in failures]
-    if native:   # each image at its own size: a frame per original size, the batches by input size
-        stride = stride or feature_stride(learn.model, getattr(method, 'layers', None))
-        frames = {s: InputFrame.from_tfms(_with_frame(tfms, _native_resize(native_size(s, max_side, stride))), s)
-                  for s in {tuple(x) for x in wh[todo].tolist()}}
-        batches = native_batches(learn, paths, todo, bs, failures, on_error, wh, max_side, stride)
-    else:
-        frames = {} if frames is None else frames
-        batches = load_batches(learn, paths, todo, bs, failures, on_error, None if frame is None else tfms)
-    labels = chunk['label'].to_numpy()
-    cols = ('pos', 'target', 'prob', 'rank', 'area', 'zero', 'fallback', 'boxes', 'crop', 'dele', 'ins')
-    parts = {c: [] for c in cols}
-    def add(**kw):
-        for c in cols: parts[c].append(kw[c])
-    for pos, xb in batches:
-        pos = np.asarray(pos)
-        sm = saliency_maps(learn, xb, method, target=_targets(target, vocab, labels[pos]), k=k if target is None else 1,
-                           multi_label=multi_label, thresh=thresh, max_k=max_k)
-        H, W = sm.input_size
-        ii = sm.img_idx.cpu().numpy()
-        bx = torch.stack([mass_box(sm.maps, margin_eps(m), size=(W, H)) for m in margins], 1).double().cpu()  # (rows, M, 4)
-        R = len(ii)
-        crop = np.full((R, M), np.nan); dele = ins = np.full(R, np.nan)
-        if trust and R:
-            cb = torch.cat([crop_batch(xb[sm.img_idx], bx[:, j], (H, W)) for j in range(M)])   # (M*rows, C, H, W)
-            pc = _model_probs(learn.model, cb, multi_label, bs)
-            crop = pc[torch.arange(M*R, device=pc.device), sm.target.repeat(M).to(pc.device)].view(M, R).T.cpu().numpy()
-        if auc_steps and R:
-            dele, ins = (v.numpy() for v in deletion_insertion(learn.model, xb[sm.img_idx], sm.maps, sm.target, auc_steps, multi_label, bs))
-        zero = fallback_maps(sm.maps).cpu().numpy()
-        add(pos=pos[ii], target=sm.target.cpu().numpy(), prob=sm.prob.float().cpu().numpy(), rank=sm.rank.cpu().numpy(),
-            area=threshold_masks(sm.maps, area_tau).flatten(1).float().mean(1).cpu().numpy(), zero=zero,
-            fallback=np.where(zero, 'zero_map', None), boxes=_frame_boxes(frames, tfms, wh[pos[ii]], bx, W, H), crop=crop,
-            dele=dele, ins=ins)
-        low = np.setdiff1d(np.arange(len(pos)), ii)    # multi-label: no class above `thresh`, the top one, the whole image
-        if len(low):
-            p, t = _model_probs(learn.model, xb[torch.as_tensor(low, device=xb.device)], True, bs).max(1)
-            full = np.stack([np.zeros(len(low)), np.zeros(len(low)), wh[pos[low], 0], wh[pos[low], 1]], 1).astype(float)
-            add(pos=pos[low], target=t.cpu().numpy(), prob=p.cpu().numpy(), rank=np.zeros(len(low), int), area=np.full(len(low), np.nan),
-                zero=np.zeros(len(low), bool), fallback=np.full(len(low), 'low_confidence', object),
-                boxes=np.repeat(full[:, None], M, 1), crop=np.repeat(p.cpu().numpy()[:, None], M, 1),
-                dele=np.full(len(low), np.nan), ins=np.full(len(low), np.nan))
-        if tick is not None: tick()
-    bad = np.array(sorted(failures), int)
-    if len(bad): add(pos=bad, target=np.full(len(bad), -1), prob=np.full(len(bad), np.nan), rank=np.zeros(len(bad), int),
-                     area=np.full(len(bad), np.nan), zero=np.zeros(len(bad), bool), fallback=np.full(len(bad), 'unreadable', object),
-                     boxes=np.full((len(bad), M, 4), np.nan), crop=np.full((len(bad), M), np.nan), dele=np.full(len(bad), np.nan),
-                     ins=np.full(len(bad), np.nan))
-    cat = {c: np.concatenate(parts[c]) if parts[c] else np.zeros((0,) + ((M, 4) if c == 'boxes' else (M,) if c == 'crop' else ()))
-           for c in cols}
-    order = np.lexsort((cat['rank'], cat['pos']))    # the items in order, each item's classes by rank
-    cat = {c: v[order] for c, v in cat.items()}
-    pos, tgt = cat['pos'].astype(int), cat['target'].astype(int)
-    ok = tgt >= 0
-    out = chunk.reset_index(drop=True).iloc[pos].reset_index(drop=True).copy()
-    out['target'] = [str(vocab[t]) if o else None for t, o in zip(tgt, ok)] if vocab is not None else np.where(ok, tgt, -1)
-    out['prob'] = cat['prob'].astype(float)
-    if multi_label: hit = [o and str(t) in split_labels(l) for t, l, o in zip(out['target'], out['label'], ok)]
-    else: hit = out['label'].notna() & (out['label'].astype(str) == out['target'].astype(str)) & ok
-    out['correct'] = np.asarray(hit, bool)
-    out['width'], out['height'] = wh[pos, 0], wh[pos, 1]
-    out['area_ratio'], out['zero'] = cat['area'].astype(float), cat['zero'].astype(bool)
-    for j, m in enumerate(margins):
-        for c, name in enumerate(margin_cols(m)): out[name] = cat['boxes'][:, j, c]
-    out['rank'] = cat['rank'].astype(int)
-    out['instance'] = [f"{p}#{t if o else ''}" for p, t, o in zip(out['item'], out['target'], ok)]
-    out['fallback'] = pd.Series(list(cat['fallback']), dtype=object)
-    if trust:
-        for j, m in enumerate(margins): out[crop_prob_col(m)] = cat['crop'][:, j].astype(float)
-    if auc_steps: out['deletion_auc'], out['insertion_auc'] = cat['dele'].astype(float), cat['ins'].astype(float)
-    out['error'] = pd.Series([failures.get(i) for i in pos], dtype=object)
-    return out
-
-# %% ../nbs/06_learner.ipynb #5be51ee0
-def _box_plan(learn, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5, bs=None,
-              cache=True, chunk_batches=8, on_error='report', k=1, multi_label=None, thresh=0.75, max_k=20, trust=False,
-              auc_steps=0, native=False, max_side=None, stride=None, frame=None) -> SimpleNamespace:
-    "The checked arguments of a box pass: its items cut in chunks, the frame transforms and the cache files (or None)."
-    margins = check_margins(margins)
-    if on_error not in ('report', 'raise'): raise ValueError(f"`on_error` must be 'report' or 'raise', got {on_error!r}")
-    if not 0 <= area_tau < 1: raise ValueError(f"`area_tau` must be in [0, 1), got {area_tau!r}")
-    for v, name in ((bs, 'bs'), (chunk_batches, 'chunk_batches')):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
-            raise ValueError(f"`{name}` must be an integer >= 1, got {v!r}")
-    for v, name, lo in ((k, 'k', 1), (max_k, 'max_k', 1), (auc_steps, 'auc_steps', 0)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo: raise ValueError(f"`{name}` must be an integer >= {lo}, got {v!r}")
-    if not 0 <= thresh <= 1: raise ValueError(f"`thresh` must be in [0, 1], got {thresh!r}")
-    meth = method_for(method, learn)   # a name, a `Method` or a `MapMaker`; 'ddt': fitted on the training set once
-    check_vision_learner(learn)
-    df = _as_items(learn, items)
-    vocab = getattr(learn.dls, 'vocab', None)
-    multi_label = is_multi_label(learn.dls) if multi_label is None else bool(multi_label)
-    if multi_label and k != 1: raise ValueError("`k` is for single-label learners: a multi-label box pass explains the classes above `thresh` (at most `max_k`)")
-    if vocab is not None and k > len(vocab): raise ValueError(f"`k` must be at most the number of classes ({len(vocab)}), got {k}")
-    _check_target(target, vocab, df['label'], multi_label)
-    bs = int(bs or learn.dls.valid.bs or 64)
-    cs = bs*int(chunk_batches)
-    if not isinstance(native, bool): raise ValueError(f"`native` must be True or False, got {native!r}")
-    if native and frame is not None: raise ValueError("`frame` sets the batched input; `native=True` sizes each image itself: pass one of them")
-    _check_native(max_side, stride)
-    if not native and (max_side, stride) != (None, None): raise ValueError("`max_side` and `stride` are for `native=True`")
-    tfms = _frame_tfms(learn, frame)
-    InputFrame.from_tfms(tfms, (64, 48))   # an item transform the box mapping does not know fails here, before any work
-    if native: stride = stride or feature_stride(learn.model, getattr(meth, 'layers', None))
-    params = dict(method=repr(meth), margins=margins,
-                  target=target, area_tau=area_tau, bs=bs, chunk=cs, tfms=repr(tfms), k=k, multi_label=multi_label, thresh=thresh,
-                  max_k=max_k, trust=bool(trust), auc_steps=auc_steps,
-                  after_batch=repr(learn.dls.valid.after_batch), version=fastai_attncrop.__version__,
-                  **({'native': (max_side, stride)} if native else {}))   # the batched mode's keys are those of before
-    cdir = _cache_dir(learn, cache)
-    final = parts = None
-    if cdir is not None:
-        key = _cache_key(learn, df, params)
-        final, parts = cdir/f"boxes-{key}.pkl", cdir/f"boxes-{key}.parts"
-    return SimpleNamespace(df=df, chunks=[df.iloc[s:s+cs] for s in range(0, len(df), cs)], bs=bs, method=meth, margins=margins,
-                           target=target, area_tau=area_tau, on_error=on_error, final=final, parts=parts,
-                           extra=dict(k=k, multi_label=multi_label, thresh=thresh, max_k=max_k, trust=bool(trust), auc_steps=auc_steps,
-                                      native=native, max_side=max_side, stride=stride, frame=frame))
-
-def _saved_parts(plan) -> dict:
-    "The chunks of an interrupted pass that are already on disk, by chunk index."
-    if plan.parts is None: return {}
-    return {c: pd.read_pickle(plan.parts/f"{c:05d}.pkl") for c in range(len(plan.chunks)) if (plan.parts/f"{c:05d}.pkl").exists()}
-
-def _save_part(plan, c, rows) -> pd.DataFrame:
-    "Write chunk `c` atomically (with a cache) and return it as read back, so that resumed and fresh results are identical."
-    if plan.parts is None: return rows
-    _write_pickle(rows, plan.parts/f"{c:05d}.pkl")
-    return pd.read_pickle(plan.parts/f"{c:05d}.pkl")
-
-def _box_chunks(learn, plan, todo, progress=True):
-    "Yield `(c, rows)` for each chunk index `c` of `todo`, in order."
-    total = sum(-(-len(plan.chunks[c])//plan.bs) for c in todo)
-    bar = progress_bar(range(total), leave=False) if progress and total else None
-    count = [0]
-    def tick():
-        count[0] = min(count[0] + 1, total)
-        if bar is not None: bar.update(count[0])
-    if bar is not None: bar.update(0)
-    frames = {}
-    # The original sizes come from the files' headers, read by a thread ahead of the model: opening every file a
-    # second time cost as much as 10% of the pass when done in line.
-    ex = ThreadPoolExecutor(1)
-    try:
-        sizes = {c: ex.submit(_image_sizes, plan.chunks[c]['item'].astype(str).tolist()) for c in todo}
-        for c in todo:
-            yield c, box_chunk(learn, plan.chunks[c], plan.method, plan.margins, plan.target, plan.area_tau, plan.bs,
-                               plan.on_error, sizes[c].result(), frames, tick, **plan.extra)
-    finally: ex.shutdown(wait=True, cancel_futures=True)
-    if bar is not None: bar.on_iter_end()
-
-def _box_table(plan, done:dict) -> pd.DataFrame:
-    "The chunks of `done` in order as one table; with a cache, written once (atomically) and the chunk files removed."
-    out = pd.concat([done[c] for c in range(len(plan.chunks))], ignore_index=True) if plan.chunks else pd.DataFrame()
-    if plan.final is not None:
-        _write_pickle(out, plan.final)
-        shutil.rmtree(plan.parts, ignore_errors=True)
-    return out
-
-def _check_failures(out:pd.DataFrame, on_error) -> pd.DataFrame:
-    bad = failed_rows(out)
-    if bad.any():
-        first = out[bad].iloc[0]
-        if on_error == 'raise': raise UnreadableImageError(first['item'], first['error'])
-        warnings.warn(f"box pass: {bad.sum()} of {len(out)} images could not be read and have no boxes (see the `error` "
-                      f"column), e.g. {first['item']}: {first['error']}")
-    return out
-
-def box_pass(learn:Learner,
-             items=None,              # image paths or a DataFrame with `item` (and `split`, `label`); default: the learner's items
-             method='gradcam',        # a saliency method's name, or a `MapMaker` (`SmoothGrad`, a fitted `DDT`)
-             margins=(0.95, 0.8, 0.6),# the retention margins of the boxes
-             target=None,             # None: the predicted class(es); 'label': the item's label; or a class name
-             area_tau=0.5,            # the activated-area ratio's threshold, relative to each map's maximum
-             bs=None,                 # batch size (default: the learner's validation batch size)
-             cache=True,              # a folder, True (`learn.path/learn.model_dir/'attncrop'`) or False
-             chunk_batches=8,         # batches per chunk (the unit of caching and resuming)
-             progress=True,           # show a progress bar
-             on_error='report',       # an unreadable image: 'report' (an `error` row) or 'raise'
-             k=1,                     # single-label: a row for each of the `k` most probable classes
-             multi_label=None,        # None: from the learner's DataLoaders (`MultiCategoryBlock`)
-             thresh=0.75,             # multi-label: the probability a class must exceed to be boxed...
-             max_k=20,                # ... among the `max_k` most probable
-             trust=False,             # add `prob_crop_<m>`: one more forward pass over the crops
-             auc_steps=0,             # > 0: add `deletion_auc`, `insertion_auc` with this many steps
-             native=False,            # each image at its own size (`native_size`), batched by size, not at the learner's input size
-             max_side=None,           # native: the longest side at most this many pixels (None: the image's own size)
-             stride=None,             # native: sides rounded to a multiple of this (None: the saliency layer's, `feature_stride`)
-             frame=None,              # batched: item transform(s) in place of the learner's resizing ones, e.g. `Resize(224, method='pad')`
-            ) -> pd.DataFrame:
-    "Boxes DataFrame (see the table above) of `items` (default: the learner's training and validation items)."
-    plan = _box_plan(learn, items, method, margins, target, area_tau, bs, cache, chunk_batches, on_error, k, multi_label,
-                     thresh, max_k, trust, auc_steps, native, max_side, stride, frame)
-    if plan.final is not None and plan.final.exists(): return _check_failures(pd.read_pickle(plan.final), on_error)
-    done = _saved_parts(plan)
-    for c, rows in _box_chunks(learn, plan, [c for c in range(len(plan.chunks)) if c not in done], progress):
-        done[c] = _save_part(plan, c, rows)
-    return _check_failures(_box_table(plan, done), on_error)
 
 # %% ../nbs/06_learner.ipynb #ac8a935c
 ADAPTIVE_MARGINS = (0.95, 0.9, 0.8, 0.7, 0.6)
@@ -632,7 +120,7 @@ def attention_crop(self:Learner, epochs=3, lr=None, margins=(0.95, 0.8, 0.6), cr
     "Box the learner's items with saliency maps, mix crops into its DataLoaders and re-fit; metrics before and after."
     grid = box_margins(margins, valid_margin)
     if not 0 <= crop_share <= 1: raise ValueError(f"`crop_share` must be in [0, 1], got {crop_share!r}")
-    adjust_boxes([0., 0, 1, 1], (1, 1), pad_rel=pad_rel, aspect=aspect)   # a bad `pad_rel` or `aspect` fails before any work
+    check_adjust(pad_rel=pad_rel, aspect=aspect)   # a bad `pad_rel` or `aspect` fails before any work
     _check_fit(self, fit)
     check_vision_learner(self)
     valid0 = _uncropped_valid(self.dls)   # a second call after one with `crop_valid=True` still compares uncropped images
@@ -677,23 +165,23 @@ class AttentionCropCallback(Callback):
 def show_attention(self:Learner, items=None, n=8, method='gradcam', margin=0.95, gt:pd.DataFrame=None, root=None,
                    ncols=4, figsize=None, alpha=0.5):
     "Input images with their saliency overlay, the box at `margin` (red) and ground-truth boxes from `gt` (green)."
-    paths = [str(_item_path(o)) for o in (self.dls.valid_ds.items if items is None else items)][:n]
-    xb = _paths_dl(self, check_vision_learner(self), paths, len(paths)).one_batch()[0]   # opened as the box pass opens them
+    paths = [str(item_path(o)) for o in (self.dls.valid_ds.items if items is None else items)][:n]
+    xb = paths_dl(self, paths, len(paths)).one_batch()[0]   # opened as the box pass opens them
     sm = saliency_maps(self, xb, method)
     H, W = sm.input_size
     boxes = mass_box(sm.maps, margin_eps(margin), size=(W, H)).cpu()
     axs = show_saliency(xb, sm, getattr(self.dls, 'vocab', None), max_n=n, ncols=ncols, figsize=figsize, alpha=alpha)
     root = Path(root if root is not None else self.dls.path)
     by_image = {} if gt is None else {k: g for k, g in gt.groupby('image')}
-    tfms = _frame_tfms(self)
+    tfms = frame_tfms(self)
     for ax, p, b in zip(axs, paths, boxes):
-        ax.add_patch(plt.Rectangle((b[0]-.5, b[1]-.5), b[2]-b[0], b[3]-b[1], fill=False, ec='red', lw=2))
+        show_box(ax, b.tolist(), 'red', lw=2)
         try: key = Path(p).resolve().relative_to(root.resolve()).as_posix()
         except ValueError: key = p
         if key in by_image:
             frame = InputFrame.from_tfms(tfms, image_size(p))
             for g in frame.to_input(by_image[key][['xmin', 'ymin', 'xmax', 'ymax']].to_numpy(float)).tolist():
-                ax.add_patch(plt.Rectangle((g[0]-.5, g[1]-.5), g[2]-g[0], g[3]-g[1], fill=False, ec='lime', lw=2))
+                show_box(ax, g, 'lime', lw=2)
     return axs
 
 # %% ../nbs/06_learner.ipynb #7b2e7e9e
@@ -702,11 +190,8 @@ def penultimate_features(learn:Learner, dl) -> torch.Tensor:
     lin = [m for m in learn.model.modules() if isinstance(m, nn.Linear)]
     if not lin: raise ValueError("the model has no nn.Linear layer whose input could be projected")
     feats = []
-    h = lin[-1].register_forward_hook(lambda m, i, o: feats.append(i[0].detach().float().flatten(1).cpu()))
-    try:
-        with frozen_eval(learn.model), torch.no_grad():   # every module's own train/eval flag comes back afterwards
-            for b in dl: learn.model(b[0])
-    finally: h.remove()
+    with Hooks(lin[-1:], lambda m, i, o: feats.append(i[0].float().flatten(1).cpu())), frozen_eval(learn.model), torch.no_grad():
+        for b in dl: learn.model(b[0])   # every module's own train/eval flag comes back afterwards
     return torch.cat(feats)
 
 @patch
@@ -721,7 +206,7 @@ def show_projection(self:Learner, boxes:pd.DataFrame, margin=0.8, split='valid',
     for p, b in zip(paths, bx):
         crops.append(crop_image(load_image(p), b))
     bs = bs or self.dls.valid.bs
-    f = [penultimate_features(self, dl) for dl in (_paths_dl(self, check_vision_learner(self), paths, bs), _test_dl(self, crops, bs))]
+    f = [penultimate_features(self, dl) for dl in (paths_dl(self, paths, bs), _test_dl(self, crops, bs))]
     X = torch.cat(f)
     mu = X.mean(0)
     _, _, V = torch.linalg.svd(X - mu, full_matrices=False)

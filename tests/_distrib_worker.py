@@ -8,21 +8,21 @@ Every rank prints one JSON line: its rank and how many batches it boxed in each 
 import json, os, sys, warnings
 warnings.filterwarnings('ignore')
 import torch
-import fastai_attncrop.learner as L
+import fastai_attncrop.learner as L, fastai_attncrop.boxpass as BP
 from fastai.distributed import teardown_distrib
 from fastai_attncrop.distributed import setup_distributed, distrib_box_pass, _learner, _world
 
 class InjectedFailure(Exception): "The failure the test asked for."
 
 def count_batches(fail, rank):
-    real, n = L.saliency_maps, [0]
+    real, n = BP.saliency_maps, [0]
     def wrapped(*a, **k):
         if fail and fail['rank'] == rank and n[0] == fail['after']:
             if fail['how'] == 'exit': os._exit(3)
             raise InjectedFailure(f"injected failure at batch {n[0]}")
         n[0] += 1
         return real(*a, **k)
-    L.saliency_maps = wrapped
+    BP.saliency_maps = wrapped
     return n
 
 if __name__ == '__main__':

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd, pytest, torch
 from fastai.vision.all import set_seed
 from fastai_attncrop.data import make_shapes
-from fastai_attncrop.learner import box_pass
+from fastai_attncrop.boxpass import box_pass
 from fastai_attncrop.distributed import _learner
 
 warnings.filterwarnings('ignore')

@@ -9,14 +9,14 @@ from PIL import Image
 from fastai.vision.all import (ImageDataLoaders, Resize, vision_learner, accuracy, set_seed, Learner, DataLoaders, Datasets,
                                noop, aug_transforms)
 from fasttransform import Transform
-import fastai_attncrop.learner as L
+import fastai_attncrop.learner as L, fastai_attncrop.boxpass as BP
 import fastai_attncrop.crop as crop_mod
 from fastai_attncrop.data import make_shapes, load_image, image_size, UnreadableImageError, atomic_write
 from fastai_attncrop.models import small_cnn
 from fastai_attncrop.boxes import mass_box, threshold_box, fallback_maps
 from fastai_attncrop.saliency import saliency_maps, SmoothGrad, frozen_eval
 from fastai_attncrop.crop import check_margins, margin_cols, export_crops, mixed_items
-from fastai_attncrop.learner import box_pass, box_chunk, learner_items
+from fastai_attncrop.boxpass import box_pass, box_chunk, learner_items
 
 warnings.filterwarnings('ignore')
 
@@ -31,12 +31,12 @@ def setup(tmp_path_factory, shapes_learner):
 def _valid(learn): return learner_items(learn).query("split=='valid'").item.tolist()
 
 def _count_saliency(monkeypatch, fail_at=None, exc=Interrupted):
-    real, n = L.saliency_maps, [0]
+    real, n = BP.saliency_maps, [0]
     def wrapped(*a, **k):
         n[0] += 1
         if fail_at is not None and n[0] == fail_at: raise exc('interrupted')
         return real(*a, **k)
-    monkeypatch.setattr(L, 'saliency_maps', wrapped)
+    monkeypatch.setattr(BP, 'saliency_maps', wrapped)
     return n
 
 def _digest(folder):
@@ -187,13 +187,13 @@ def test_degenerate_maps_fall_back_to_the_whole_image(setup, monkeypatch):
         b = f(maps)
         assert not torch.isnan(b).any() and b[1:].tolist() == [[0, 0, 6, 6]]*4
     assert fallback_maps(maps).tolist() == [False, True, True, True, True]
-    real = L.saliency_maps
+    real = BP.saliency_maps
     def degenerate(*a, **k):                                   # the engine's maps replaced by degenerate ones
         sm = real(*a, **k)
         kinds = [torch.zeros_like(sm.maps[0]), torch.full_like(sm.maps[0], 2.), torch.full_like(sm.maps[0], float('nan'))]
         sm.maps = torch.stack([kinds[i % 3] for i in range(len(sm.maps))])
         return sm
-    monkeypatch.setattr(L, 'saliency_maps', degenerate)
+    monkeypatch.setattr(BP, 'saliency_maps', degenerate)
     res = box_pass(learn, _valid(learn), margins=(0.95, 0.6), cache=False, progress=False)
     assert res.zero.all() and not res.isna()[margin_cols(0.95) + margin_cols(0.6) + ['area_ratio']].any().any()
     assert (res.x0_60 == 0).all() and (res.x1_60 == res.width).all() and (res.y1_95 == res.height).all()
@@ -298,17 +298,17 @@ import signal, sys, time, torch
 signal.signal(signal.SIGINT, signal.default_int_handler)   # a shell's background job starts with Ctrl-C ignored
 from functools import partial
 from fastai.vision.all import ImageDataLoaders, Resize, vision_learner
-import fastai_attncrop.learner as L
+import fastai_attncrop.learner as L, fastai_attncrop.boxpass as BP
 from fastai_attncrop.models import small_cnn
 root, weights, cache = sys.argv[1:4]
 dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(48), bs=8, num_workers=0)
 learn = vision_learner(dls, partial(small_cnn, widths=(16, 32, 32, 32)), pretrained=False)
 learn.model.load_state_dict(torch.load(weights))
-real = L.saliency_maps
+real = BP.saliency_maps
 def slow(*a, **k): time.sleep(0.25); return real(*a, **k)
-L.saliency_maps = slow
+BP.saliency_maps = slow
 print('start', flush=True)
-L.box_pass(learn, margins=(0.95, 0.6), cache=cache, chunk_batches=1, progress=False)
+BP.box_pass(learn, margins=(0.95, 0.6), cache=cache, chunk_batches=1, progress=False)
 print('finished', flush=True)
 '''
 

@@ -7,11 +7,12 @@ import numpy as np, pandas as pd, pytest, torch
 import matplotlib; matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, set_seed
-import fastai_attncrop.learner as L
+import fastai_attncrop.learner as L, fastai_attncrop.boxpass as BP
 from fastai_attncrop.data import make_shapes, read_boxes_csv
 from fastai_attncrop.models import small_cnn
 from fastai_attncrop.crop import gt_recall, margin_cols, CropImage, AttentionCrop, crop_box
-from fastai_attncrop.learner import box_pass, learner_items, AttentionCropCallback, AttentionCropResult
+from fastai_attncrop.boxpass import box_pass, learner_items
+from fastai_attncrop.learner import AttentionCropCallback, AttentionCropResult
 from fastai_attncrop.saliency import DDT, saliency_maps, dilated_last_stage
 
 warnings.filterwarnings('ignore')
@@ -25,12 +26,12 @@ def setup(tmp_path_factory, shapes_learner):
     return tmp, root, learn, read_boxes_csv(root/'boxes.csv')
 
 def _counting(monkeypatch, fail_at=None):
-    real, n = L.saliency_maps, [0]
+    real, n = BP.saliency_maps, [0]
     def wrapped(*a, **k):
         n[0] += 1
         if fail_at is not None and n[0] == fail_at: raise Interrupted('interrupted')
         return real(*a, **k)
-    monkeypatch.setattr(L, 'saliency_maps', wrapped)
+    monkeypatch.setattr(BP, 'saliency_maps', wrapped)
     return n
 
 def test_box_pass_table_and_cache_hit(setup, monkeypatch):
@@ -231,9 +232,9 @@ def test_k_rows_and_trust_columns(setup, tmp_path):
     pd.testing.assert_frame_equal(tb[ref.columns], ref)                               # the same boxes, more columns
     from fastai_attncrop.boxes import InputFrame
     r = tb.iloc[3]
-    xb = L._paths_dl(learn, L.check_vision_learner(learn), [r['item']], 1).one_batch()[0]
-    box = InputFrame.from_tfms(L._frame_tfms(learn), (int(r.width), int(r.height))).to_input(torch.tensor([r[margin_cols(0.6)].to_numpy(float)]))
-    p = L._model_probs(learn.model, L.crop_batch(xb, box), bs=1)[0, list(learn.dls.vocab).index(r.target)]
+    xb = BP.paths_dl(learn, [r['item']], 1).one_batch()[0]
+    box = InputFrame.from_tfms(BP.frame_tfms(learn), (int(r.width), int(r.height))).to_input(torch.tensor([r[margin_cols(0.6)].to_numpy(float)]))
+    p = BP._model_probs(learn.model, BP.crop_batch(xb, box), bs=1)[0, list(learn.dls.vocab).index(r.target)]
     assert float(p) == pytest.approx(r.prob_crop_60, abs=1e-4)
     assert tb[['deletion_auc', 'insertion_auc']].apply(lambda s: s.between(0, 1)).all().all()
     assert not (tb.prob_crop_95 == tb.prob).all() and not (tb.prob_crop_60 == tb.prob_crop_95).all()
@@ -258,9 +259,9 @@ def _bright_box(path, wh, box):
 
 def _shapes(monkeypatch):
     "Record the (H, W) of every batch the box pass computes maps of."
-    real, seen = L.saliency_maps, []
+    real, seen = BP.saliency_maps, []
     def wrapped(model, xb, *a, **k): seen.append((tuple(xb.shape[-2:]), len(xb))); return real(model, xb, *a, **k)
-    monkeypatch.setattr(L, 'saliency_maps', wrapped)
+    monkeypatch.setattr(BP, 'saliency_maps', wrapped)
     return seen
 
 def test_native_equals_batched_at_input_size_and_has_its_own_cache_key(setup, monkeypatch):

@@ -253,11 +253,11 @@ def vit_learner(tmp_path_factory):
 def test_vit_learner_attention_crop_end_to_end(vit_learner, tmp_path):
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    import fastai_attncrop.learner as L
+    import fastai_attncrop.boxpass as BP, fastai_attncrop.learner  # noqa: F401 (adds attention_crop, show_attention)
     learn = vit_learner
     sm = saliency_maps(learn, learn.dls.valid.one_batch()[0], 'gradcam')
     assert sm.maps.shape[1:] == (4, 4)
-    bx = L.box_pass(learn, cache=False, progress=False)
+    bx = BP.box_pass(learn, cache=False, progress=False)
     assert len(bx) == 54 and bx.error.isna().all() and not bx.zero.all()
     assert ((bx.x1_95 - bx.x0_95) < bx.width).any()          # the boxes do crop something
     res = learn.attention_crop(epochs=1, lr=1e-4, margins=(0.95, 0.8), fresh=True, cache=False, progress=False)
