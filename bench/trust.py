@@ -1,9 +1,10 @@
 """Benchmark (not a timed test): do the label-free trust numbers of the box pass rank boxes by their true IoU, and
 does choosing the margin per image by them beat a fixed margin? On a synthetic set with exact boxes.
 
-    python bench/trust.py                 # 3 classes, plain backgrounds, 60 validation images per class, 48 px, a small CNN fitted 8 epochs
+    python bench/trust.py                 # 3 classes, plain backgrounds, 60 validation images per class, 128 px,
+                                          # the ImageNet EfficientNet-Lite0 (`pretrained_learner`) fine_tune(2)
     python bench/trust.py --n-valid 20    # quicker
-    python bench/trust.py --background mixed --epochs 12   # harder images
+    python bench/trust.py --arch small_cnn --size 48 --epochs 8   # the first run's setting: a small CNN from scratch
 
 Each validation image's box at every margin is scored against its true box (IoU, `box_scores`); the Spearman
 correlation of each label-free number with that IoU is reported (at margin 0.95, and pooled over all margins for
@@ -32,8 +33,13 @@ def main(args):
                        classes=3, size=args.size, obj_frac=(0.1, 0.5), background=args.background, seed=0)
     set_seed(0)
     dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(args.size), bs=32, num_workers=0)
-    learn = vision_learner(dls, partial(small_cnn, widths=(16, 32, 64, 64)), pretrained=False, metrics=accuracy)
-    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(args.epochs, 3e-3)
+    if args.arch == 'small_cnn':
+        learn = vision_learner(dls, partial(small_cnn, widths=(16, 32, 64, 64)), pretrained=False, metrics=accuracy)
+        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(args.epochs, 3e-3)
+    else:
+        from fastai_attncrop.models import pretrained_learner
+        learn = pretrained_learner(dls, args.arch, metrics=accuracy)
+        with learn.no_bar(), learn.no_logging(): learn.fine_tune(args.epochs, 3e-3)
     items = learner_items(learn).query("split == 'valid'")
     t0 = time.perf_counter()
     bx = box_pass(learn, items, margins=MARGINS, trust=True, auc_steps=args.auc_steps, cache=False, progress=False)
@@ -73,7 +79,7 @@ def main(args):
                trust_margin_beats_best_fixed=bool(max(v for k, v in chosen.items() if k.startswith('trust')) > fixed[best_fixed]),
                average_drop=dict(zip(summ.margin.map('{:g}'.format), summ.average_drop.round(2))),
                increase_in_confidence=dict(zip(summ.margin.map('{:g}'.format), summ.increase_in_confidence.round(2))),
-               settings=dict(background=args.background, size=args.size, n_train=args.n_train, n_valid=args.n_valid, epochs=args.epochs, auc_steps=args.auc_steps))
+               settings=dict(arch=args.arch, pretrained=args.arch != 'small_cnn', background=args.background, size=args.size, n_train=args.n_train, n_valid=args.n_valid, epochs=args.epochs, auc_steps=args.auc_steps))
     res = Path(__file__).parent/'results'/'trust.json'
     res.parent.mkdir(exist_ok=True)
     res.write_text(json.dumps(out, indent=1) + '\n')
@@ -83,9 +89,10 @@ if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--n-train', type=int, default=100, help='training images per class')
     p.add_argument('--n-valid', type=int, default=60, help='validation images per class (the boxes scored)')
-    p.add_argument('--size', type=int, default=48)
-    p.add_argument('--epochs', type=int, default=8)
+    p.add_argument('--arch', default='tf_efficientnet_lite0', help="a name of `fastai_attncrop.models.PRETRAINED` (fine_tune) or 'small_cnn' (from scratch)")
+    p.add_argument('--size', type=int, default=128)
+    p.add_argument('--epochs', type=int, default=2, help='fine_tune epochs (small_cnn: fit_one_cycle epochs)')
     p.add_argument('--auc-steps', type=int, default=8)
     p.add_argument('--background', default='plain', help="make_shapes' background ('plain', 'mixed', ...)")
-    p.add_argument('--threads', type=int, default=1, help='torch threads (0: torch default)')
+    p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
     main(p.parse_args())
