@@ -22,7 +22,7 @@ from fastai.torch_core import set_seed
 from .data import load_image, image_size, show_box
 from .saliency import saliency_maps, show_saliency, frozen_eval
 from .boxes import mass_box, InputFrame, check_adjust
-from .crop import check_margins, margin_eps, margin_cols, CropItem, attention_dls, crop_image, failed_rows
+from .crop import check_margins, margin_eps, margin_cols, df_margins, CropItem, attention_dls, crop_image, failed_rows
 from .boxpass import box_pass, check_vision_learner, frame_tfms, item_path, paths_dl
 
 
@@ -61,6 +61,24 @@ class AttentionCropResult:
         rows = [f"  {k:<14} {self.metrics_before[k]:.4f} -> {self.metrics_after[k]:.4f}" for k in keys]
         n = len(self.dls.train_ds); nc = sum(o.crop for o in self.dls.train_ds.items)
         return (f"AttentionCropResult: {len(self.boxes)} items boxed, {nc} of {n} training items cropped\n" + '\n'.join(rows))
+    def show(self, n=8, split='valid', margin=None, ncols=4, figsize=None):
+        "The first `n` images of `split` with their box at `margin` (default: the largest), titled with the class boxed and its probability; the metrics before and after above."
+        df = self.boxes[~failed_rows(self.boxes)]
+        df = df[df['split']==split].iloc[:n] if split is not None else df.iloc[:n]
+        if not len(df): raise ValueError(f"the result's boxes have no readable items of split {split!r}")
+        held = df_margins(df)
+        margin = max(held) if margin is None else margin
+        if margin_cols(margin)[0] not in df.columns: raise ValueError(f"the boxes hold no margin {margin!r} (they hold {held})")
+        nrows = -(-len(df)//ncols)
+        fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (3*ncols, 3*nrows), squeeze=False)
+        for ax in axs.flat: ax.axis('off')
+        for ax, r in zip(axs.flat, df.itertuples()):
+            ax.imshow(load_image(r.item)); show_box(ax, [getattr(r, c) for c in margin_cols(margin)], 'red', lw=2)
+            ax.set_title(f"{r.target} {r.prob:.2f}", fontsize=9)
+        k = next(iter(self.metrics_before))
+        fig.suptitle(f"boxes at margin {margin:g}; {k} {self.metrics_before[k]:.4f} -> {self.metrics_after[k]:.4f}", fontsize=10)
+        plt.tight_layout()
+        return axs
 
 def _metrics(learn, dl) -> dict:
     "Validation loss and metrics of `learn` on `dl`, by name."
@@ -112,11 +130,37 @@ def _check_fit(learn, fit):
 FIT_METHODS = ('fit_one_cycle', 'fit', 'fine_tune', 'fit_flat_cos', 'fit_sgdr')
 
 @patch
-def attention_crop(self:Learner, epochs=3, lr=None, margins=(0.95, 0.8, 0.6), crop_share=0.5, crop_valid=False,
-                   valid_margin=None, method='gradcam', target=None, fresh=False, fit='fit_one_cycle', cache=True, bs=None,
-                   pad_rel=0., aspect=None, seed=0, item_tfms=None, batch_tfms=None, progress=True, on_error='report', boxes=None,
-                   k=1, thresh=0.75, max_k=20, label_margin=None, inside=0.5, native=False, max_side=None, frame=None,
-                   **fit_kwargs) -> AttentionCropResult:
+def attention_crop(self:Learner,
+                   epochs=3,                  # epochs of the re-fit
+                   lr=None,                   # its learning rate (None: the fitting method's default)
+                   margins=(0.95, 0.8, 0.6),  # retention margins the crops are drawn from (one at random per image), or 'adaptive'
+                   crop_share=0.5,            # share of the training items that are crops
+                   crop_valid=False,          # crop the validation items too (metrics after are also given on them)
+                   valid_margin=None,         # with `crop_valid`: the validation crops' margin (default: the largest)
+                   method='gradcam',          # saliency method: a name ('ddt' too) or a `MapMaker`
+                   target=None,               # the class explained: None (predicted), 'label' or a class name
+                   fresh=False,               # re-fit a re-initialized copy of the model instead of continuing
+                   fit='fit_one_cycle',       # a Learner fitting method's name, or fit(learn, epochs, lr, **kwargs)
+                   cache=True,                # the box pass's cache: a folder, True (learn.path/models/attncrop) or False
+                   bs=None,                   # batch size of the box pass and the mixed DataLoaders
+                   pad_rel=0.,                # grow every crop by this share of its size per side
+                   aspect=None,               # grow crops to this width / height ratio (e.g. 1 before a square Resize)
+                   seed=0,                    # seeds the crops drawn, a fresh model and the shuffling
+                   item_tfms=None,            # the mixed DataLoaders' item transforms (default: the learner's, without its crop)
+                   batch_tfms=None,           # their batch transforms (default: the learner's)
+                   progress=True,             # progress bars of the box pass and the fit
+                   on_error='report',         # an unreadable image: reported and left out ('report') or 'raise'
+                   boxes=None,                # a boxes DataFrame computed beforehand: skips the box pass
+                   k=1,                       # single-label: box the k most probable classes
+                   thresh=0.75,               # multi-label: the probability a class must exceed to be boxed...
+                   max_k=20,                  # ... among the max_k most probable
+                   label_margin=None,         # multi-label: the margin whose boxes decide a crop's other labels
+                   inside=0.5,                # ... a class is a crop's label when this share of its box lies inside
+                   native=False,              # box pass at each image's own size (see `box_pass`)
+                   max_side=None,             # native: longest side at most this many pixels
+                   frame=None,                # batched box pass: item transform(s) in place of the learner's resizing ones
+                   **fit_kwargs               # passed on to the fitting method
+                  ) -> AttentionCropResult:
     "Box the learner's items with saliency maps, mix crops into its DataLoaders and re-fit; metrics before and after."
     grid = box_margins(margins, valid_margin)
     if not 0 <= crop_share <= 1: raise ValueError(f"`crop_share` must be in [0, 1], got {crop_share!r}")
