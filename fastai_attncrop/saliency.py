@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 import matplotlib.pyplot as plt
+from fastai.callback.hook import Hooks
 
 # %% auto #0
 __all__ = ['NEEDS', 'METHODS', 'MAKERS', 'frozen_eval', 'ActivationCut', 'MapLayout', 'is_fastai_vision', 'find_target_layer',
@@ -182,17 +183,14 @@ def find_target_layer(model:nn.Module, xb:torch.Tensor=None, reshape:Callable=No
     if xb is None: raise ValueError("cannot find the target layer of this model without an example batch `xb`; "
                                     "or pass `layers` (a module or a dotted name such as 'layer4')")
     info, hw = _module_info(model), tuple(xb.shape[-2:])
-    seen, handles = [], []    # (module, output shape, layout or None, why not) in the order the modules finish
+    seen = []    # (module, output shape, layout or None, why not) in the order the modules finish
     def hook(m, i, o):
         if not isinstance(o, torch.Tensor): return
         lay, why = _layout_or_reason(o, info.get(id(m)), hw, reshape)
         if lay is not None and math.prod(lay(o).shape[-2:]) <= 1: return    # pooled: not a map
         if lay is not None or (o.ndim==4 and o.shape[-1]*o.shape[-2] > 1): seen.append((m, tuple(o.shape), lay, why))
-    try:
-        handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
-        with frozen_eval(model), torch.no_grad(): model(xb[:1])
-    finally:
-        for h in handles: h.remove()
+    with Hooks([m for m in model.modules() if m is not model], hook, detach=False), frozen_eval(model), torch.no_grad():
+        model(xb[:1])    # the hooks are removed on exit, even when the model raises
     ok = [i for i, s in enumerate(seen) if s[2] is not None]
     bad = [i for i, s in enumerate(seen) if s[2] is None and (not ok or i > ok[-1])]
     if bad:
@@ -787,13 +785,10 @@ def show_saliency(xb, sm:SaliencyMaps, vocab=None, max_n=8, ncols=4, figsize=Non
 # %% ../nbs/01_saliency.ipynb #81fd502b
 def _conv_records(model:nn.Module, xb:torch.Tensor) -> list:
     "(conv, input hw, output hw) of every `nn.Conv2d` in the order they run on `xb`."
-    recs, handles = [], []
+    recs = []
     def hook(m, i, o): recs.append((m, tuple(i[0].shape[-2:]), tuple(o.shape[-2:])))
-    try:
-        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-        with frozen_eval(model), torch.no_grad(): model(xb)
-    finally:
-        for h in handles: h.remove()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with Hooks(convs, hook, detach=False), frozen_eval(model), torch.no_grad(): model(xb)
     return recs
 
 def _smallest_output(recs) -> tuple:
