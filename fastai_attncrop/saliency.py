@@ -436,9 +436,15 @@ class SaliencyMaps:
     nonfinite: torch.Tensor = None     # (N,) True where the raw map had NaN/inf values (set to 0)
     layer_maps: dict = field(default_factory=dict)  # per-layer maps when several layers were asked for
     @property
-    def zero(self) -> torch.Tensor: return ~(self.maps.flatten(1) > 0).any(1)
-    def upsampled(self, size=None) -> torch.Tensor: return upsample_maps(self.maps, size or self.input_size)
-    def normalized(self) -> torch.Tensor: return normalize_maps(self.maps)
+    def zero(self) -> torch.Tensor:
+        "(N,) True where a map is all zero: its target class has no positive evidence at the target layer."
+        return ~(self.maps.flatten(1) > 0).any(1)
+    def upsampled(self, size=None) -> torch.Tensor:
+        "The maps (N, H, W) upsampled bilinearly (`upsample_maps`) to `size` (H, W), by default the input's size."
+        return upsample_maps(self.maps, size or self.input_size)
+    def normalized(self) -> torch.Tensor:
+        "The maps divided by their maximum (`normalize_maps`), for display; all-zero maps stay zero."
+        return normalize_maps(self.maps)
     def __len__(self): return len(self.maps)
     def __repr__(self): return f"SaliencyMaps({self.method}, {len(self)} maps of {tuple(self.maps.shape[1:])}, input {self.input_size})"
 
@@ -595,8 +601,20 @@ def method_for(method, model=None):
 
 
 # %% ../nbs/01_saliency.ipynb #775e6351
-def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=None, k=1, multi_label=False,
-                  thresh=0.75, max_k=20, vocab=None, channels_last=None, reshape:Callable=None, batch_size=64) -> SaliencyMaps:
+def saliency_maps(model,                  # a fastai Learner, or an nn.Module returning (N, n_classes) scores
+                  xb:torch.Tensor,        # the image batch (N, C, H, W); moved to the model's device and dtype
+                  method='gradcam',       # a name of `METHODS` or `MAKERS`, a `Method`, or a `MapMaker` (`SmoothGrad`, a fitted `DDT`)
+                  target=None,            # the class to explain per image (index or name), one for all, or None: the predicted
+                  layers=None,            # target layer(s): None (found), a module, a dotted name, or a list of them (fused)
+                  k=1,                    # with `target=None`: explain each image's top `k` classes
+                  multi_label=False,      # explain every class whose sigmoid probability is above `thresh`
+                  thresh=0.75,            # the multi-label probability threshold
+                  max_k=20,               # multi-label: at most this many classes per image
+                  vocab=None,             # class names, for `target` given as names (default: the Learner's vocab)
+                  channels_last=None,     # hand the model a channels_last input; None: on the CPU and in half precision
+                  reshape:Callable=None,  # a function from the layer's output to (N, C, h, w), for other layouts
+                  batch_size=64,          # forwards at a time of the methods that rescore (Score-CAM, Ablation-CAM)
+                 ) -> SaliencyMaps:
     "Saliency maps of `method` for batch `xb` (N, 3, H, W) explaining `target` (default: the predicted class)."
     meth = method_for(method, model)
     if isinstance(meth, MapMaker):
