@@ -11,10 +11,12 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/saliency.html.md"""
 from __future__ import annotations
 import contextlib, hashlib, math, weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 import matplotlib.pyplot as plt
 from fastai.callback.hook import Hooks
+from fastprogress.fastprogress import progress_bar
 
 # %% auto #0
 __all__ = ['NEEDS', 'METHODS', 'MAKERS', 'frozen_eval', 'ActivationCut', 'MapLayout', 'is_fastai_vision', 'find_target_layer',
@@ -23,7 +25,8 @@ __all__ = ['NEEDS', 'METHODS', 'MAKERS', 'frozen_eval', 'ActivationCut', 'MapLay
            'guided_backprop_weights', 'eigencam_weights', 'scorecam_weights', 'ablationcam_weights', 'cam_head_weights',
            'cam_weights', 'GuidedReLU', 'guided_relus', 'normalize_maps', 'upsample_maps', 'SaliencyMaps',
            'combine_maps', 'get_method', 'MapMaker', 'replaced_output', 'Rescore', 'model_fingerprint', 'method_for',
-           'saliency_maps', 'SmoothGrad', 'DDT', 'fit_ddt', 'show_saliency', 'dilate_last_stage', 'dilated_last_stage']
+           'saliency_maps', 'SmoothGrad', 'DDT', 'fit_ddt', 'maps_by_item', 'show_saliency', 'dilate_last_stage',
+           'dilated_last_stage']
 
 # %% ../nbs/01_saliency.ipynb #90d2d456
 @contextlib.contextmanager
@@ -781,6 +784,43 @@ def fit_ddt(learn):
     "DDT fitted on the Learner's training set (`DDT().fit(learn)`); for a plain module pass a fitted `DDT().fit(model, dl)` as `method`."
     return DDT().fit(learn)
 
+
+# %% ../nbs/01_saliency.ipynb #590547be
+def maps_by_item(learn,              # a fastai Learner (or a module, with `dl` given)
+                 dl=None,            # an unshuffled fastai DataLoader of images with `items` (default: `learn.dls.valid`)
+                 method='gradcam',   # the saliency method, as for `saliency_maps`
+                 root=None,          # if given, the keys are the items' paths relative to it (POSIX), else `str(item)`
+                 progress=False,     # show a progress bar over the batches
+                 **kwargs            # passed on to `saliency_maps` (`target`, `layers`, ...): one map per image
+                ) -> dict:
+    "Each item of `dl` (key: its path under `root`, or `str(item)`) -> its saliency map (h, w) on the CPU, in `dl`'s order."
+    if dl is None:
+        if not hasattr(learn, 'dls'): raise ValueError("`dl`: a module has no DataLoaders; pass the DataLoader to map as `dl`")
+        dl = learn.dls.valid
+    if getattr(dl, 'shuffle', False):
+        raise ValueError("`dl` shuffles its items, so its batches cannot be matched to its items: pass an unshuffled "
+                         "DataLoader (`learn.dls.valid`, `dls.test_dl(items)`, or `dl.new(shuffle=False)`)")
+    items = getattr(dl, 'items', None)
+    if items is None: raise ValueError(f"`dl` ({type(dl).__name__}) has no `items` to key the maps by: pass a fastai DataLoader")
+    if kwargs.get('k', 1) != 1: raise ValueError(f"`k`={kwargs['k']} gives {kwargs['k']} maps per image, `maps_by_item` keeps one "
+                                                 "per item: call `saliency_maps` per batch for more")
+    if kwargs.get('multi_label', False): raise ValueError("`multi_label=True` gives any number of maps per image, `maps_by_item` "
+                                                          "keeps one per item: pass `target=` a class, or call `saliency_maps` per batch")
+    meth = method_for(method, learn)                 # a maker ('ddt') is fitted once, not per batch
+    idxs = list(dl.get_idxs()) if hasattr(dl, 'get_idxs') else list(range(len(items)))
+    at = items.iloc if hasattr(items, 'iloc') else items   # a DataFrame's rows (`from_df`)
+    key = (lambda o: Path(o).relative_to(root).as_posix()) if root is not None else str
+    maps, pos = {}, 0
+    for b in (progress_bar(dl, leave=False) if progress else dl):
+        xb = b[0] if isinstance(b, (tuple, list)) else b
+        sm = saliency_maps(learn, xb, meth, **kwargs)
+        if len(sm) != len(xb) or not torch.equal(sm.img_idx.cpu(), torch.arange(len(xb))):
+            raise ValueError(f"method {sm.method!r} gave {len(sm)} maps for a batch of {len(xb)} images; `maps_by_item` keeps "
+                             "one map per image: call `saliency_maps` per batch instead")
+        out = sm.maps.detach().cpu()
+        for r in range(len(xb)): maps[key(at[idxs[pos + r]])] = out[r]
+        pos += len(xb)
+    return maps
 
 # %% ../nbs/01_saliency.ipynb #b765b81b
 def show_saliency(xb, sm:SaliencyMaps, vocab=None, max_n=8, ncols=4, figsize=None, alpha=0.5, cmap='jet', axs=None):
