@@ -12,6 +12,7 @@ import inspect, math, sys
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.foundation import L
 from fastai.callback.core import Callback
+from fastai.callback.hook import hook_outputs
 from fastai.layers import ConvLayer
 from fastai.learner import Learner, Metric
 from fastai.optimizer import OptimWrapper
@@ -141,9 +142,9 @@ class SPGCallback(Callback):
         self._init_state()
         self._sums = {k: 0. for k in self.KEYS}; self._n = 0
 
-    _stateattrs = ('heads', '_handles', '_acts', '_out', '_mets', '_mods', '_fitting')   # left out when pickled (learn.export)
+    _stateattrs = ('heads', '_hooks', '_out', '_mets', '_mods', '_fitting')   # left out when pickled (learn.export)
     def _init_state(self):
-        self.heads, self._handles, self._acts, self._out, self._mets, self._mods, self._fitting = None, [], {}, None, [], None, False
+        self.heads, self._hooks, self._out, self._mets, self._mods, self._fitting = None, None, None, [], None, False
 
     # --- recorder columns
     def epoch_loss(self, key): return float(self._sums[key]) / self._n if self._n else math.nan
@@ -172,26 +173,19 @@ class SPGCallback(Callback):
         if isinstance(opt, OptimWrapper):
             for p in self.heads.parameters(): opt.opt.state.pop(p, None)
 
-    # --- hooks, only around a training forward pass
-    def _hook(self, key):
-        def f(m, i, o): self._acts[key] = o
-        return f
+    # --- hooks (fastai's `Hooks`: the outputs of the shallow stage, the deep stage and the body), only around a training forward pass
     def _remove_hooks(self):
-        for h in self._handles: h.remove()
-        self._handles, self._acts = [], {}
+        if self._hooks is not None: self._hooks.remove()
+        self._hooks = None
 
     def _build(self, xb):
         model = self.learn.model
         mods = spg_layers(model, xb, self.layers) + [model[0]]
-        chans = []
-        hs = [m.register_forward_hook(lambda m, i, o: chans.append(o.shape[1])) for m in mods]
-        try:
-            with frozen_eval(model[0]), torch.no_grad(): model[0](xb[:1])
-        finally:
-            for h in hs: h.remove()
+        with hook_outputs(mods, detach=False) as hs, frozen_eval(model[0]), torch.no_grad(): model[0](xb[:1])
+        if any(o is None for o in hs.stored): raise ValueError("`layers`: an auxiliary head's stage does not run in the body's forward pass")
         p = next(model.parameters())
         with torch.random.fork_rng(devices=[]):   # the same random stream for the data as without the callback
-            self.heads = SPGHeads(*chans[:3], width=self.width).to(p.device)
+            self.heads = SPGHeads(*(o.shape[1] for o in hs.stored), width=self.width).to(p.device)
         self._mods = mods
         self._add_params()
 
@@ -213,13 +207,13 @@ class SPGCallback(Callback):
         if not (self._fitting and self.training) or self.pct_train < self.start: return
         if self.heads is None: self._build(self.xb[0])
         self._remove_hooks()
-        self._handles = [m.register_forward_hook(self._hook(k)) for m, k in zip(self._mods, self.KEYS)]
+        self._hooks = hook_outputs(self._mods, detach=False)    # removed in after_pred (or after_batch, after_fit)
 
     def after_pred(self):
-        if not self._handles: return
-        acts = {k: _plain(v) for k, v in self._acts.items()}
+        if self._hooks is None: return
+        acts = dict(zip(self.KEYS, (_plain(o) for o in self._hooks.stored)))
         self._remove_hooks()
-        if len(acts) != 3: raise RuntimeError("SPGCallback: a hooked stage did not run in the forward pass")
+        if any(a is None for a in acts.values()): raise RuntimeError("SPGCallback: a hooked stage did not run in the forward pass")
         y = _plain(self.yb[0]) if len(self.yb) else None
         if y is None or y.ndim != 1 or y.is_floating_point():
             raise ValueError("SPGCallback needs single-label classification targets (one class index per image)")
@@ -254,12 +248,9 @@ class SPGCallback(Callback):
 def spg_masks(learn, cb:SPGCallback, xb, yb) -> dict:
     "The attention and the three tri-state masks `SPGCallback` would train on for batch `xb`, `yb` (model in eval mode)."
     if cb.heads is None: raise ValueError("the callback has no heads yet: fit with it first")
-    model, acts = learn.model, {}
-    hs = [m.register_forward_hook(lambda m, i, o, k=k: acts.__setitem__(k, o)) for m, k in zip(cb._mods, cb.KEYS)]
-    try:
-        with frozen_eval(model), frozen_eval(cb.heads): model(xb)
-    finally:
-        for h in hs: h.remove()
+    model = learn.model
+    with hook_outputs(cb._mods, detach=False) as hs, frozen_eval(model), frozen_eval(cb.heads): model(xb)
+    acts = dict(zip(cb.KEYS, hs.stored))
     logits = cb.heads(acts['shallow'], acts['deep'], acts['final'])
     att = head_attention(model[1], acts['final'], yb, cb.attention)
     return spg_losses(att, *logits, deep_th=cb.deep_th, shallow_th=cb.shallow_th, fused_th=cb.fused_th)[1]
