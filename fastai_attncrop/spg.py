@@ -158,6 +158,7 @@ class SPGCallback(Callback):
         opt, lists = self.learn.opt, self._opt_lists()
         have = {id(p) for pl in lists for p in pl}
         new = [p for p in self.heads.parameters() if id(p) not in have]
+        for p in new: opt.state.setdefault(p, {})   # a loaded optimizer's state is a plain dict (`Optimizer.load_state_dict`)
         if isinstance(opt, OptimWrapper): lists[-1].extend(new)
         else: lists[-1] = L(list(lists[-1]) + new)
         if not self.learn.wd_bn_bias:

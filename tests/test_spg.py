@@ -148,3 +148,12 @@ def test_rejects_bad_settings(dls):
     with pytest.raises(ValueError, match='layer method with gradients'): SPGCallback(attention='scorecam')   # gradient-free
     learn = new_learner(dls)
     with pytest.raises(ValueError, match=r'layers'): fit(learn, 1, SPGCallback(layers=(1,)))
+
+def test_fits_after_export(dls, tmp_path):
+    "`learn.export` reloads the optimizer's state as a plain dict: a new callback's heads still join it and train."
+    learn = new_learner(dls)
+    fit(learn, 1)
+    learn.export(tmp_path/'plain.pkl')
+    cb = SPGCallback()
+    fit(learn, 1, cb)
+    assert math.isfinite(learn.recorder.values[-1][-1]) and cb.heads is not None
