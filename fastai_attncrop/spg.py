@@ -8,13 +8,13 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/spg.html.md"""
 
 # %% ../nbs/07_spg.ipynb #bd87106a
 from __future__ import annotations
-import inspect, math, sys
+import math
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.foundation import L
 from fastai.callback.core import Callback
 from fastai.callback.hook import hook_outputs
 from fastai.layers import ConvLayer
-from fastai.learner import Learner, Metric
+from fastai.learner import Metric
 from fastai.optimizer import OptimWrapper
 from fastai.torch_core import norm_bias_params
 from .saliency import frozen_eval, get_method, resolve_layers, combine_maps, cam_head_weights, is_fastai_vision
@@ -108,13 +108,10 @@ class SPGHeads(nn.Module):
         return self.shared(self.shallow(shallow)), self.shared(self.deep(deep)), self.final(final)
 
 # %% ../nbs/07_spg.ipynb #f100beec
-def _in_fit() -> bool:
-    "Whether the caller runs inside `Learner.fit` (not `validate` or `get_preds`)."
-    code, f = inspect.unwrap(Learner.fit).__code__, sys._getframe(1)
-    while f is not None:
-        if f.f_code is code: return True
-        f = f.f_back
-    return False
+def _validating(learn) -> bool:
+    "Whether `learn` runs `validate` or `get_preds`: they hold its `lock` (`Learner.validation_context`), which `fit` never takes."
+    lock = getattr(learn, 'lock', None)
+    return lock is not None and lock.locked()
 
 class _SPGLossValue(Metric):
     "A recorder column showing one auxiliary loss of an `SPGCallback` (mean over the epoch's training batches)."
@@ -191,9 +188,10 @@ class SPGCallback(Callback):
         self._add_params()
 
     def before_fit(self):
-        # `learn.validate` and `get_preds` send before_fit / after_fit too: only a real fit gets heads and columns
-        self._fitting = _in_fit()
-        if not self._fitting: return
+        # `learn.validate` and `get_preds` send before_fit / after_fit too, outside a fit or inside one: only a real fit
+        # gets heads and columns, and a validation inside a fit leaves the fit's state alone
+        if _validating(self.learn): return
+        self._fitting = True
         if not is_fastai_vision(self.learn.model):
             raise ValueError("SPGCallback needs a vision learner's model: nn.Sequential(body, head) with a pooling head")
         self._remove_hooks()
@@ -237,7 +235,7 @@ class SPGCallback(Callback):
 
     def after_fit(self):
         self._remove_hooks(); self._out = None
-        if not self._fitting: return
+        if _validating(self.learn) or not self._fitting: return
         self._fitting = False
         self._remove_params()
         mets = {id(m) for m in self._mets}

@@ -157,3 +157,23 @@ def test_fits_after_export(dls, tmp_path):
     cb = SPGCallback()
     fit(learn, 1, cb)
     assert math.isfinite(learn.recorder.values[-1][-1]) and cb.heads is not None
+
+def test_validation_inside_a_fit_leaves_the_fit_alone(dls):
+    "`learn.validate` sends before_fit / after_fit too; run by a callback mid-fit, it must not end the callback's fit."
+    from fastai.callback.core import Callback
+    class ValidateMidFit(Callback):
+        order, done = 60, False
+        def after_epoch(self):                 # validate's own end sends after_epoch too: once is enough
+            if self.epoch or self.done: return
+            self.done = True
+            self.valid = self.learn.validate()
+            ids = {id(p) for p in self.learn.spg.heads.parameters()}
+            self.heads_in_opt = any(id(p) in ids for pl in self.learn.opt.param_lists for p in pl)
+            self.columns = [m.name for m in self.learn.metrics]
+    learn, cb, mid = new_learner(dls), SPGCallback(), ValidateMidFit()
+    with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-3, cbs=[cb, mid])
+    assert mid.heads_in_opt and mid.columns == ['accuracy', 'spg_shallow', 'spg_deep', 'spg_final']
+    assert math.isfinite(cb.epoch_loss('deep'))                        # the second epoch still trained the heads
+    assert [m.name for m in learn.metrics] == ['accuracy'] and n_hooks(learn.model) == 0
+    head_ids = {id(p) for p in cb.heads.parameters()}
+    assert not any(id(p) in head_ids for pl in learn.opt.param_lists for p in pl)
