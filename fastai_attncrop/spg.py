@@ -113,6 +113,12 @@ def _validating(learn) -> bool:
     lock = getattr(learn, 'lock', None)
     return lock is not None and lock.locked()
 
+def _check_thresholds(th, name:str):
+    "Refuse `th` unless it is a pair (delta_h, delta_l) with 0 <= delta_l <= delta_h <= 1; the error names the argument `name`."
+    try: h, l = (float(v) for v in th)
+    except (TypeError, ValueError): raise ValueError(f"`{name}` must be a pair (delta_h, delta_l), got {th!r}") from None
+    if not 0 <= l <= h <= 1: raise ValueError(f"`{name}` must be (delta_h, delta_l) with 0 <= delta_l <= delta_h <= 1, got {th!r}")
+
 class _SPGLossValue(Metric):
     "A recorder column showing one auxiliary loss of an `SPGCallback` (mean over the epoch's training batches)."
     def __init__(self, cb, key): self.cb, self.key = cb, key
@@ -127,11 +133,20 @@ class SPGCallback(Callback):
     "Self-produced guidance (SPG): auxiliary heads trained on the model's own attention masks, in training only."
     order = 20
     KEYS = ('shallow', 'deep', 'final')
-    def __init__(self, layers=None, width=64, weights=(1., 1., 1.), deep_th=(0.7, 0.1), shallow_th=(0.5, 0.05),
-                 fused_th=(0.7, 0.1), attention='gradcam', start=0.):
+    def __init__(self,
+                 layers=None,              # (shallow, deep) stages: body child indices, modules or dotted names; None: see `spg_layers`
+                 width=64,                 # channels of the heads' conv blocks
+                 weights=(1., 1., 1.),     # (shallow, deep, final) weights of the auxiliary losses in the backpropagated loss
+                 deep_th=(0.7, 0.1),       # (delta_h, delta_l) cutting the final attention into the deep head's mask
+                 shallow_th=(0.5, 0.05),   # (delta_h, delta_l) cutting the deep head's output into the shallow head's mask
+                 fused_th=(0.7, 0.1),      # (delta_h, delta_l) cutting the mean of the two heads into the final branch's mask
+                 attention='gradcam',      # the final attention: a layer method with gradients ('gradcam', 'cam', ...)
+                 start=0.):                # the fraction of each fit after which the auxiliary losses are on, in [0, 1)
         if len(weights) != 3: raise ValueError(f"`weights` must be (shallow, deep, final), got {weights!r}")
-        for th in (deep_th, shallow_th, fused_th): tri_state_mask(torch.zeros(1), *th)   # validates the thresholds
-        if get_method(attention).on_input or get_method(attention).needs not in ('grads', 'head'):
+        for th, name in ((deep_th, 'deep_th'), (shallow_th, 'shallow_th'), (fused_th, 'fused_th')): _check_thresholds(th, name)
+        try: meth = get_method(attention)
+        except ValueError as e: raise ValueError(f"`attention`: {e}") from None
+        if meth.on_input or meth.needs not in ('grads', 'head'):
             raise ValueError(f"`attention` must be a layer method with gradients such as 'gradcam' or 'cam', got {attention!r}")
         if not 0 <= start < 1: raise ValueError(f"`start` must be in [0, 1), got {start!r}")
         self.layers, self.width, self.weights, self.attention, self.start = layers, width, tuple(weights), attention, start

@@ -143,7 +143,9 @@ def test_head_attention_matches_saliency_maps(dls):
 
 def test_rejects_bad_settings(dls):
     with pytest.raises(ValueError, match='weights'): SPGCallback(weights=(1, 1))
-    with pytest.raises(ValueError, match='delta_l <= delta_h'): SPGCallback(deep_th=(0.1, 0.7))
+    with pytest.raises(ValueError, match='`deep_th` must be .* delta_l <= delta_h'): SPGCallback(deep_th=(0.1, 0.7))
+    with pytest.raises(ValueError, match='`fused_th` must be a pair'): SPGCallback(fused_th=(0.7, 0.1, 0.))
+    with pytest.raises(ValueError, match='`attention`: unknown'): SPGCallback(attention='nope')
     with pytest.raises(ValueError, match='layer method'): SPGCallback(attention='gradient')
     with pytest.raises(ValueError, match='layer method with gradients'): SPGCallback(attention='scorecam')   # gradient-free
     learn = new_learner(dls)
