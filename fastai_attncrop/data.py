@@ -311,8 +311,20 @@ def show_box(ax, box, colour='red', lw=1.5, **kwargs):
 # %% ../nbs/00_data.ipynb #32fa12e0
 def _meta(**kw): return json.loads(json.dumps(kw))  # normalize tuples to lists, as they come back from JSON
 
-def make_shapes(dest, n_train=100, n_valid=25, classes=4, size=64, obj_frac=(0.1, 0.4), n_objects=1, multi_label=False,
-                background='mixed', n_distractors=(2, 5), fill='pattern', seed=0, overwrite=False) -> Path:
+def make_shapes(dest,                     # the dataset's folder
+                n_train=100,              # training images per class (under `train/`)
+                n_valid=25,               # validation images per class (under `valid/`)
+                classes=4,                # a number of classes (the first `SHAPES`) or a list of shape names
+                size=64,                  # image side, (w, h), or a list of those (each image draws one)
+                obj_frac=(0.1, 0.4),      # share of the image area each object covers: a number or a (min, max) range
+                n_objects=1,              # objects per image: a number or a (min, max) range
+                multi_label=False,        # images of several classes under `images/`, the labels in `labels.csv`
+                background='mixed',       # one of `BACKGROUNDS`
+                n_distractors=(2, 5),     # distractor strokes per image: a number or a (min, max) range
+                fill='pattern',           # 'pattern': each class's own fill pattern; 'solid': shape only
+                seed=0,                   # every image's random state comes from (`seed`, split, class, index)
+                overwrite=False,          # replace a dataset made with other settings, or files already in `dest`
+               ) -> Path:
     "Write a synthetic localization dataset to `dest` (images, instance masks, `boxes.csv`, `labels.csv`); return `dest`."
     dest = Path(dest)
     n_train, n_valid = (_range(n, name, 0, integer=True)[0] for n, name in ((n_train, 'n_train'), (n_valid, 'n_valid')))

@@ -18,7 +18,7 @@ from fastcore.script import call_parse
 from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, set_seed
 from .data import make_shapes, read_boxes_csv, show_box, write_csv_atomic, write_text_atomic
 from .models import small_cnn, pretrained_learner
-from .saliency import saliency_maps, upsample_maps, normalize_maps
+from .saliency import maps_by_item, upsample_maps, normalize_maps
 from .metrics import boxes_from_maps, evaluate_localization, eps_curve, plot_eps_curve
 from .crop import export_crops
 import fastai_attncrop.learner  # noqa: F401 (adds Learner.attention_crop)
@@ -31,15 +31,7 @@ METHODS = {'Grad-CAM': 'gradcam', 'Grad-CAM++': 'gradcampp', 'DDT': 'ddt'}   # '
 
 def _valid_maps(learn, root, dls):
     "Saliency maps of every validation image for each method in `METHODS`, keyed by the image's path under `root`."
-    maps = {name: {} for name in METHODS}
-    items = [Path(p).relative_to(root).as_posix() for p in dls.valid.items]
-    i = 0
-    for xb, _ in dls.valid:
-        for name, m in METHODS.items():
-            sm = saliency_maps(learn, xb, m)
-            for r in range(len(sm)): maps[name][items[i + int(sm.img_idx[r])]] = sm.maps[r].cpu()
-        i += len(xb)
-    return maps
+    return {name: maps_by_item(learn, dls.valid, m, root=root) for name, m in METHODS.items()}
 
 def _learner(dls, arch, seed):
     "The pretrained `arch` (see `pretrained_learner`), or `small_cnn` from scratch when `arch='small_cnn'` or the weights are missing."

@@ -243,8 +243,15 @@ def _baselines(keys, gt, sizes):
                          **dict(zip(['xmin', 'ymin', 'xmax', 'ymax'], centred_box(wh, s)))))
     return pd.DataFrame(rows)
 
-def evaluate_localization(preds:pd.DataFrame, gt:pd.DataFrame, maps:dict=None, gt_masks:dict=None, baselines=True,
-                          iou_thr=0.5, taus=None, centred_sizes=np.linspace(0.05, 1, 20)):
+def evaluate_localization(preds:pd.DataFrame,                     # predicted boxes: image, xmin, ymin, xmax, ymax (+ method, score, label, fallback)
+                          gt:pd.DataFrame,                        # ground-truth boxes as `fastai_attncrop.data` reads them
+                          maps:dict=None,                         # {method: {image or (image, label): map}}: adds MaxBoxAcc, MaxBoxAccV2
+                          gt_masks:dict=None,                     # {image or (image, label): bool mask}, with `maps`: adds PxAP
+                          baselines=True,                         # add the whole-image and best-centred-box rows
+                          iou_thr=0.5,                            # IoU at which a box counts as correct (BoxAcc)
+                          taus=None,                              # map thresholds for the map metrics (default: `default_taus()`)
+                          centred_sizes:np.ndarray=np.linspace(0.05, 1, 20),  # relative sides tried for the centred-box baseline
+                         ):
     "Per-image scores and a summary table (one row per method, the seed paper's columns first) of `preds` against `gt`."
     _check_preds(preds)
     preds = preds.copy()

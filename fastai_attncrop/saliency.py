@@ -11,9 +11,12 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/saliency.html.md"""
 from __future__ import annotations
 import contextlib, hashlib, math, weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 import matplotlib.pyplot as plt
+from fastai.callback.hook import Hooks
+from fastprogress.fastprogress import progress_bar
 
 # %% auto #0
 __all__ = ['NEEDS', 'METHODS', 'MAKERS', 'frozen_eval', 'ActivationCut', 'MapLayout', 'is_fastai_vision', 'find_target_layer',
@@ -22,7 +25,8 @@ __all__ = ['NEEDS', 'METHODS', 'MAKERS', 'frozen_eval', 'ActivationCut', 'MapLay
            'guided_backprop_weights', 'eigencam_weights', 'scorecam_weights', 'ablationcam_weights', 'cam_head_weights',
            'cam_weights', 'GuidedReLU', 'guided_relus', 'normalize_maps', 'upsample_maps', 'SaliencyMaps',
            'combine_maps', 'get_method', 'MapMaker', 'replaced_output', 'Rescore', 'model_fingerprint', 'method_for',
-           'saliency_maps', 'SmoothGrad', 'DDT', 'fit_ddt', 'show_saliency', 'dilate_last_stage', 'dilated_last_stage']
+           'saliency_maps', 'SmoothGrad', 'DDT', 'fit_ddt', 'maps_by_item', 'show_saliency', 'dilate_last_stage',
+           'dilated_last_stage']
 
 # %% ../nbs/01_saliency.ipynb #90d2d456
 @contextlib.contextmanager
@@ -182,17 +186,14 @@ def find_target_layer(model:nn.Module, xb:torch.Tensor=None, reshape:Callable=No
     if xb is None: raise ValueError("cannot find the target layer of this model without an example batch `xb`; "
                                     "or pass `layers` (a module or a dotted name such as 'layer4')")
     info, hw = _module_info(model), tuple(xb.shape[-2:])
-    seen, handles = [], []    # (module, output shape, layout or None, why not) in the order the modules finish
+    seen = []    # (module, output shape, layout or None, why not) in the order the modules finish
     def hook(m, i, o):
         if not isinstance(o, torch.Tensor): return
         lay, why = _layout_or_reason(o, info.get(id(m)), hw, reshape)
         if lay is not None and math.prod(lay(o).shape[-2:]) <= 1: return    # pooled: not a map
         if lay is not None or (o.ndim==4 and o.shape[-1]*o.shape[-2] > 1): seen.append((m, tuple(o.shape), lay, why))
-    try:
-        handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
-        with frozen_eval(model), torch.no_grad(): model(xb[:1])
-    finally:
-        for h in handles: h.remove()
+    with Hooks([m for m in model.modules() if m is not model], hook, detach=False), frozen_eval(model), torch.no_grad():
+        model(xb[:1])    # the hooks are removed on exit, even when the model raises
     ok = [i for i, s in enumerate(seen) if s[2] is not None]
     bad = [i for i, s in enumerate(seen) if s[2] is None and (not ok or i > ok[-1])]
     if bad:
@@ -438,9 +439,15 @@ class SaliencyMaps:
     nonfinite: torch.Tensor = None     # (N,) True where the raw map had NaN/inf values (set to 0)
     layer_maps: dict = field(default_factory=dict)  # per-layer maps when several layers were asked for
     @property
-    def zero(self) -> torch.Tensor: return ~(self.maps.flatten(1) > 0).any(1)
-    def upsampled(self, size=None) -> torch.Tensor: return upsample_maps(self.maps, size or self.input_size)
-    def normalized(self) -> torch.Tensor: return normalize_maps(self.maps)
+    def zero(self) -> torch.Tensor:
+        "(N,) True where a map is all zero: its target class has no positive evidence at the target layer."
+        return ~(self.maps.flatten(1) > 0).any(1)
+    def upsampled(self, size=None) -> torch.Tensor:
+        "The maps (N, H, W) upsampled bilinearly (`upsample_maps`) to `size` (H, W), by default the input's size."
+        return upsample_maps(self.maps, size or self.input_size)
+    def normalized(self) -> torch.Tensor:
+        "The maps divided by their maximum (`normalize_maps`), for display; all-zero maps stay zero."
+        return normalize_maps(self.maps)
     def __len__(self): return len(self.maps)
     def __repr__(self): return f"SaliencyMaps({self.method}, {len(self)} maps of {tuple(self.maps.shape[1:])}, input {self.input_size})"
 
@@ -597,8 +604,20 @@ def method_for(method, model=None):
 
 
 # %% ../nbs/01_saliency.ipynb #775e6351
-def saliency_maps(model, xb:torch.Tensor, method='gradcam', target=None, layers=None, k=1, multi_label=False,
-                  thresh=0.75, max_k=20, vocab=None, channels_last=None, reshape:Callable=None, batch_size=64) -> SaliencyMaps:
+def saliency_maps(model,                  # a fastai Learner, or an nn.Module returning (N, n_classes) scores
+                  xb:torch.Tensor,        # the image batch (N, C, H, W); moved to the model's device and dtype
+                  method='gradcam',       # a name of `METHODS` or `MAKERS`, a `Method`, or a `MapMaker` (`SmoothGrad`, a fitted `DDT`)
+                  target=None,            # the class to explain per image (index or name), one for all, or None: the predicted
+                  layers=None,            # target layer(s): None (found), a module, a dotted name, or a list of them (fused)
+                  k=1,                    # with `target=None`: explain each image's top `k` classes
+                  multi_label=False,      # explain every class whose sigmoid probability is above `thresh`
+                  thresh=0.75,            # the multi-label probability threshold
+                  max_k=20,               # multi-label: at most this many classes per image
+                  vocab=None,             # class names, for `target` given as names (default: the Learner's vocab)
+                  channels_last=None,     # hand the model a channels_last input; None: on the CPU and in half precision
+                  reshape:Callable=None,  # a function from the layer's output to (N, C, h, w), for other layouts
+                  batch_size=64,          # forwards at a time of the methods that rescore (Score-CAM, Ablation-CAM)
+                 ) -> SaliencyMaps:
     "Saliency maps of `method` for batch `xb` (N, 3, H, W) explaining `target` (default: the predicted class)."
     meth = method_for(method, model)
     if isinstance(meth, MapMaker):
@@ -766,6 +785,43 @@ def fit_ddt(learn):
     return DDT().fit(learn)
 
 
+# %% ../nbs/01_saliency.ipynb #590547be
+def maps_by_item(learn,              # a fastai Learner (or a module, with `dl` given)
+                 dl=None,            # an unshuffled fastai DataLoader of images with `items` (default: `learn.dls.valid`)
+                 method='gradcam',   # the saliency method, as for `saliency_maps`
+                 root=None,          # if given, the keys are the items' paths relative to it (POSIX), else `str(item)`
+                 progress=False,     # show a progress bar over the batches
+                 **kwargs            # passed on to `saliency_maps` (`target`, `layers`, ...): one map per image
+                ) -> dict:
+    "Each item of `dl` (key: its path under `root`, or `str(item)`) -> its saliency map (h, w) on the CPU, in `dl`'s order."
+    if dl is None:
+        if not hasattr(learn, 'dls'): raise ValueError("`dl`: a module has no DataLoaders; pass the DataLoader to map as `dl`")
+        dl = learn.dls.valid
+    if getattr(dl, 'shuffle', False):
+        raise ValueError("`dl` shuffles its items, so its batches cannot be matched to its items: pass an unshuffled "
+                         "DataLoader (`learn.dls.valid`, `dls.test_dl(items)`, or `dl.new(shuffle=False)`)")
+    items = getattr(dl, 'items', None)
+    if items is None: raise ValueError(f"`dl` ({type(dl).__name__}) has no `items` to key the maps by: pass a fastai DataLoader")
+    if kwargs.get('k', 1) != 1: raise ValueError(f"`k`={kwargs['k']} gives {kwargs['k']} maps per image, `maps_by_item` keeps one "
+                                                 "per item: call `saliency_maps` per batch for more")
+    if kwargs.get('multi_label', False): raise ValueError("`multi_label=True` gives any number of maps per image, `maps_by_item` "
+                                                          "keeps one per item: pass `target=` a class, or call `saliency_maps` per batch")
+    meth = method_for(method, learn)                 # a maker ('ddt') is fitted once, not per batch
+    idxs = list(dl.get_idxs()) if hasattr(dl, 'get_idxs') else list(range(len(items)))
+    at = items.iloc if hasattr(items, 'iloc') else items   # a DataFrame's rows (`from_df`)
+    key = (lambda o: Path(o).relative_to(root).as_posix()) if root is not None else str
+    maps, pos = {}, 0
+    for b in (progress_bar(dl, leave=False) if progress else dl):
+        xb = b[0] if isinstance(b, (tuple, list)) else b
+        sm = saliency_maps(learn, xb, meth, **kwargs)
+        if len(sm) != len(xb) or not torch.equal(sm.img_idx.cpu(), torch.arange(len(xb))):
+            raise ValueError(f"method {sm.method!r} gave {len(sm)} maps for a batch of {len(xb)} images; `maps_by_item` keeps "
+                             "one map per image: call `saliency_maps` per batch instead")
+        out = sm.maps.detach().cpu()
+        for r in range(len(xb)): maps[key(at[idxs[pos + r]])] = out[r]
+        pos += len(xb)
+    return maps
+
 # %% ../nbs/01_saliency.ipynb #b765b81b
 def show_saliency(xb, sm:SaliencyMaps, vocab=None, max_n=8, ncols=4, figsize=None, alpha=0.5, cmap='jet', axs=None):
     "Images of `xb` with their (normalized, upsampled) maps overlaid, titled with the target class and probability."
@@ -787,13 +843,10 @@ def show_saliency(xb, sm:SaliencyMaps, vocab=None, max_n=8, ncols=4, figsize=Non
 # %% ../nbs/01_saliency.ipynb #81fd502b
 def _conv_records(model:nn.Module, xb:torch.Tensor) -> list:
     "(conv, input hw, output hw) of every `nn.Conv2d` in the order they run on `xb`."
-    recs, handles = [], []
+    recs = []
     def hook(m, i, o): recs.append((m, tuple(i[0].shape[-2:]), tuple(o.shape[-2:])))
-    try:
-        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-        with frozen_eval(model), torch.no_grad(): model(xb)
-    finally:
-        for h in handles: h.remove()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with Hooks(convs, hook, detach=False), frozen_eval(model), torch.no_grad(): model(xb)
     return recs
 
 def _smallest_output(recs) -> tuple:

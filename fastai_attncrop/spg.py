@@ -8,12 +8,13 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/spg.html.md"""
 
 # %% ../nbs/07_spg.ipynb #bd87106a
 from __future__ import annotations
-import inspect, math, sys
+import math
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.foundation import L
 from fastai.callback.core import Callback
+from fastai.callback.hook import hook_outputs
 from fastai.layers import ConvLayer
-from fastai.learner import Learner, Metric
+from fastai.learner import Metric
 from fastai.optimizer import OptimWrapper
 from fastai.torch_core import norm_bias_params
 from .saliency import frozen_eval, get_method, resolve_layers, combine_maps, cam_head_weights, is_fastai_vision
@@ -107,13 +108,16 @@ class SPGHeads(nn.Module):
         return self.shared(self.shallow(shallow)), self.shared(self.deep(deep)), self.final(final)
 
 # %% ../nbs/07_spg.ipynb #f100beec
-def _in_fit() -> bool:
-    "Whether the caller runs inside `Learner.fit` (not `validate` or `get_preds`)."
-    code, f = inspect.unwrap(Learner.fit).__code__, sys._getframe(1)
-    while f is not None:
-        if f.f_code is code: return True
-        f = f.f_back
-    return False
+def _validating(learn) -> bool:
+    "Whether `learn` runs `validate` or `get_preds`: they hold its `lock` (`Learner.validation_context`), which `fit` never takes."
+    lock = getattr(learn, 'lock', None)
+    return lock is not None and lock.locked()
+
+def _check_thresholds(th, name:str):
+    "Refuse `th` unless it is a pair (delta_h, delta_l) with 0 <= delta_l <= delta_h <= 1; the error names the argument `name`."
+    try: h, l = (float(v) for v in th)
+    except (TypeError, ValueError): raise ValueError(f"`{name}` must be a pair (delta_h, delta_l), got {th!r}") from None
+    if not 0 <= l <= h <= 1: raise ValueError(f"`{name}` must be (delta_h, delta_l) with 0 <= delta_l <= delta_h <= 1, got {th!r}")
 
 class _SPGLossValue(Metric):
     "A recorder column showing one auxiliary loss of an `SPGCallback` (mean over the epoch's training batches)."
@@ -129,11 +133,20 @@ class SPGCallback(Callback):
     "Self-produced guidance (SPG): auxiliary heads trained on the model's own attention masks, in training only."
     order = 20
     KEYS = ('shallow', 'deep', 'final')
-    def __init__(self, layers=None, width=64, weights=(1., 1., 1.), deep_th=(0.7, 0.1), shallow_th=(0.5, 0.05),
-                 fused_th=(0.7, 0.1), attention='gradcam', start=0.):
+    def __init__(self,
+                 layers=None,              # (shallow, deep) stages: body child indices, modules or dotted names; None: see `spg_layers`
+                 width=64,                 # channels of the heads' conv blocks
+                 weights=(1., 1., 1.),     # (shallow, deep, final) weights of the auxiliary losses in the backpropagated loss
+                 deep_th=(0.7, 0.1),       # (delta_h, delta_l) cutting the final attention into the deep head's mask
+                 shallow_th=(0.5, 0.05),   # (delta_h, delta_l) cutting the deep head's output into the shallow head's mask
+                 fused_th=(0.7, 0.1),      # (delta_h, delta_l) cutting the mean of the two heads into the final branch's mask
+                 attention='gradcam',      # the final attention: a layer method with gradients ('gradcam', 'cam', ...)
+                 start=0.):                # the fraction of each fit after which the auxiliary losses are on, in [0, 1)
         if len(weights) != 3: raise ValueError(f"`weights` must be (shallow, deep, final), got {weights!r}")
-        for th in (deep_th, shallow_th, fused_th): tri_state_mask(torch.zeros(1), *th)   # validates the thresholds
-        if get_method(attention).on_input or get_method(attention).needs not in ('grads', 'head'):
+        for th, name in ((deep_th, 'deep_th'), (shallow_th, 'shallow_th'), (fused_th, 'fused_th')): _check_thresholds(th, name)
+        try: meth = get_method(attention)
+        except ValueError as e: raise ValueError(f"`attention`: {e}") from None
+        if meth.on_input or meth.needs not in ('grads', 'head'):
             raise ValueError(f"`attention` must be a layer method with gradients such as 'gradcam' or 'cam', got {attention!r}")
         if not 0 <= start < 1: raise ValueError(f"`start` must be in [0, 1), got {start!r}")
         self.layers, self.width, self.weights, self.attention, self.start = layers, width, tuple(weights), attention, start
@@ -141,9 +154,9 @@ class SPGCallback(Callback):
         self._init_state()
         self._sums = {k: 0. for k in self.KEYS}; self._n = 0
 
-    _stateattrs = ('heads', '_handles', '_acts', '_out', '_mets', '_mods', '_fitting')   # left out when pickled (learn.export)
+    _stateattrs = ('heads', '_hooks', '_out', '_mets', '_mods', '_fitting')   # left out when pickled (learn.export)
     def _init_state(self):
-        self.heads, self._handles, self._acts, self._out, self._mets, self._mods, self._fitting = None, [], {}, None, [], None, False
+        self.heads, self._hooks, self._out, self._mets, self._mods, self._fitting = None, None, None, [], None, False
 
     # --- recorder columns
     def epoch_loss(self, key): return float(self._sums[key]) / self._n if self._n else math.nan
@@ -157,6 +170,7 @@ class SPGCallback(Callback):
         opt, lists = self.learn.opt, self._opt_lists()
         have = {id(p) for pl in lists for p in pl}
         new = [p for p in self.heads.parameters() if id(p) not in have]
+        for p in new: opt.state.setdefault(p, {})   # a loaded optimizer's state is a plain dict (`Optimizer.load_state_dict`)
         if isinstance(opt, OptimWrapper): lists[-1].extend(new)
         else: lists[-1] = L(list(lists[-1]) + new)
         if not self.learn.wd_bn_bias:
@@ -172,33 +186,27 @@ class SPGCallback(Callback):
         if isinstance(opt, OptimWrapper):
             for p in self.heads.parameters(): opt.opt.state.pop(p, None)
 
-    # --- hooks, only around a training forward pass
-    def _hook(self, key):
-        def f(m, i, o): self._acts[key] = o
-        return f
+    # --- hooks (fastai's `Hooks`: the outputs of the shallow stage, the deep stage and the body), only around a training forward pass
     def _remove_hooks(self):
-        for h in self._handles: h.remove()
-        self._handles, self._acts = [], {}
+        if self._hooks is not None: self._hooks.remove()
+        self._hooks = None
 
     def _build(self, xb):
         model = self.learn.model
         mods = spg_layers(model, xb, self.layers) + [model[0]]
-        chans = []
-        hs = [m.register_forward_hook(lambda m, i, o: chans.append(o.shape[1])) for m in mods]
-        try:
-            with frozen_eval(model[0]), torch.no_grad(): model[0](xb[:1])
-        finally:
-            for h in hs: h.remove()
+        with hook_outputs(mods, detach=False) as hs, frozen_eval(model[0]), torch.no_grad(): model[0](xb[:1])
+        if any(o is None for o in hs.stored): raise ValueError("`layers`: an auxiliary head's stage does not run in the body's forward pass")
         p = next(model.parameters())
         with torch.random.fork_rng(devices=[]):   # the same random stream for the data as without the callback
-            self.heads = SPGHeads(*chans[:3], width=self.width).to(p.device)
+            self.heads = SPGHeads(*(o.shape[1] for o in hs.stored), width=self.width).to(p.device)
         self._mods = mods
         self._add_params()
 
     def before_fit(self):
-        # `learn.validate` and `get_preds` send before_fit / after_fit too: only a real fit gets heads and columns
-        self._fitting = _in_fit()
-        if not self._fitting: return
+        # `learn.validate` and `get_preds` send before_fit / after_fit too, outside a fit or inside one: only a real fit
+        # gets heads and columns, and a validation inside a fit leaves the fit's state alone
+        if _validating(self.learn): return
+        self._fitting = True
         if not is_fastai_vision(self.learn.model):
             raise ValueError("SPGCallback needs a vision learner's model: nn.Sequential(body, head) with a pooling head")
         self._remove_hooks()
@@ -213,13 +221,13 @@ class SPGCallback(Callback):
         if not (self._fitting and self.training) or self.pct_train < self.start: return
         if self.heads is None: self._build(self.xb[0])
         self._remove_hooks()
-        self._handles = [m.register_forward_hook(self._hook(k)) for m, k in zip(self._mods, self.KEYS)]
+        self._hooks = hook_outputs(self._mods, detach=False)    # removed in after_pred (or after_batch, after_fit)
 
     def after_pred(self):
-        if not self._handles: return
-        acts = {k: _plain(v) for k, v in self._acts.items()}
+        if self._hooks is None: return
+        acts = dict(zip(self.KEYS, (_plain(o) for o in self._hooks.stored)))
         self._remove_hooks()
-        if len(acts) != 3: raise RuntimeError("SPGCallback: a hooked stage did not run in the forward pass")
+        if any(a is None for a in acts.values()): raise RuntimeError("SPGCallback: a hooked stage did not run in the forward pass")
         y = _plain(self.yb[0]) if len(self.yb) else None
         if y is None or y.ndim != 1 or y.is_floating_point():
             raise ValueError("SPGCallback needs single-label classification targets (one class index per image)")
@@ -242,7 +250,7 @@ class SPGCallback(Callback):
 
     def after_fit(self):
         self._remove_hooks(); self._out = None
-        if not self._fitting: return
+        if _validating(self.learn) or not self._fitting: return
         self._fitting = False
         self._remove_params()
         mets = {id(m) for m in self._mets}
@@ -254,12 +262,9 @@ class SPGCallback(Callback):
 def spg_masks(learn, cb:SPGCallback, xb, yb) -> dict:
     "The attention and the three tri-state masks `SPGCallback` would train on for batch `xb`, `yb` (model in eval mode)."
     if cb.heads is None: raise ValueError("the callback has no heads yet: fit with it first")
-    model, acts = learn.model, {}
-    hs = [m.register_forward_hook(lambda m, i, o, k=k: acts.__setitem__(k, o)) for m, k in zip(cb._mods, cb.KEYS)]
-    try:
-        with frozen_eval(model), frozen_eval(cb.heads): model(xb)
-    finally:
-        for h in hs: h.remove()
+    model = learn.model
+    with hook_outputs(cb._mods, detach=False) as hs, frozen_eval(model), frozen_eval(cb.heads): model(xb)
+    acts = dict(zip(cb.KEYS, hs.stored))
     logits = cb.heads(acts['shallow'], acts['deep'], acts['final'])
     att = head_attention(model[1], acts['final'], yb, cb.attention)
     return spg_losses(att, *logits, deep_th=cb.deep_th, shallow_th=cb.shallow_th, fused_th=cb.fused_th)[1]

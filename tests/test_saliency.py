@@ -12,7 +12,7 @@ from fastai.vision.all import (ImageDataLoaders, Resize, vision_learner, resnet1
 from fastai_attncrop.data import make_shapes
 from fastai_attncrop.saliency import (saliency_maps, METHODS, Method, SmoothGrad, DDT, GuidedReLU, find_target_layer,
                                       resolve_layers, normalize_maps, upsample_maps, gradcampp_weights, get_method,
-                                      _use_channels_last)
+                                      _use_channels_last, maps_by_item)
 
 CAM_METHODS = ['gradcam', 'gradcampp', 'xgradcam', 'hirescam', 'layercam']
 SIZE = 96          # 3x3 feature maps for resnet/vgg/densenet bodies
@@ -554,3 +554,19 @@ def test_ddt_by_name_is_fitted_once_per_model(dls, xb, monkeypatch):
 def test_cam_is_a_registered_method():
     assert METHODS['cam'].needs == 'head' and get_method('cam') is METHODS['cam']
     with pytest.raises(ValueError, match=r"available: \[.*'cam'.*'ddt'"): get_method('nope')
+
+
+def test_maps_by_item(learn, dls):
+    "Every item of the validation set -> the map `saliency_maps` gives it in its batch; keys relative to `root` or str."
+    root = dls.path
+    by_item = maps_by_item(learn, root=root)                            # bs=4: several batches
+    items = list(dls.valid.items)
+    assert list(by_item) == [p.relative_to(root).as_posix() for p in items] and len(items) > dls.valid.bs
+    for i, (xb, _) in enumerate(dls.valid):
+        sm = saliency_maps(learn, xb, 'gradcam')
+        for r in range(len(xb)): assert torch.allclose(by_item[items[i*dls.valid.bs + r].relative_to(root).as_posix()], sm.maps[r].cpu())
+    assert set(maps_by_item(learn, dls.valid, 'gradcampp')) == {str(p) for p in items}
+    with pytest.raises(ValueError, match='shuffles'): maps_by_item(learn, dls.train)
+    with pytest.raises(ValueError, match='`k`=3'): maps_by_item(learn, k=3)
+    with pytest.raises(ValueError, match='multi_label'): maps_by_item(learn, multi_label=True)
+    with pytest.raises(ValueError, match='`dl`: a module'): maps_by_item(learn.model)

@@ -143,8 +143,39 @@ def test_head_attention_matches_saliency_maps(dls):
 
 def test_rejects_bad_settings(dls):
     with pytest.raises(ValueError, match='weights'): SPGCallback(weights=(1, 1))
-    with pytest.raises(ValueError, match='delta_l <= delta_h'): SPGCallback(deep_th=(0.1, 0.7))
+    with pytest.raises(ValueError, match='`deep_th` must be .* delta_l <= delta_h'): SPGCallback(deep_th=(0.1, 0.7))
+    with pytest.raises(ValueError, match='`fused_th` must be a pair'): SPGCallback(fused_th=(0.7, 0.1, 0.))
+    with pytest.raises(ValueError, match='`attention`: unknown'): SPGCallback(attention='nope')
     with pytest.raises(ValueError, match='layer method'): SPGCallback(attention='gradient')
     with pytest.raises(ValueError, match='layer method with gradients'): SPGCallback(attention='scorecam')   # gradient-free
     learn = new_learner(dls)
     with pytest.raises(ValueError, match=r'layers'): fit(learn, 1, SPGCallback(layers=(1,)))
+
+def test_fits_after_export(dls, tmp_path):
+    "`learn.export` reloads the optimizer's state as a plain dict: a new callback's heads still join it and train."
+    learn = new_learner(dls)
+    fit(learn, 1)
+    learn.export(tmp_path/'plain.pkl')
+    cb = SPGCallback()
+    fit(learn, 1, cb)
+    assert math.isfinite(learn.recorder.values[-1][-1]) and cb.heads is not None
+
+def test_validation_inside_a_fit_leaves_the_fit_alone(dls):
+    "`learn.validate` sends before_fit / after_fit too; run by a callback mid-fit, it must not end the callback's fit."
+    from fastai.callback.core import Callback
+    class ValidateMidFit(Callback):
+        order, done = 60, False
+        def after_epoch(self):                 # validate's own end sends after_epoch too: once is enough
+            if self.epoch or self.done: return
+            self.done = True
+            self.valid = self.learn.validate()
+            ids = {id(p) for p in self.learn.spg.heads.parameters()}
+            self.heads_in_opt = any(id(p) in ids for pl in self.learn.opt.param_lists for p in pl)
+            self.columns = [m.name for m in self.learn.metrics]
+    learn, cb, mid = new_learner(dls), SPGCallback(), ValidateMidFit()
+    with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-3, cbs=[cb, mid])
+    assert mid.heads_in_opt and mid.columns == ['accuracy', 'spg_shallow', 'spg_deep', 'spg_final']
+    assert math.isfinite(cb.epoch_loss('deep'))                        # the second epoch still trained the heads
+    assert [m.name for m in learn.metrics] == ['accuracy'] and n_hooks(learn.model) == 0
+    head_ids = {id(p) for p in cb.heads.parameters()}
+    assert not any(id(p) in head_ids for pl in learn.opt.param_lists for p in pl)
