@@ -13,7 +13,7 @@ from .data import mask_box
 
 # %% auto #0
 __all__ = ['fallback_maps', 'mass_edges', 'map_marginals', 'mass_box', 'component_boxes', 'threshold_box', 'check_adjust',
-           'adjust_boxes', 'InputFrame', 'threshold_masks', 'union_masks', 'graphcut_mask']
+           'adjust_boxes', 'flatten_tfms', 'InputFrame', 'threshold_masks', 'union_masks', 'graphcut_mask']
 
 # %% ../nbs/02_boxes.ipynb #2e75504c
 def _as_batch(maps):
@@ -174,12 +174,12 @@ def _tfm_window(tfm, wh):
                     "(split_idx=0); build the validation DataLoaders with one of those as item_tfms (e.g. item_tfms=Resize(224))")
 
 # %% ../nbs/02_boxes.ipynb #e9322549
-def _flatten_tfms(tfms):
+def flatten_tfms(tfms):
     "Transforms in the order fastai applies them: a Pipeline's own order, or a list sorted by `order` (as `Pipeline` does)."
     if tfms is None: return []
     if hasattr(tfms, 'fs'): return list(tfms.fs)   # a Pipeline, e.g. `dls.valid.after_item`
     if isinstance(tfms, (list, tuple)):
-        return sorted([t for x in tfms for t in _flatten_tfms(x)], key=lambda t: getattr(t, 'order', 0))
+        return sorted([t for x in tfms for t in flatten_tfms(x)], key=lambda t: getattr(t, 'order', 0))
     return [tfms]
 
 class InputFrame:
@@ -193,7 +193,7 @@ class InputFrame:
     def from_tfms(cls, tfms, orig_wh):
         "Frame of the valid-time item transform(s) `tfms` (a transform, a list, or a Pipeline) applied to an `orig_wh` image."
         frame = cls(orig_wh)
-        for t in _flatten_tfms(tfms):
+        for t in flatten_tfms(tfms):
             win, out = _tfm_window(t, frame.input_wh)
             frame = cls(orig_wh, frame.to_image(win, clip=False).tolist(), out)
         return frame
@@ -233,7 +233,7 @@ def _transform_valid(tfm, img, mask):
     "Apply item transform `tfm` at valid time to a PIL image and its mask (as fastai does to a validation item)."
     from fastai.vision.core import PILImage, PILMask
     x = (PILImage(img), PILMask.create(mask))
-    for t in _flatten_tfms(tfm): x = t(x, split_idx=1)
+    for t in flatten_tfms(tfm): x = t(x, split_idx=1)
     return x
 
 # %% ../nbs/02_boxes.ipynb #522229f1

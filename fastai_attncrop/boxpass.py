@@ -18,9 +18,9 @@ from fastai.learner import Learner
 from fastai.data.core import Datasets
 from fasttransform import Transform, Pipeline
 import fastai_attncrop
-from .data import atomic_write, image_size, load_image, UnreadableImageError, _reason
-from .saliency import saliency_maps, method_for, frozen_eval, upsample_maps, resolve_layers, _as_input
-from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, _flatten_tfms
+from .data import atomic_write, image_size, load_image, UnreadableImageError, error_reason
+from .saliency import saliency_maps, method_for, frozen_eval, upsample_maps, resolve_layers, model_input
+from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, flatten_tfms
 from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropItem, failed_rows,
                                   is_multi_label, split_labels, LABEL_DELIM, crop_prob_col)
 
@@ -107,11 +107,11 @@ def _is_resizer(t) -> bool:
 
 def _with_frame(tfms, frame) -> list:
     "Item transforms `tfms` with their resizing ones replaced by `frame` (a transform or a list), in fastai's order."
-    new = _flatten_tfms(frame)
+    new = flatten_tfms(frame)
     if not new or not all(_is_resizer(t) for t in new):
         raise TypeError(f"`frame` must be resizing item transform(s) (Resize, RandomResizedCrop, CropPad, RandomCrop), e.g. "
                         f"Resize(224, method='pad', pad_mode='zeros'); got {frame!r}")
-    return _flatten_tfms([t for t in tfms if not _is_resizer(t)] + new)
+    return flatten_tfms([t for t in tfms if not _is_resizer(t)] + new)
 
 # %% ../nbs/05b_boxpass.ipynb #d2081529
 def _as_items(learn, items) -> pd.DataFrame:
@@ -179,7 +179,7 @@ def _probe(learn, cls, paths, item_tfms=None) -> dict:
     for i, p in enumerate(paths):
         try: paths_dl(learn, [p], 1, item_tfms, cls, num_workers=0).one_batch()
         except UnreadableImageError as e: bad[i] = e.reason
-        except Exception as e: bad[i] = _reason(e)
+        except Exception as e: bad[i] = error_reason(e)
     return bad
 
 def load_batches(learn, paths, positions=None, bs=64, failures:dict=None, on_error='report', item_tfms=None):
@@ -269,7 +269,7 @@ def _model_probs(model:nn.Module, x:torch.Tensor, multi_label=False, bs=64) -> t
     p = next(model.parameters(), None)
     with frozen_eval(model), torch.no_grad():
         for s in range(0, len(x), bs):
-            xs = x[s:s+bs] if p is None else _as_input(x[s:s+bs], p.device, p.dtype)   # the saliency pass's memory format
+            xs = x[s:s+bs] if p is None else model_input(x[s:s+bs], p.device, p.dtype)   # the saliency pass's memory format
             o = model(xs).float()
             out.append(o.sigmoid() if multi_label else o.softmax(1))
     return torch.cat(out) if out else torch.zeros(0, 0)

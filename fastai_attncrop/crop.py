@@ -246,8 +246,17 @@ MANIFEST_COLUMNS = ['crop', 'item', 'instance', 'class', 'label', 'margin', 'x0'
 
 def _safe_name(s) -> str: return re.sub(r'[^\w.-]+', '_', str(s))
 
-def export_crops(boxes:pd.DataFrame, dest, margin=0.95, root=None, pad_rel=0., aspect=None, overwrite=False, progress=True,
-                 manifest='crops.csv', **save_kwargs) -> pd.DataFrame:
+def export_crops(boxes:pd.DataFrame,      # a boxes DataFrame (`box_pass`): `item` and the margin's box columns
+                 dest,                     # the folder the crops go to, outside the source tree
+                 margin=0.95,              # the retention margin whose boxes are cut
+                 root=None,                # the source tree whose layout `dest` mirrors (default: the items' common folder)
+                 pad_rel=0.,               # grow every crop by this share of its size per side
+                 aspect=None,              # grow crops to this width / height ratio
+                 overwrite=False,          # write crops that already exist again (default: a rerun resumes)
+                 progress=True,            # show a progress bar
+                 manifest='crops.csv',     # the crop manifest's file name in `dest` (None: none written)
+                 **save_kwargs             # passed on to `PIL.Image.save` (e.g. `quality=90`)
+                ) -> pd.DataFrame:
     "Write each row of `boxes` cropped at `margin` into `dest`, mirroring its path under `root`; skips finished files; writes the crop manifest."
     cols = margin_cols(margin)
     missing = [c for c in ['item'] + cols if c not in boxes.columns]

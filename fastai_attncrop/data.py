@@ -15,9 +15,9 @@ from fastprogress.fastprogress import progress_bar
 
 # %% auto #0
 __all__ = ['SHAPES', 'BACKGROUNDS', 'PATTERNS', 'GT_COLUMNS', 'atomic_write', 'save_image_atomic', 'write_text_atomic',
-           'write_csv_atomic', 'UnreadableImageError', 'exif_orientation', 'load_image', 'image_size', 'fill_pattern',
-           'shape_mask', 'draw_sample', 'mask_box', 'show_box', 'make_shapes', 'read_boxes_csv', 'read_voc',
-           'read_coco', 'segmentation_mask', 'read_instance_mask']
+           'write_csv_atomic', 'UnreadableImageError', 'exif_orientation', 'error_reason', 'load_image', 'image_size',
+           'fill_pattern', 'shape_mask', 'draw_sample', 'mask_box', 'show_box', 'make_shapes', 'read_boxes_csv',
+           'read_voc', 'read_coco', 'segmentation_mask', 'read_instance_mask']
 
 # %% ../nbs/00_data.ipynb #0a101265
 def _umask():
@@ -73,7 +73,9 @@ def exif_orientation(im:Image.Image) -> int:
     except Exception: return 1
     return o if o in _TRANSPOSE else 1
 
-def _reason(e:BaseException) -> str: return f"{type(e).__name__}: {e}"
+def error_reason(e:BaseException) -> str:
+    "How an exception reads in an `error` column or an `UnreadableImageError`: its type and message."
+    return f"{type(e).__name__}: {e}"
 
 # %% ../nbs/00_data.ipynb #071d4f21
 def _to_8bit(im:Image.Image) -> Image.Image:
@@ -97,7 +99,7 @@ def load_image(path, mode='RGB') -> Image.Image:
             im.load()
             out = _convert(im, mode)
             if out is im: out = im.copy()
-    except Exception as e: raise UnreadableImageError(path, _reason(e)) from e
+    except Exception as e: raise UnreadableImageError(path, error_reason(e)) from e
     if out.size != header: raise UnreadableImageError(path, f"decoded size {out.size} differs from the header's {header}")
     return out.transpose(_TRANSPOSE[o]) if o != 1 else out
 
@@ -105,7 +107,7 @@ def image_size(path) -> tuple:
     "(width, height) of image file `path` as `load_image` returns it, from the header; `UnreadableImageError` if it cannot be opened."
     try:
         with Image.open(path) as im: (w, h), o = im.size, exif_orientation(im)
-    except Exception as e: raise UnreadableImageError(path, _reason(e)) from e
+    except Exception as e: raise UnreadableImageError(path, error_reason(e)) from e
     return (h, w) if o in (5, 6, 7, 8) else (w, h)
 
 # %% ../nbs/00_data.ipynb #7c02367b

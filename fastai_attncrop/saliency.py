@@ -24,9 +24,9 @@ __all__ = ['NEEDS', 'METHODS', 'MAKERS', 'frozen_eval', 'ActivationCut', 'MapLay
            'gradcampp_weights', 'xgradcam_weights', 'hirescam_weights', 'layercam_weights', 'gradient_weights',
            'guided_backprop_weights', 'eigencam_weights', 'scorecam_weights', 'ablationcam_weights', 'cam_head_weights',
            'cam_weights', 'GuidedReLU', 'guided_relus', 'normalize_maps', 'upsample_maps', 'SaliencyMaps',
-           'combine_maps', 'get_method', 'MapMaker', 'replaced_output', 'Rescore', 'model_fingerprint', 'method_for',
-           'saliency_maps', 'SmoothGrad', 'DDT', 'fit_ddt', 'maps_by_item', 'show_saliency', 'dilate_last_stage',
-           'dilated_last_stage']
+           'combine_maps', 'get_method', 'MapMaker', 'model_input', 'replaced_output', 'Rescore', 'model_fingerprint',
+           'method_for', 'saliency_maps', 'SmoothGrad', 'DDT', 'fit_ddt', 'maps_by_item', 'show_saliency',
+           'dilate_last_stage', 'dilated_last_stage']
 
 # %% ../nbs/01_saliency.ipynb #90d2d456
 @contextlib.contextmanager
@@ -500,7 +500,7 @@ class MapMaker:
     "A saliency method that makes its own maps: called as `maker(model, xb, target=..., layers=..., ...)` -> `SaliencyMaps`."
     def __call__(self, model, xb, target=None, **kwargs) -> SaliencyMaps: raise NotImplementedError
 
-def _as_input(xb, device, dtype, channels_last=None) -> torch.Tensor:
+def model_input(xb, device, dtype, channels_last=None) -> torch.Tensor:
     "`xb` checked as an image batch, as a plain tensor on the model's device and dtype, in the memory format of the pass."
     if not isinstance(xb, torch.Tensor) or xb.ndim!=4: raise ValueError(f"`xb` must be a (N, C, H, W) image batch, got {getattr(xb, 'shape', type(xb))}")
     xb = xb.as_subclass(torch.Tensor).to(device=device, dtype=dtype if dtype.is_floating_point else xb.dtype)  # a fastai TensorImage too
@@ -512,7 +512,7 @@ def _check_scores(out):
 def _pass_input(model, xb, vocab=None, channels_last=None):
     "(module, vocab, device, input batch) of a pass of `model` (a Learner or a module) on `xb`; `vocab` by default the Learner's."
     model, vocab_, device, dtype = _model_of(model)
-    return model, (vocab if vocab is not None else vocab_), device, _as_input(xb, device, dtype, channels_last)
+    return model, (vocab if vocab is not None else vocab_), device, model_input(xb, device, dtype, channels_last)
 
 def _pass_targets(out, target=None, k=1, multi_label=False, thresh=0.75, max_k=20, vocab=None):
     "Rows `(img_idx, target, rank, prob)` a pass's scores `out` explain: `select_targets`, and each row's softmax (sigmoid) probability."
@@ -718,7 +718,7 @@ class DDT(MapMaker):
             for b, batch in enumerate(dl):
                 if max_batches is not None and b >= max_batches: break
                 if len(batch[0]) == 0: continue
-                xb = _as_input(batch[0], device, dtype, channels_last)
+                xb = model_input(batch[0], device, dtype, channels_last)
                 if lays is None: lays = resolve_layers(model, self.layers, xb, self.reshape)
                 with ActivationCut(lays) as cut: model(xb)
                 X = self._map(model, lays, cut, xb).permute(0, 2, 3, 1).double()   # (N, h, w, C)
