@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 import numpy as np, pandas as pd
 from fastprogress.fastprogress import progress_bar
-from .data import write_text_atomic, image_size, GT_COLUMNS, UnreadableImageError
+from .data import write_text_atomic, image_size, GT_COLUMNS
 from .crop import margin_cols, df_margins, failed_rows, trust_score, crop_prob_col, MANIFEST_COLUMNS
 
 # %% auto #0
