@@ -108,7 +108,7 @@ def imagenet_head_model(train_dir, classes_csv, bs, validate=True):
                        imagenet_idx=idx)
 
 from PIL import Image
-from fastai_attncrop.data import read_boxes_csv, write_text_atomic
+from fastai_attncrop.data import read_boxes_csv, write_text_atomic, show_box
 from fastai_attncrop.saliency import saliency_maps, upsample_maps, DDT, dilate_last_stage, dilated_last_stage
 from fastai_attncrop.metrics import centre_map, boxes_from_maps, evaluate_localization, box_accuracy, eps_curve, score_boxes
 
@@ -317,9 +317,9 @@ def figure(a, maps, boxes, gt, labels, curves, fname, row, eps, n=12):
         m = (m - m.min())/(m.max() - m.min() + 1e-12)
         ax.imshow(img); ax.imshow(m.numpy(), cmap='jet', alpha=0.35)
         for r in gt[gt.image == im].itertuples():
-            ax.add_patch(plt.Rectangle((r.xmin-.5, r.ymin-.5), r.xmax-r.xmin, r.ymax-r.ymin, fill=False, ec='lime', lw=2))
+            show_box(ax, (r.xmin, r.ymin, r.xmax, r.ymax), 'lime', lw=2)
         b = p.loc[im]
-        ax.add_patch(plt.Rectangle((b.xmin-.5, b.ymin-.5), b.xmax-b.xmin, b.ymax-b.ymin, fill=False, ec='red', lw=2))
+        show_box(ax, (b.xmin, b.ymin, b.xmax, b.ymax), 'red', lw=2)
         ax.set_title(labels.set_index('image').class_name[im], fontsize=9); ax.axis('off')
     ax = fig.add_axes([0.70, 0.08, 0.28, 0.84])
     for name, c in curves.items():
