@@ -122,6 +122,8 @@ def box_margins(margins=(0.95, 0.8, 0.6), valid_margin=None) -> list:
     if valid_margin is not None: grid += [m for m in check_margins(valid_margin) if m not in grid]
     return grid
 
+
+# %% ../nbs/06_learner.ipynb #87ff6f64
 def _check_fit(learn, fit):
     ok = callable(getattr(learn, fit, None)) if isinstance(fit, str) else callable(fit)
     if not ok: raise ValueError(f"`fit` must name a fitting method of the Learner ({', '.join(FIT_METHODS)}, ...) or be a "
