@@ -43,6 +43,11 @@ def _uncropped_valid(dls):
     if not (isinstance(items, (list, tuple)) and any(isinstance(o, CropItem) and o.crop for o in items)): return dls.valid
     return dls.test_dl([o._replace(crop=False) for o in items], with_labels=True, rm_type_tfms=0, shuffle=False, drop_last=False)
 
+def _readable_rows(boxes:pd.DataFrame, split=None, n=None) -> pd.DataFrame:
+    "The first `n` rows of `boxes` whose image could be read, of `split` (None: every split)."
+    df = boxes[~failed_rows(boxes)]
+    return (df[df['split']==split] if split is not None else df).iloc[:n]
+
 
 # %% ../nbs/06_learner.ipynb #ac8a935c
 ADAPTIVE_MARGINS = (0.95, 0.9, 0.8, 0.7, 0.6)
@@ -63,8 +68,7 @@ class AttentionCropResult:
         return (f"AttentionCropResult: {len(self.boxes)} items boxed, {nc} of {n} training items cropped\n" + '\n'.join(rows))
     def show(self, n=8, split='valid', margin=None, ncols=4, figsize=None):
         "The first `n` images of `split` with their box at `margin` (default: the largest), titled with the class boxed and its probability; the metrics before and after above."
-        df = self.boxes[~failed_rows(self.boxes)]
-        df = df[df['split']==split].iloc[:n] if split is not None else df.iloc[:n]
+        df = _readable_rows(self.boxes, split, n)
         if not len(df): raise ValueError(f"the result's boxes have no readable items of split {split!r}")
         held = df_margins(df)
         margin = max(held) if margin is None else margin
@@ -243,9 +247,7 @@ def penultimate_features(learn:Learner, dl) -> torch.Tensor:
 @patch
 def show_projection(self:Learner, boxes:pd.DataFrame, margin=0.8, split='valid', max_n=300, bs=None, figsize=(10, 4.5)):
     "Penultimate features of uncropped items and of their crops at `margin`, one PCA, side by side, coloured by label."
-    df = boxes[~failed_rows(boxes)]
-    df = df[df['split']==split] if split is not None else df
-    df = df.iloc[:max_n]
+    df = _readable_rows(boxes, split, max_n)
     if not len(df): raise ValueError(f"`boxes` has no items of split {split!r}")
     paths, bx = df['item'].astype(str).tolist(), df[margin_cols(margin)].to_numpy(np.float64)
     crops = []
