@@ -7,9 +7,10 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/boxpass.html.md"""
 
 # %% ../nbs/05b_boxpass.ipynb #69fd41e5
 from __future__ import annotations
-import functools, hashlib, itertools, math, os, shutil, warnings
+import contextlib, functools, hashlib, itertools, math, os, shutil, warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn, torch.nn.functional as F
 from fastprogress.fastprogress import progress_bar
@@ -19,16 +20,16 @@ from fastai.data.core import Datasets
 from fasttransform import Transform, Pipeline
 import fastai_attncrop
 from .data import atomic_write, image_size, load_image, UnreadableImageError, error_reason
-from .saliency import saliency_maps, method_for, frozen_eval, upsample_maps, resolve_layers, model_input
-from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, flatten_tfms
+from .saliency import saliency_maps, method_for, frozen_eval, upsample_maps, resolve_layers, model_input, dilated_last_stage
+from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, flatten_tfms, remove_floor
 from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropItem, failed_rows,
-                                  is_multi_label, split_labels, LABEL_DELIM, crop_prob_col)
+                                  is_multi_label, split_labels, LABEL_DELIM, crop_prob_col, crop_box)
 
 
 # %% auto #0
-__all__ = ['item_path', 'learner_items', 'frame_tfms', 'image_class', 'check_vision_learner', 'OpenImage', 'paths_dl',
+__all__ = ['item_path', 'learner_items', 'frame_tfms', 'image_class', 'check_vision_learner', 'ZoomItem', 'OpenImage', 'paths_dl',
            'load_batches', 'feature_stride', 'native_size', 'native_buckets', 'native_batches', 'crop_batch',
-           'deletion_insertion', 'box_chunk', 'BoxPlan', 'box_pass']
+           'deletion_insertion', 'zoom_windows', 'zoom_boxes', 'box_chunk', 'BoxPlan', 'box_pass']
 
 # %% ../nbs/05b_boxpass.ipynb #b5396abf
 def item_path(o):
@@ -152,10 +153,17 @@ def check_vision_learner(learn):
                         "built with ImageDataLoaders or a DataBlock with ImageBlock (e.g. vision_learner(dls, resnet18))")
     return cls
 
+class ZoomItem(NamedTuple):
+    "An image file `path` seen through `window` (x0, y0, x1, y1, integer pixels of the image as `load_image` opens it): a zoomed pass's item."
+    path: str
+    window: tuple
+
 class OpenImage(Transform):
-    "Type transform of the box pass: open an image file with `load_image` as image class `cls` (mode from `cls._open_args`)."
+    "Type transform of the box pass: open an image file (or the window of a `ZoomItem`) with `load_image` as image class `cls` (mode from `cls._open_args`)."
     def __init__(self, cls): super().__init__(); self.cls = cls
-    def encodes(self, o): return self.cls(load_image(o, self.cls._open_args.get('mode')))
+    def encodes(self, o):
+        if isinstance(o, ZoomItem): return self.cls(load_image(o.path, self.cls._open_args.get('mode')).crop(o.window))
+        return self.cls(load_image(o, self.cls._open_args.get('mode')))
 
 # %% ../nbs/05b_boxpass.ipynb #1b182e5d
 def _image_sizes(paths):
@@ -293,6 +301,44 @@ def deletion_insertion(model:nn.Module, x:torch.Tensor, maps:torch.Tensor, targe
     auc = lambda c: ((c[:, 1:] + c[:, :-1]) / 2).mean(1)                         # trapezoids over [0, 1]
     return auc(torch.stack(dele, 1)).cpu(), auc(torch.stack(ins, 1)).cpu()
 
+# %% ../nbs/05b_boxpass.ipynb #8b9e4e79
+@contextlib.contextmanager
+def _dilated(learn, xb, on):
+    "The learner's model with its last stage dilated (`dilated_last_stage`) inside the block when `on`."
+    if not on: yield; return
+    with dilated_last_stage(learn.model, xb): yield
+
+def zoom_windows(boxes, wh, pad=0.5, aspect=None) -> np.ndarray:
+    "Integer windows (n, 4) in the original pixels of images of sizes `wh` (n, 2): `boxes` (n, 4) padded by `pad` of their size per side, shaped `aspect` (width / height), inside the image."
+    return np.array([crop_box(b, s, pad, aspect) for b, s in zip(np.asarray(boxes, float).reshape(-1, 4), np.asarray(wh).reshape(-1, 2).tolist())], int).reshape(-1, 4)
+
+def zoom_boxes(learn, paths, wh, boxes, target, method='gradcam', margins=(0.95, 0.8, 0.6), floor=0., pad=0.5, bs=64,
+               tfms=None, keep=None, dilate=False) -> np.ndarray:
+    "Boxes (n, M, 4) of `margins` from a second look at the images `paths` (sizes `wh`) through windows around `boxes` (n, M, 4, original pixels; the largest margin's), for class `target[i]`."
+    margins = check_margins(margins)
+    boxes = np.asarray(boxes, float).reshape(len(paths), len(margins), 4)
+    out, n = boxes.copy(), len(paths)
+    keep = np.zeros(n, bool) if keep is None else np.asarray(keep, bool)
+    todo = [i for i in range(n) if not keep[i]]
+    if not todo: return out
+    tfms = frame_tfms(learn) if tfms is None else tfms
+    in_wh = InputFrame.from_tfms(tfms, tuple(int(v) for v in wh[todo[0]])).input_wh
+    wins = zoom_windows(boxes[:, int(np.argmax(margins))], wh, pad, in_wh[0]/in_wh[1])
+    items = [ZoomItem(str(p), tuple(int(v) for v in w)) for p, w in zip(paths, wins)]
+    target = np.asarray(target).reshape(-1)
+    for pos, xz in load_batches(learn, items, todo, bs, {}, 'report', tfms):   # an image that fails now keeps its first box
+        pos = np.asarray(pos)
+        with _dilated(learn, xz, dilate): sm = saliency_maps(learn, xz, method, target=target[pos].tolist())
+        H, W = sm.input_size
+        bz = torch.stack([mass_box(remove_floor(sm.maps, floor), margin_eps(m), size=(W, H)) for m in margins], 1).double().cpu()
+        flat = fallback_maps(sm.maps).cpu().numpy()
+        for j, i in enumerate(pos):
+            if flat[j]: continue                                        # nothing seen in the window: the first box stands
+            x0, y0, x1, y1 = wins[i]
+            fr = InputFrame.from_tfms(tfms, (x1 - x0, y1 - y0))
+            out[i] = (fr.to_image(bz[j]) + torch.tensor([x0, y0, x0, y0], dtype=torch.float64)).numpy()
+    return out
+
 # %% ../nbs/05b_boxpass.ipynb #cbf63b3d
 def _check_target(target, vocab, labels=None, multi_label=False):
     if target is None: return
@@ -329,7 +375,8 @@ def _frame_boxes(frames, tfms, wh, bx, W, H) -> np.ndarray:
 
 def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5,
               bs=64, on_error='report', sizes=None, frames:dict=None, tick=None, k=1, multi_label=False, thresh=0.75,
-              max_k=20, trust=False, auc_steps=0, native=False, max_side=None, stride=None, frame=None) -> pd.DataFrame:
+              max_k=20, trust=False, auc_steps=0, native=None, max_side=None, stride=None, frame=None, floor=0.8,
+              zoom=0, zoom_pad=0.5, dilate=False) -> pd.DataFrame:
     "Rows of the boxes table (see `box_pass`) for the items of `chunk` (columns `item`, `split`, `label`)."
     margins, vocab, tfms = check_margins(margins), getattr(learn.dls, 'vocab', None), frame_tfms(learn, frame)
     paths = chunk['item'].astype(str).tolist()
@@ -338,14 +385,19 @@ def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95
     failures = dict(failures)
     if failures and on_error == 'raise': i = min(failures); raise UnreadableImageError(paths[i], failures[i])
     todo = [i for i in range(n) if i not in failures]
-    if native:   # each image at its own size: a frame per original size, the batches by input size
+    frames = {} if frames is None else frames
+    if native is None:   # auto: the images larger than the learner's input at their own size (up to `max_side`), the others batched
+        in_side = max(InputFrame.from_tfms(tfms, (64, 48)).input_wh)
+        max_side = max_side or 2*in_side
+        big = [i for i in todo if max(wh[i]) > in_side]
+        todo = [i for i in todo if i not in set(big)]
+    else: big = todo if native else []
+    if big:   # each image at its own size: a frame per original size, the batches by input size
         stride = stride or feature_stride(learn.model, getattr(method, 'layers', None))
-        frames = {s: InputFrame.from_tfms(_with_frame(tfms, _native_resize(native_size(s, max_side, stride))), s)
-                  for s in {tuple(x) for x in wh[todo].tolist()}}
-        batches = native_batches(learn, paths, todo, bs, failures, on_error, wh, max_side, stride)
-    else:
-        frames = {} if frames is None else frames
-        batches = load_batches(learn, paths, todo, bs, failures, on_error, None if frame is None else tfms)
+        frames.update({s: InputFrame.from_tfms(_with_frame(tfms, _native_resize(native_size(s, max_side, stride))), s)
+                       for s in {tuple(x) for x in wh[big].tolist()}})
+    batches = itertools.chain(native_batches(learn, paths, big, bs, failures, on_error, wh, max_side, stride) if big else [],
+                              load_batches(learn, paths, todo, bs, failures, on_error, None if frame is None else tfms) if not native else [])
     labels = chunk['label'].to_numpy()
     cols = ('pos', 'target', 'prob', 'rank', 'area', 'zero', 'fallback', 'boxes', 'crop', 'dele', 'ins')
     parts = {c: [] for c in cols}
@@ -353,12 +405,20 @@ def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95
         for c in cols: parts[c].append(kw[c])
     for pos, xb in batches:
         pos = np.asarray(pos)
-        sm = saliency_maps(learn, xb, method, target=_targets(target, vocab, labels[pos]), k=k if target is None else 1,
-                           multi_label=multi_label, thresh=thresh, max_k=max_k)
+        with _dilated(learn, xb, dilate):
+            sm = saliency_maps(learn, xb, method, target=_targets(target, vocab, labels[pos]), k=k if target is None else 1,
+                               multi_label=multi_label, thresh=thresh, max_k=max_k)
         H, W = sm.input_size
         ii = sm.img_idx.cpu().numpy()
-        bx = torch.stack([mass_box(sm.maps, margin_eps(m), size=(W, H)) for m in margins], 1).double().cpu()  # (rows, M, 4)
+        bx = torch.stack([mass_box(remove_floor(sm.maps, floor), margin_eps(m), size=(W, H)) for m in margins], 1).double().cpu()  # (rows, M, 4)
         R = len(ii)
+        zero = fallback_maps(sm.maps).cpu().numpy()
+        ob = _frame_boxes(frames, tfms, wh[pos[ii]], bx, W, H)              # (rows, M, 4) in the original images' pixels
+        for _ in range(zoom):
+            ob = zoom_boxes(learn, [paths[i] for i in pos[ii]], wh[pos[ii]], ob, sm.target.cpu().numpy(), method, margins,
+                            floor, zoom_pad, bs, tfms, keep=zero, dilate=dilate)
+        if zoom and trust and R:   # the trust crops are those of the final boxes, on the first pass's input
+            bx = torch.as_tensor(np.stack([frames[tuple(s)].to_input(b).numpy() for s, b in zip(wh[pos[ii]].tolist(), ob)]))
         crop = np.full((R, M), np.nan); dele = ins = np.full(R, np.nan)
         if trust and R:
             cb = torch.cat([crop_batch(xb[sm.img_idx], bx[:, j], (H, W)) for j in range(M)])   # (M*rows, C, H, W)
@@ -366,10 +426,9 @@ def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95
             crop = pc[torch.arange(M*R, device=pc.device), sm.target.repeat(M).to(pc.device)].view(M, R).T.cpu().numpy()
         if auc_steps and R:
             dele, ins = (v.numpy() for v in deletion_insertion(learn.model, xb[sm.img_idx], sm.maps, sm.target, auc_steps, multi_label, bs))
-        zero = fallback_maps(sm.maps).cpu().numpy()
         add(pos=pos[ii], target=sm.target.cpu().numpy(), prob=sm.prob.float().cpu().numpy(), rank=sm.rank.cpu().numpy(),
             area=threshold_masks(sm.maps, area_tau).flatten(1).float().mean(1).cpu().numpy(), zero=zero,
-            fallback=np.where(zero, 'zero_map', None), boxes=_frame_boxes(frames, tfms, wh[pos[ii]], bx, W, H), crop=crop,
+            fallback=np.where(zero, 'zero_map', None), boxes=ob, crop=crop,
             dele=dele, ins=ins)
         low = np.setdiff1d(np.arange(len(pos)), ii)    # multi-label: no class above `thresh`, the top one, the whole image
         if len(low):
@@ -429,7 +488,8 @@ class BoxPlan:
     @classmethod
     def make(cls, learn, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5, bs=None,
              cache=True, chunk_batches=8, on_error='report', k=1, multi_label=None, thresh=0.75, max_k=20, trust=False,
-             auc_steps=0, native=False, max_side=None, stride=None, frame=None) -> BoxPlan:
+             auc_steps=0, native=None, max_side=None, stride=None, frame=None, floor=0.8, zoom=0, zoom_pad=0.5,
+             dilate=False) -> BoxPlan:
         "The plan of `box_pass(learn, items, ...)` (same arguments, but `progress`): every argument checked before any work."
         margins = check_margins(margins)
         if on_error not in ('report', 'raise'): raise ValueError(f"`on_error` must be 'report' or 'raise', got {on_error!r}")
@@ -450,18 +510,27 @@ class BoxPlan:
         _check_target(target, vocab, df['label'], multi_label)
         bs = int(bs or learn.dls.valid.bs or 64)
         cs = bs*int(chunk_batches)
-        if not isinstance(native, bool): raise ValueError(f"`native` must be True or False, got {native!r}")
+        if native is not None and not isinstance(native, bool): raise ValueError(f"`native` must be None, True or False, got {native!r}")
+        if native is None and frame is not None: native = False   # a `frame` is a batched input: no native resolution
         if native and frame is not None: raise ValueError("`frame` sets the batched input; `native=True` sizes each image itself: pass one of them")
         _check_native(max_side, stride)
-        if not native and (max_side, stride) != (None, None): raise ValueError("`max_side` and `stride` are for `native=True`")
+        if native is False and (max_side, stride) != (None, None): raise ValueError("`max_side` and `stride` are for `native=True` (or None)")
+        remove_floor(torch.ones(1, 1), floor)   # a bad `floor` fails here, naming it
+        if isinstance(zoom, bool) or not isinstance(zoom, (int, np.integer)) or zoom < 0: raise ValueError(f"`zoom` must be an integer >= 0 (zoomed passes), got {zoom!r}")
+        if isinstance(zoom_pad, bool) or not isinstance(zoom_pad, (int, float, np.integer, np.floating)) or not zoom_pad >= 0:
+            raise ValueError(f"`zoom_pad` must be >= 0 (context around the first box, a share of its size per side), got {zoom_pad!r}")
+        if not isinstance(dilate, bool): raise ValueError(f"`dilate` must be True or False, got {dilate!r}")
         tfms = frame_tfms(learn, frame)
-        InputFrame.from_tfms(tfms, (64, 48))   # an item transform the box mapping does not know fails here, before any work
-        if native: stride = stride or feature_stride(learn.model, getattr(meth, 'layers', None))
+        in_wh = InputFrame.from_tfms(tfms, (64, 48)).input_wh   # an item transform the box mapping does not know fails here, before any work
+        if native is None: max_side = max_side or 2*max(in_wh)   # auto: images larger than the input at their own size, up to twice it
+        if native is not False: stride = stride or feature_stride(learn.model, getattr(meth, 'layers', None))
         params = dict(method=repr(meth), margins=margins,
                       target=target, area_tau=area_tau, bs=bs, chunk=cs, tfms=repr(tfms), k=k, multi_label=multi_label, thresh=thresh,
                       max_k=max_k, trust=bool(trust), auc_steps=auc_steps,
                       after_batch=repr(learn.dls.valid.after_batch), version=fastai_attncrop.__version__,
-                      **({'native': (max_side, stride)} if native else {}))   # the batched mode's keys are those of before
+                      **({'native': (max_side, stride)} if native else {}), **({'auto': (max_side, stride)} if native is None else {}),
+                      **{n: v for n, v in (('floor', floor), ('zoom', zoom), ('dilate', dilate)) if v},
+                      **({'zoom_pad': zoom_pad} if zoom else {}))   # a pass with the old settings keeps its old key
         cdir = _cache_dir(learn, cache)
         final = parts = None
         if cdir is not None:
@@ -469,7 +538,8 @@ class BoxPlan:
             final, parts = cdir/f"boxes-{key}.pkl", cdir/f"boxes-{key}.parts"
         return cls(df, [df.iloc[s:s+cs] for s in range(0, len(df), cs)], bs, meth, margins, target, area_tau, on_error, final, parts,
                    dict(k=k, multi_label=multi_label, thresh=thresh, max_k=max_k, trust=bool(trust), auc_steps=auc_steps,
-                        native=native, max_side=max_side, stride=stride, frame=frame))
+                        native=native, max_side=max_side, stride=stride, frame=frame, floor=floor, zoom=zoom, zoom_pad=zoom_pad,
+                        dilate=dilate))
 
     def cached(self) -> pd.DataFrame | None:
         "The finished table from the cache, or None."
@@ -548,14 +618,18 @@ def box_pass(learn:Learner,
              max_k=20,                # ... among the `max_k` most probable
              trust=False,             # add `prob_crop_<m>`: one more forward pass over the crops
              auc_steps=0,             # > 0: add `deletion_auc`, `insertion_auc` with this many steps
-             native=False,            # each image at its own size (`native_size`), batched by size, not at the learner's input size
-             max_side=None,           # native: the longest side at most this many pixels (None: the image's own size)
+             native=None,             # None: images larger than the learner's input at their own size (`native_size`), the others at its input; True: every image at its own size; False: every image at the learner's input size
+             max_side=None,           # native: the longest side at most this many pixels (None: twice the learner's input side with `native=None`, else the image's own size)
              stride=None,             # native: sides rounded to a multiple of this (None: the saliency layer's, `feature_stride`)
              frame=None,              # batched: item transform(s) in place of the learner's resizing ones, e.g. `Resize(224, method='pad')`
+             floor=0.8,               # the quantile of each map removed before the mass cut (`remove_floor`); 0: the raw map
+             zoom=0,                  # zoomed second looks (`zoom_boxes`): each item's box padded, cut from the file, explained again
+             zoom_pad=0.5,            # zoom: the context around the first box, a share of its size per side
+             dilate=False,            # the last stage dilated (`dilated_last_stage`): maps at twice the resolution
             ) -> pd.DataFrame:
     "Boxes DataFrame (see the table above) of `items` (default: the learner's training and validation items)."
     plan = BoxPlan.make(learn, items, method, margins, target, area_tau, bs, cache, chunk_batches, on_error, k, multi_label,
-                        thresh, max_k, trust, auc_steps, native, max_side, stride, frame)
+                        thresh, max_k, trust, auc_steps, native, max_side, stride, frame, floor, zoom, zoom_pad, dilate)
     if (out := plan.cached()) is not None: return plan.checked(out)
     done = plan.saved()
     for c, rows in plan.run(learn, plan.todo(done), progress): done[c] = plan.save(c, rows)
