@@ -19,10 +19,10 @@ from fastai.learner import Learner
 from fastai.data.core import Datasets
 from fasttransform import Transform, Pipeline
 import fastai_attncrop
-from .data import atomic_write, image_size, load_image, UnreadableImageError, error_reason, exif_orientation
+from .data import atomic_write, image_size, load_image, UnreadableImageError, error_reason, exif_orientation, turn_box
 from .saliency import saliency_maps, method_for, frozen_eval, upsample_maps, resolve_layers, model_input
 from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, flatten_tfms
-from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropItem, CropImage, failed_rows,
+from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropItem, failed_rows,
                                   is_multi_label, split_labels, LABEL_DELIM, crop_prob_col)
 
 
@@ -244,10 +244,6 @@ def special_file(path) -> str | None:
                                  (stat.S_ISBLK, 'block device'), (stat.S_ISDIR, 'folder')) if f(mode)), 'special file')
     return f"not a regular file (a {kind}): refused without opening it"
 
-def _applies_exif(cls) -> bool:
-    "Whether image class `cls` turns images by their EXIF orientation when it opens them (`CropImage`, through `load_image`; fastai's own classes do not)."
-    return issubclass(cls, CropImage)
-
 class OpenImage(Transform):
     "Type transform of the box pass: open an image file with `cls.create`, as the learner's own loader does; special files refused unopened, failures as `UnreadableImageError`."
     def __init__(self, cls): super().__init__(); self.cls = cls
@@ -345,7 +341,7 @@ def native_batches(learn, paths, positions=None, bs=64, failures:dict=None, on_e
     "`load_batches` with each image at its `native_size`: the images of one input size batched together (buckets in order of first appearance)."
     _check_native(max_side, stride)
     todo = list(range(len(paths)) if positions is None else positions)
-    if sizes is None: sizes = _model_sizes(check_vision_learner(learn), *_image_sizes(paths)[::2])[0]
+    if sizes is None: sizes = _model_sizes(*_image_sizes(paths)[::2])[0]
     stride = stride or feature_stride(learn.model)
     tfms = frame_tfms(learn)
     for wh, idx in native_buckets(np.asarray(sizes)[todo], max_side, stride).items():
@@ -431,15 +427,9 @@ def _frame_boxes(frames, tfms, wh, bx, W, H) -> np.ndarray:
         out[k] = frames[s].to_image(bx[k]).numpy()
     return out
 
-_EXIF_BOX = {   # box (x0, y0, x1, y1) in the stored w x h pixels -> in the pixels shown after EXIF orientation o
-    2: lambda x0, y0, x1, y1, w, h: (w-x1, y0, w-x0, y1),   3: lambda x0, y0, x1, y1, w, h: (w-x1, h-y1, w-x0, h-y0),
-    4: lambda x0, y0, x1, y1, w, h: (x0, h-y1, x1, h-y0),   5: lambda x0, y0, x1, y1, w, h: (y0, x0, y1, x1),
-    6: lambda x0, y0, x1, y1, w, h: (h-y1, x0, h-y0, x1),   7: lambda x0, y0, x1, y1, w, h: (h-y1, w-x1, h-y0, w-x0),
-    8: lambda x0, y0, x1, y1, w, h: (y0, w-x1, y1, w-x0)}
-
-def _model_sizes(cls, wh, orient):
-    "The (w, h) of the images image class `cls` gives the model, and the orientations left to apply to its boxes, from the displayed sizes `wh` and EXIF orientations `orient`."
-    orient = np.ones(len(wh), int) if orient is None or _applies_exif(cls) else np.asarray(orient)
+def _model_sizes(wh, orient):
+    "The (w, h) of the images the model is given (stored pixels: fastai's image classes do not turn them), and the EXIF orientations `orient` (None: none), from the displayed sizes `wh`."
+    orient = np.ones(len(wh), int) if orient is None else np.asarray(orient)
     return np.where(np.isin(orient, (5, 6, 7, 8))[:, None], wh[:, ::-1], wh), orient
 
 def _shown_boxes(bx, orient, mwh, whole=None) -> np.ndarray:
@@ -447,8 +437,7 @@ def _shown_boxes(bx, orient, mwh, whole=None) -> np.ndarray:
     out = np.array(bx, dtype=float)
     for o in set(np.asarray(orient).tolist()) - {1}:
         k = np.flatnonzero(orient == o)
-        w, h = (mwh[k, i][:, None].astype(float) for i in (0, 1))
-        out[k] = np.stack(_EXIF_BOX[o](*np.moveaxis(out[k], -1, 0), w, h), -1)
+        for j in k: out[j] = turn_box(out[j], o, mwh[j])
     if whole is not None and np.any(whole):
         sw = np.where(np.isin(orient, (5, 6, 7, 8))[:, None], mwh[:, ::-1], mwh).astype(float)
         out[whole] = np.concatenate([np.zeros((int(np.sum(whole)), 2)), sw[whole]], 1)[:, None]
@@ -462,7 +451,7 @@ def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95
     paths = chunk['item'].astype(str).tolist()
     n, M = len(paths), len(margins)
     wh, failures, orient = sizes if sizes is not None else _image_sizes(paths)
-    wh, orient = _model_sizes(check_vision_learner(learn), wh, orient)   # sizes of what the model is given (see the text)
+    wh, orient = _model_sizes(wh, orient)   # sizes of what the model is given (see the text)
     failures = dict(failures)
     if failures and on_error == 'raise': i = min(failures); raise UnreadableImageError(paths[i], failures[i])
     todo = [i for i in range(n) if i not in failures]

@@ -318,3 +318,25 @@ def test_name_clashes_stay_distinct_rows(setup, tmp_path):
     assert res.item.tolist() == items and res.instance.nunique() == 4 and res.error.isna().all()
     ref = box_pass(learn, src, margins=(0.95,), cache=False, progress=False)
     assert np.allclose(res[margin_cols(0.95)].to_numpy(float)[[0, 2, 3]], ref[margin_cols(0.95)].to_numpy(float)[[0, 2, 3]], atol=1e-4)
+
+def test_mixed_dls_open_files_as_the_learner_and_crop_exif_files_where_the_box_is(setup, tmp_path):
+    from fastai.vision.all import PILImage
+    from fastai_attncrop.crop import CropImage, CropItem, AttentionCrop
+    from fastai_attncrop.data import load_image
+    tmp, root, learn = setup
+    src = _valid(learn)[0]
+    a = np.asarray(Image.open(src).convert('RGB').crop((0, 0, 48, 36))).copy(); a[5:9, 30:40] = (255, 0, 0)   # a red mark
+    files = []
+    for o in (1, 3, 6, 8):
+        ex = Image.Exif(); ex[0x0112] = o
+        Image.fromarray(a).save(tmp_path/f'o{o}.png', exif=ex); files.append(str(tmp_path/f'o{o}.png'))
+    d16 = tmp_path/'d16.png'; Image.fromarray(np.asarray(Image.open(src).convert('L'), np.uint16)*16).save(d16)
+    for f in files + [str(d16)]:     # uncropped: the very pixels fastai's loader gives the learner
+        assert np.array_equal(np.asarray(CropImage.create(CropItem(f, 'x'))), np.asarray(PILImage.create(f)))
+    for f in files:                  # a box in shown pixels around the mark crops the mark, in the stored orientation
+        shown = np.asarray(load_image(f))
+        ys, xs = np.nonzero((shown == (255, 0, 0)).all(-1))
+        box = [xs.min(), ys.min(), xs.max()+1, ys.max()+1]
+        bx = pd.DataFrame({'item': [f], 'instance': [f + '#x'], 'area_ratio': [0.1], **dict(zip(margin_cols(0.95), box))})
+        crop = AttentionCrop(bx, [0.95])(CropImage.create(CropItem(f, 'x', crop=True, key=f + '#x')), split_idx=1)
+        assert (np.asarray(crop) == (255, 0, 0)).all(-1).all(), f
