@@ -24,7 +24,7 @@ from .data import load_image, image_size, show_box
 from .saliency import saliency_maps, show_saliency, frozen_eval
 from .boxes import InputFrame, check_adjust
 from .crop import check_margins, margin_eps, margin_cols, df_margins, CropItem, attention_dls, crop_image, failed_rows
-from .boxpass import box_pass, check_vision_learner, frame_tfms, item_path, paths_dl
+from .boxpass import box_pass, check_vision_learner, frame_tfms, item_path, paths_dl, learner_items
 
 
 # %% auto #0
@@ -136,6 +136,23 @@ def _check_fit(learn, fit):
 
 FIT_METHODS = ('fit_one_cycle', 'fit', 'fine_tune', 'fit_flat_cos', 'fit_sgdr')
 
+def _check_training_set(learn):
+    "Refuse a learner without training items (a `load_learner` learner) with a clear error."
+    try: n = len(learn.dls.train_ds)
+    except Exception: n = 0
+    if not n: raise ValueError("the learner has no training set (a `load_learner` learner keeps none): `attention_crop` re-fits on "
+                               "the training items; give it DataLoaders with them (learn.dls = ImageDataLoaders...(...)), or box "
+                               "new images with box_pass(learn, items=...)")
+
+def _check_boxes_cover(learn, boxes:pd.DataFrame):
+    "Refuse `boxes` that lack some of the learner's training and validation items (the re-fit would silently drop them)."
+    its = learner_items(learn)['item']
+    have = its.isin(set(boxes['item'].astype(str))) if 'item' in boxes.columns else np.zeros(len(its), bool)
+    if not have.all():
+        raise ValueError(f"`boxes` has rows for {int(have.sum())} of the learner's {len(its)} items (missing e.g. "
+                         f"{its[~have].iloc[0]!r}): `attention_crop` re-fits on every training and validation item, so pass "
+                         "boxes of all of them (box_pass(learn, margins=...)), or boxes=None to compute them")
+
 @patch
 def attention_crop(self:Learner,
                    epochs=3,                  # epochs of the re-fit
@@ -157,7 +174,7 @@ def attention_crop(self:Learner,
                    batch_tfms=None,           # their batch transforms (default: the learner's)
                    progress=True,             # progress bars of the box pass and the fit
                    on_error='report',         # an unreadable image: reported and left out ('report') or 'raise'
-                   boxes=None,                # a boxes DataFrame computed beforehand: skips the box pass
+                   boxes=None,                # boxes of every training and validation item (`box_pass(learn)`): skips the box pass; missing items are an error
                    k=1,                       # single-label: box the k most probable classes
                    thresh=0.75,               # multi-label: the probability a class must exceed to be boxed...
                    max_k=20,                  # ... among the max_k most probable
@@ -178,6 +195,8 @@ def attention_crop(self:Learner,
     check_adjust(pad_rel=pad_rel, aspect=aspect)   # a bad `pad_rel` or `aspect` fails before any work
     _check_fit(self, fit)
     check_vision_learner(self)
+    _check_training_set(self)
+    if boxes is not None: _check_boxes_cover(self, boxes)
     valid0 = _uncropped_valid(self.dls)   # a second call after one with `crop_valid=True` still compares uncropped images
     before = _metrics(self, valid0)
     if boxes is None:
