@@ -82,6 +82,9 @@ def test_killed_run_resumes(exported, tmp_path, monkeypatch, capsys):
     assert 'holds a finished attncrop run' in capsys.readouterr().err
     calls = count_chunks(monkeypatch)
     assert main(args + ['--overwrite']) == 0 and len(calls) == 0   # ... unless asked; the table from the cache
+    (tmp_path/'bad.pkl').write_text('not a learner')   # an error before any work leaves the earlier run's outputs alone
+    assert run('boxes', tmp_path/'bad.pkl', *args[2:], '--overwrite')[0] == 1
+    assert (tmp_path/'out'/'boxes.pkl').is_file() and (tmp_path/'out'/'crops'/'crops.csv').is_file()
 
 def run(*args):
     "`main(args)`: (exit status, stderr), argparse's exits included."
@@ -109,7 +112,8 @@ def test_errors_name_what_is_wrong(exported, tmp_path):
              (['boxes', pkl, new, '--out', out, '--bs', '0'], 1, '--bs must be an integer >= 1'),
              (['boxes', pkl, new, '--out', out, '--bs', 'two'], 2, "argument --bs: invalid int value: 'two'"),
              (['boxes', pkl, new, '--out', tmp_path/'full'], 1, '--out ' + str(tmp_path/'full') + ' is not empty (1 entries, e.g. mine.txt)'),
-             (['boxes', pkl, new, '--out', new/'out', '--crops'], 1, 'lies inside the image folder ' + str(new)),
+             (['boxes', pkl, new, '--out', new/'out'], 1, 'lies inside the image folder ' + str(new)),
+             (['boxes', pkl, *sorted(new.rglob('*.png'))[::5], '--out', new/'out', '--crops'], 1, 'lies inside the image folder'),
              (['boxes', pkl, new, '--out', tmp_path/'notes.txt'], 1, 'is a file, not a folder'),
              (['boxe'], 2, "unknown command 'boxe'")]
     for args, code, msg in cases:
