@@ -138,6 +138,7 @@ def boxes(learner:str,                 # the exported learner: the file `learn.e
         write_csv_atomic(table.loc[bad, ['item', 'error']], out/'unreadable.csv'); written.append('unreadable.csv')
     counts = dict(images=len(files), rows=len(table), unreadable=int(bad.sum()))
     for f in fmts:
+        if resume and (out/f).is_dir(): shutil.rmtree(out/f)   # a half-written export of the interrupted run: written again
         try: res = export_boxes(table, out/f, f, margin=margin, progress=progress, **({'url_prefix': url_prefix} if url_prefix else {}))
         except ValueError as e: raise CliError(f"--format {f}: {e}") from e
         written.append(f); counts[f] = int(res.get('boxes', 0))

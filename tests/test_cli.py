@@ -140,3 +140,18 @@ def test_image_files(tmp_path):
         (tmp_path/p).write_text('x') if p.endswith('txt') else Image.new('RGB', (4, 4)).save(tmp_path/p)
     got = image_files([tmp_path/'b', tmp_path, tmp_path/'a'/'x.png'])
     assert got == [tmp_path/'b'/'1.jpg', tmp_path/'b'/'2.png', tmp_path/'a'/'x.png']   # folder order kept, files sorted, each once
+
+def test_killed_during_the_exports_resumes(exported, tmp_path, monkeypatch):
+    "A run killed after the table and an export were written: the same command writes everything again, then finishes."
+    import fastai_attncrop.crop as crop
+    pkl, new = exported
+    args = ['boxes', pkl, new, '--out', tmp_path/'out', '--format', 'coco,yolo', '--crops', '--no-progress']
+    def killed(*a, **k): raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(crop, 'export_crops', killed)
+        assert run(*args)[0] == 130
+    assert (tmp_path/'out'/'coco'/'instances.json').is_file() and read_run(tmp_path/'out')['finished'] is False
+    assert run(*args)[0] == 0
+    rec = read_run(tmp_path/'out')
+    assert rec['finished'] and rec['outputs'] == ['boxes.pkl', 'boxes.csv', 'coco', 'yolo', 'crops']
+    assert len(pd.read_csv(tmp_path/'out'/'crops'/'crops.csv')) == rec['counts']['crops'] == len(list(new.rglob('*.png')))
