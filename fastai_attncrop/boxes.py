@@ -85,7 +85,7 @@ def remove_floor(maps, q=0.8) -> torch.Tensor:
     "`maps` (B, H, W) or (H, W) minus each map's `q`-quantile, clamped at 0: the floor under the peaks removed (`q=0`: unchanged)."
     if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0 <= q < 1: raise ValueError(f"`floor` must be a quantile in [0, 1), got {q!r}")
     m, single = _as_batch(maps)
-    if q == 0: return maps if isinstance(maps, torch.Tensor) else m[0] if single else m
+    if q == 0 or m.numel() == 0: return maps if isinstance(maps, torch.Tensor) else m[0] if single else m
     w = torch.nan_to_num(m.to(_work_dtype(m.device)), nan=0., posinf=0., neginf=0.)
     cut = torch.quantile(w.flatten(1), float(q), dim=1)[:, None, None]
     out = (w - cut).clamp(min=0).to(m.dtype if m.is_floating_point() else torch.get_default_dtype())

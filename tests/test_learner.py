@@ -144,7 +144,7 @@ def test_box_pass_with_ddt(setup):
     """A fitted DDT goes through the box pass like a named method: its boxes at margin 0.8 hold most of the object while
     cutting most of the image (a flat map would keep 80%); refitting it on other images gives another cache key."""
     tmp, root, learn, gt = setup
-    bx = box_pass(learn, margins=(1, 0.8), method=DDT().fit(learn), cache=tmp/'c_ddt', progress=False)
+    bx = box_pass(learn, margins=(1, 0.8), method=DDT().fit(learn), cache=tmp/'c_ddt', progress=False, floor=0, native=False)
     assert len(bx) == 324 and not bx.zero.any()
     ok = bx[bx.correct]
     b = ok[margin_cols(0.8)].to_numpy(float)
@@ -163,15 +163,15 @@ def test_box_pass_with_dilated_last_stage(setup):
     tmp, root, learn, gt = setup
     xb = learn.dls.valid.one_batch()[0]
     h, w = saliency_maps(learn, xb, 'gradcam').maps.shape[-2:]
-    bx = box_pass(learn, margins=(1, 0.8), cache=tmp/'c_dil', progress=False)
+    bx = box_pass(learn, margins=(1, 0.8), cache=tmp/'c_dil', progress=False, floor=0, native=False)
     with dilated_last_stage(learn):
         assert tuple(saliency_maps(learn, xb, 'gradcam').maps.shape[-2:]) == (2*h, 2*w)
-        fine = box_pass(learn, margins=(1, 0.8), cache=tmp/'c_dil', progress=False)
+        fine = box_pass(learn, margins=(1, 0.8), cache=tmp/'c_dil', progress=False, floor=0, native=False)
     assert len(list((tmp/'c_dil').glob('*.pkl'))) == 2
     assert not np.allclose(fine[margin_cols(0.8)].to_numpy(float), bx[margin_cols(0.8)].to_numpy(float))
     ok = fine[fine.correct]
     assert np.median(gt_recall(ok, gt, root, 0.8)) > 0.6   # measured 0.85 (0.68 undilated), keeping 57% of the image (43%)
-    pd.testing.assert_frame_equal(box_pass(learn, margins=(1, 0.8), cache=tmp/'c_dil', progress=False), bx)
+    pd.testing.assert_frame_equal(box_pass(learn, margins=(1, 0.8), cache=tmp/'c_dil', progress=False, floor=0, native=False), bx)
 
 @pytest.fixture(scope='module')
 def multi(tmp_path_factory):
@@ -307,7 +307,7 @@ def test_native_cap_on_the_longest_side(setup, tmp_path, monkeypatch):
 def test_native_argument_errors_and_attention_crop_passes_it_on(setup, monkeypatch):
     tmp, root, learn, gt = setup
     with pytest.raises(ValueError, match='`max_side`'): box_pass(learn, native=True, max_side=4, cache=False)
-    with pytest.raises(ValueError, match='for `native=True`'): box_pass(learn, max_side=64, cache=False)
+    with pytest.raises(ValueError, match='for `native=True`'): box_pass(learn, native=False, max_side=64, cache=False)
     with pytest.raises(ValueError, match='pass one of them'): box_pass(learn, native=True, frame=_Resize(64), cache=False)
     with pytest.raises(TypeError, match='`frame` must be resizing'): box_pass(learn, frame=lambda x: x, cache=False)
     class Called(Exception): pass
@@ -315,3 +315,5 @@ def test_native_argument_errors_and_attention_crop_passes_it_on(setup, monkeypat
     monkeypatch.setattr(L, 'box_pass', fake)
     with pytest.raises(Called) as e: learn.attention_crop(native=True, max_side=96, cache=False, progress=False)
     assert e.value.args[0]['native'] is True and e.value.args[0]['max_side'] == 96
+    with pytest.raises(Called) as e: learn.attention_crop(floor=0.5, zoom=1, zoom_pad=0.25, dilate=True, cache=False, progress=False)
+    assert {k: e.value.args[0][k] for k in ('floor', 'zoom', 'zoom_pad', 'dilate')} == dict(floor=0.5, zoom=1, zoom_pad=0.25, dilate=True)
