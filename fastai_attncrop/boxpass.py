@@ -326,6 +326,18 @@ def feature_stride(model:nn.Module, layers=None, size=256) -> int:
     if not out: raise ValueError("the saliency layer was not run by the model's forward pass: pass `stride` explicitly")
     return max(1, size // min(out))
 
+def _auto_stride(model:nn.Module, layers=None, stride=None):
+    "The saliency layer's stride when `model` takes other input sizes and that layer is a spatial (N, C, h, w) map that follows them (a CNN), else None (a ViT: one input size, tokens)."
+    p = next(model.parameters(), None)
+    if p is None: return None
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    try:
+        x = torch.zeros(1, conv.in_channels if conv is not None else 3, 96, 128, device=p.device, dtype=p.dtype)
+        with hook_outputs(resolve_layers(model, layers, x), detach=False) as hs, frozen_eval(model), torch.no_grad(): model(x)
+        outs = [o for o in hs.stored if o is not None]
+        if not outs or any(o.ndim != 4 or o.shape[-1] <= o.shape[-2] for o in outs): return None   # tokens, or not following the width
+        return stride or feature_stride(model, layers)
+    except Exception: return None
 def native_size(wh, max_side=None, stride=32) -> tuple:
     "Input size (w, h) of an image of size `wh` at native resolution: its aspect kept, the longest side at most `max_side`, each side a multiple of `stride`."
     w, h = (float(v) for v in wh)
@@ -642,8 +654,11 @@ class BoxPlan:
         tfms = frame_tfms(learn, frame)
         in_wh = InputFrame.from_tfms(tfms, (64, 48)).input_wh   # an item transform the box mapping does not know fails here, before any work
         check_batch_tfms(learn, in_wh)   # ... and so does a valid-time crop in the batch transforms
-        if native is None: max_side = max_side or 2*max(in_wh)   # auto: images larger than the input at their own size, up to twice it
-        if native is not False: stride = stride or feature_stride(learn.model, getattr(meth, 'layers', None))
+        if native is None:   # auto: images larger than the input at their own size, up to twice it, when the model takes other sizes
+            stride = _auto_stride(learn.model, getattr(meth, 'layers', None), stride)
+            if stride is None: native = False
+            else: max_side = max_side or 2*max(in_wh)
+        if native: stride = stride or feature_stride(learn.model, getattr(meth, 'layers', None))
         params = dict(method=repr(meth), margins=margins,
                       target=target, area_tau=area_tau, bs=bs, chunk=cs, tfms=repr(tfms), k=k, multi_label=multi_label, thresh=thresh,
                       max_k=max_k, trust=bool(trust), auc_steps=auc_steps,
