@@ -105,6 +105,7 @@ def _coco(t, images, classes, dest, cls):
         x, y = round(r.xmin, 2), round(r.ymin, 2)
         w, h = round(round(r.xmax, 2) - x, 2), round(round(r.ymax, 2) - y, 2)
         a = dict(id=j, image_id=ids[r.image], category_id=cats[r.label], bbox=[x, y, w, h], area=round(w * h, 4), iscrowd=0,
+                 segmentation=[[x, y, round(x + w, 2), y, round(x + w, 2), round(y + h, 2), x, round(y + h, 2)]],   # the box as a polygon
                  score=round(float(r.score), 4))
         if cls == 'both': a['attributes'] = dict(predicted=r.pred)
         anns.append(a)
