@@ -52,6 +52,14 @@ def test_export_crops_recuts_crops_whose_box_changed(tmp_path):
     _crop_ok(tmp_path/'crops', man)
     back = labels_to_originals(pd.DataFrame({'image': ['0.png'], 'label': 'x'}), man)
     assert back[BOX].to_numpy().tolist() == [[1, 1, 48, 46]]
+    # the same table at another margin: every crop whose pixels differ is cut again
+    bx = _table(paths, [[1, 1, 48, 46]]*3, wh=(50, 48))
+    bx[margin_cols(0.6)] = [11., 8., 42., 35.]
+    res = export_crops(bx, tmp_path/'crops', margin=0.6, root=tmp_path/'src', progress=False)
+    assert res.written.tolist() == [True, False, True]               # the second crop was cut from (11, 8, 42, 35) already
+    man = pd.read_csv(tmp_path/'crops'/'crops.csv')
+    _crop_ok(tmp_path/'crops', man)
+    assert (man.margin == 0.6).all() and man[['x0', 'y0', 'x1', 'y1']].values.tolist() == [[11, 8, 42, 35]]*3
 
 def test_export_boxes_refuses_to_replace_annotation_files(tmp_path):
     paths = [_img(tmp_path/'src'/f"{i}.png", seed=i) for i in range(2)]
