@@ -64,7 +64,7 @@ def export_table(boxes:pd.DataFrame, margin=0.95, root=None, score=None, keep_fa
     keys = boxes['instance'].astype(str).tolist() if 'instance' in boxes.columns else [str(p) for p in paths]
     split = boxes['split'].tolist() if 'split' in boxes.columns else [None]*len(boxes)
     labels = boxes['label'].tolist() if 'label' in boxes.columns else [None]*len(boxes)
-    s = boxes[score].to_numpy(float) if score is not None else trust_score(boxes, margin)
+    s = np.nan_to_num(boxes[score].to_numpy(float) if score is not None else trust_score(boxes, margin), nan=0., posinf=1., neginf=0.)   # no score: least trusted
     b = boxes[cols].to_numpy(float)
     wh = boxes[['width', 'height']].to_numpy(float)
     problems = box_problems(b, wh)
@@ -74,6 +74,7 @@ def export_table(boxes:pd.DataFrame, margin=0.95, root=None, score=None, keep_fa
         if why is None:
             if p not in checked: checked[p] = _file_problem(p)
             why = checked[p]
+        if why is None and not (np.isfinite(wh[i]).all() and (wh[i] > 0).all()): why = f"no image size (width {wh[i, 0]:g}, height {wh[i, 1]:g})"
         if why is not None: skipped.append((str(p), keys[i], why)); continue
         if p not in ims: ims[p] = dict(image=_rel(p, root), item=str(p), width=int(wh[i, 0]), height=int(wh[i, 1]),
                                        split=None if pd.isna(split[i]) else str(split[i]))
@@ -112,7 +113,7 @@ def _coco(t, images, classes, dest, cls):
     d = dict(info=dict(description='fastai_attncrop saliency boxes'), licenses=[], categories=[dict(id=i, name=c, supercategory='') for c, i in cats.items()],
              images=[dict(id=ids[r.image], file_name=r.image, width=int(r.width), height=int(r.height)) for r in images.itertuples()],
              annotations=anns)
-    return [('instances.json', json.dumps(d, indent=1))]
+    return [('instances.json', json.dumps(d, indent=1, allow_nan=False))]
 
 def _ids(images) -> list:
     "A unique file stem per image: its path relative to `root` with `/` as `__`, less its suffix (`_2`, `_3`, ... on a clash)."
@@ -237,7 +238,7 @@ def _labelstudio(t, images, classes, dest, cls, urls, from_name='label', to_name
             res.append(reg)
         pred = dict(model_version=model_version, result=res, score=min((x['score'] for x in res), default=None))
         tasks.append(dict(data={to_name: url, 'item': r.item}, predictions=[pred]))
-    return [('tasks.json', json.dumps(tasks, indent=1)), ('config.xml', labelstudio_config(classes, from_name, to_name))]
+    return [('tasks.json', json.dumps(tasks, indent=1, allow_nan=False)), ('config.xml', labelstudio_config(classes, from_name, to_name))]
 
 _MAIN = dict(coco='instances.json', voc='Annotations', yolo='data.yaml', labelstudio='tasks.json')
 

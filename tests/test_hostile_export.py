@@ -122,6 +122,12 @@ def test_exports_check_boxes_and_list_what_they_left_out(tmp_path):
         reasons = dict(zip(sk.item, sk.reason))
         assert 'not finite' in reasons[str(paths[1])] and 'x0 < x1' in reasons[str(paths[2])]
         assert 'not inside' in reasons[str(paths[3])] and 'truncated' in reasons[str(paths[4])] and 'not found' in reasons[str(paths[5])]
+    for f in EXPORT_FORMATS:                                        # a missing score or image size: no NaN written, no crash
+        bad = bx.assign(prob=[np.nan, 0.9, 0.9, 0.9, 0.9, 0.9], width=[50., np.nan, 50, 50, 50, 50])
+        out = export_boxes(bad, tmp_path/'nan'/f, f, progress=False, **(LS if f == 'labelstudio' else {}))
+        assert out['boxes'] == 1 and 'no image size' in pd.read_csv(out['skipped_csv']).reason.iloc[0]
+    for f in ('coco/instances.json', 'labelstudio/tasks.json', 'nan/coco/instances.json', 'nan/labelstudio/tasks.json'):
+        json.loads((tmp_path/f).read_text(), parse_constant=lambda c: pytest.fail(f"{c} in {f}"))
     json.loads((tmp_path/'coco'/'instances.json').read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
     json.loads((tmp_path/'labelstudio'/'tasks.json').read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
     res = export_crops(bx, tmp_path/'crops', root=tmp_path/'src', progress=False)
