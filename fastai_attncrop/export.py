@@ -13,8 +13,8 @@ from urllib.parse import quote, unquote, urlsplit, parse_qs
 import numpy as np, pandas as pd
 from fastprogress.fastprogress import progress_bar
 from .data import atomic_write, write_text_atomic, write_csv_atomic, image_size, GT_COLUMNS
-from .crop import (margin_cols, df_margins, failed_rows, trust_score, crop_prob_col, split_labels, item_paths,
-                                  box_problems, unique_names, MANIFEST_COLUMNS, SKIPPED_COLUMNS)
+from .crop import (margin_cols, df_margins, failed_rows, trust_score, crop_prob_col, split_labels,
+    item_paths, box_problems, unique_names, MANIFEST_COLUMNS, SKIPPED_COLUMNS)
 
 # %% auto #0
 __all__ = ['EXPORT_FORMATS', 'CLASS_CHOICES', 'LS_LOCAL_FILES', 'LS_ROOT_VARS', 'IMAGE_SUFFIXES', 'export_table',
@@ -96,6 +96,16 @@ def export_table(boxes:pd.DataFrame, margin=0.95, root=None, score=None, keep_fa
     counts = dict(images=len(images), boxes=len(t), failed=int(bad.sum()), fallback=int(r.str.startswith('whole-image fallback').sum()),
                   missing=int((r.str.startswith('image not found') | r.str.startswith('not a regular file')).sum()), skipped=len(skipped))
     return t, images, classes, counts, skipped
+
+# %% ../nbs/09_export.ipynb #9a80345e
+def labelstudio_config(classes, from_name='label', to_name='image') -> str:
+    "A Label Studio labelling config: an `Image` named `to_name` (the task's `$<to_name>`) and `RectangleLabels` named `from_name` with `classes`."
+    v = ET.Element('View')
+    ET.SubElement(v, 'Image', name=to_name, value=f"${to_name}", zoom='true')
+    rl = ET.SubElement(v, 'RectangleLabels', name=from_name, toName=to_name)
+    for c in classes: ET.SubElement(rl, 'Label', value=str(c))
+    ET.indent(v)
+    return ET.tostring(v, encoding='unicode') + '\n'
 
 # %% ../nbs/09_export.ipynb #e911bd45
 def _coco(t, images, classes, dest, cls):
@@ -193,15 +203,6 @@ def _yolo(t, images, classes, dest, cls):
 
 LS_LOCAL_FILES = '/data/local-files/?d='
 LS_ROOT_VARS = ('LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT', 'LOCAL_FILES_DOCUMENT_ROOT')
-
-def labelstudio_config(classes, from_name='label', to_name='image') -> str:
-    "A Label Studio labelling config: an `Image` named `to_name` (the task's `$<to_name>`) and `RectangleLabels` named `from_name` with `classes`."
-    v = ET.Element('View')
-    ET.SubElement(v, 'Image', name=to_name, value=f"${to_name}", zoom='true')
-    rl = ET.SubElement(v, 'RectangleLabels', name=from_name, toName=to_name)
-    for c in classes: ET.SubElement(rl, 'Label', value=str(c))
-    ET.indent(v)
-    return ET.tostring(v, encoding='unicode') + '\n'
 
 def _ls_urls(images, url_prefix, document_root) -> tuple:
     "The image URLs of Label Studio tasks, and the folder a Local Storage must cover (None with `url_prefix`)."
