@@ -73,7 +73,7 @@ def _install() -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)                       # two test processes: one installs, the other waits
         if not (VENV/'.installed').exists():
             shutil.rmtree(VENV, ignore_errors=True)
-            steps = [[sys.executable, '-m', 'venv', str(VENV)], [str(VENV/'bin'/'python'), '-m', 'pip', 'install', '--quiet', 'label-studio']]
+            steps = [[sys.executable, '-m', 'venv', str(VENV)], [str(VENV/'bin'/'python'), '-m', 'pip', 'install', '--quiet', '--retries', '2', '--timeout', '30', 'label-studio']]
             for cmd in steps:
                 try: r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
                 except (OSError, subprocess.TimeoutExpired) as e: r = None; err = str(e)
