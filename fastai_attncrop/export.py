@@ -97,7 +97,7 @@ def export_table(boxes:pd.DataFrame, margin=0.95, root=None, score=None, keep_fa
                   missing=int((r.str.startswith('image not found') | r.str.startswith('not a regular file')).sum()), skipped=len(skipped))
     return t, images, classes, counts, skipped
 
-# %% ../nbs/09_export.ipynb #9a80345e
+# %% ../nbs/09_export.ipynb #a0886cd4
 def labelstudio_config(classes, from_name='label', to_name='image') -> str:
     "A Label Studio labelling config: an `Image` named `to_name` (the task's `$<to_name>`) and `RectangleLabels` named `from_name` with `classes`."
     v = ET.Element('View')
