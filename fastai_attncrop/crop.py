@@ -21,11 +21,12 @@ from .boxes import adjust_boxes, check_adjust
 from .metrics import box_scores, box_area, intersect_boxes
 
 # %% auto #0
-__all__ = ['LABEL_DELIM', 'MANIFEST_COLUMNS', 'FALLBACKS', 'check_margins', 'margin_eps', 'margin_cols', 'df_margins',
-           'failed_rows', 'adaptive_margin', 'crop_box', 'crop_image', 'CropItem', 'crop_item_label',
+__all__ = ['LABEL_DELIM', 'MANIFEST_COLUMNS', 'SKIPPED_COLUMNS', 'FALLBACKS', 'check_margins', 'margin_eps', 'margin_cols',
+           'df_margins', 'failed_rows', 'adaptive_margin', 'crop_box', 'crop_image', 'CropItem', 'crop_item_label',
            'crop_item_is_valid', 'split_labels', 'crop_item_labels', 'CropImage', 'gt_recall', 'row_keys',
-           'AttentionCrop', 'inside_share', 'is_multi_label', 'crop_rows', 'mixed_items', 'attention_dls',
-           'export_crops', 'crop_prob_col', 'trust_score', 'trust_summary', 'trust_margin']
+           'AttentionCrop', 'inside_share', 'is_multi_label', 'crop_rows', 'mixed_items', 'attention_dls', 'item_paths',
+           'box_problems', 'unique_names', 'merge_rows', 'export_crops', 'crop_prob_col', 'trust_score',
+           'trust_summary', 'trust_margin']
 
 # %% ../nbs/05_crop.ipynb #51002cd2
 def check_margins(margins) -> list:
@@ -251,8 +252,49 @@ def attention_dls(dls:DataLoaders, boxes:pd.DataFrame, margins=(0.95, 0.8, 0.6),
 
 # %% ../nbs/05_crop.ipynb #2d36160a
 MANIFEST_COLUMNS = ['crop', 'item', 'instance', 'class', 'label', 'margin', 'x0', 'y0', 'x1', 'y1', 'width', 'height']
+SKIPPED_COLUMNS = ['item', 'instance', 'reason']
 
 def _safe_name(s) -> str: return re.sub(r'[^\w.-]+', '_', str(s))
+
+def item_paths(items) -> list:
+    "Each of `items` as an absolute `Path` named as the user listed it: made absolute against the working directory, symlinks not followed."
+    return [Path(os.path.abspath(os.path.expanduser(str(p)))) for p in items]
+
+def box_problems(boxes, sizes, tol=0.5) -> list:
+    "Per box `(x0, y0, x1, y1)` of `boxes` in an image of `(width, height)` `sizes`, why it cannot be exported, or None: not finite, empty, more than `tol` px outside the image."
+    b, wh = np.asarray(boxes, float).reshape(-1, 4), np.asarray(sizes, float).reshape(-1, 2)
+    out = []
+    for (x0, y0, x1, y1), (w, h) in zip(b, wh):
+        s = f"({x0:g}, {y0:g}, {x1:g}, {y1:g})"
+        if not np.isfinite([x0, y0, x1, y1]).all(): out.append(f"box {s} is not finite")
+        elif not (x0 < x1 and y0 < y1): out.append(f"box {s} is empty or inverted (needs x0 < x1 and y0 < y1)")
+        elif not (np.isfinite([w, h]).all() and w > 0 and h > 0): out.append(f"no image size (width {w:g}, height {h:g})")
+        elif x0 < -tol or y0 < -tol or x1 > w + tol or y1 > h + tol: out.append(f"box {s} is not inside the {w:g}x{h:g} image")
+        else: out.append(None)
+    return out
+
+def unique_names(names, taken=()) -> list:
+    "`names` (relative paths) made unique in order, ignoring case (some file systems do): a repeat gets `_2`, `_3`, ... before its suffix; `taken` are names already in use."
+    seen, out = {str(t).lower() for t in taken}, []
+    for n in names:
+        p, c, k = Path(n), str(n), 2
+        while c.lower() in seen: c, k = p.with_name(f"{p.stem}_{k}{p.suffix}").as_posix(), k + 1
+        seen.add(c.lower()); out.append(c)
+    return out
+
+def merge_rows(old:pd.DataFrame, new:pd.DataFrame, key:str) -> pd.DataFrame:
+    "The rows of `old` whose `key` is not in `new`, then `new`: a manifest merged by key (later runs win, earlier rows are kept)."
+    if old is None or not len(old): return new.reset_index(drop=True)
+    keep = old[~old[key].astype(str).isin(set(new[key].astype(str)))]
+    return pd.concat([keep, new], ignore_index=True) if len(keep) else new.reset_index(drop=True)
+
+def _read_csv(path, cols):
+    if not Path(path).exists(): return None
+    try: df = pd.read_csv(path, keep_default_na=False, na_values=[''])
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as e: raise ValueError(f"{path}: not a readable CSV ({e}); move it away or fix it") from None
+    missing = [c for c in cols if c not in df.columns]
+    if missing: raise ValueError(f"{path} lacks the column(s) {missing}: it is not a file `export_crops` wrote; move it away or choose another `dest`")
+    return df
 
 def export_crops(boxes:pd.DataFrame,      # a boxes DataFrame (`box_pass`): `item` and the margin's box columns
                  dest,                     # the folder the crops go to, outside the source tree
@@ -260,53 +302,81 @@ def export_crops(boxes:pd.DataFrame,      # a boxes DataFrame (`box_pass`): `ite
                  root=None,                # the source tree whose layout `dest` mirrors (default: the items' common folder)
                  pad_rel=0.,               # grow every crop by this share of its size per side
                  aspect=None,              # grow crops to this width / height ratio
-                 overwrite=False,          # write crops that already exist again (default: a rerun resumes)
+                 overwrite=False,          # write every crop again (default: a crop already cut from the same pixels is kept)
                  progress=True,            # show a progress bar
                  manifest='crops.csv',     # the crop manifest's file name in `dest` (None: none written)
                  **save_kwargs             # passed on to `PIL.Image.save` (e.g. `quality=90`)
                 ) -> pd.DataFrame:
-    "Write each row of `boxes` cropped at `margin` into `dest`, mirroring its path under `root`; skips finished files; writes the crop manifest."
+    "Write each row of `boxes` cropped at `margin` into `dest`, mirroring its path under `root`; keeps crops already cut from the same pixels; merges the crop manifest."
     cols = margin_cols(margin)
     missing = [c for c in ['item'] + cols if c not in boxes.columns]
     if missing: raise ValueError(f"`boxes` has no column(s) {missing}; it holds margins {df_margins(boxes)}")
-    src = [Path(p).resolve() for p in boxes['item']]
-    root = Path(os.path.commonpath([str(p.parent) for p in src]) if root is None else root).resolve()
-    dest = Path(dest).resolve()
-    if dest == root or root in dest.parents:
-        raise ValueError(f"`dest` {dest} lies inside the source tree {root}: choose a folder outside it")
+    src = item_paths(boxes['item'])    # as listed: a symlinked item keeps its own name (no blob names), a symlink loop is no crash
+    root = Path(os.path.commonpath([str(p.parent) for p in src]) if root is None else os.path.abspath(root))
+    dest = Path(os.path.abspath(dest))
+    for r in {root, root.resolve()}:
+        if dest == r or r in dest.parents or r in dest.resolve().parents or dest.resolve() == r:
+            raise ValueError(f"`dest` {dest} lies inside the source tree {root}: choose a folder outside it")
     bxs = boxes[cols].to_numpy(np.float64)
     known = [None if pd.isna(e) else str(e) for e in boxes['error']] if 'error' in boxes.columns else [None]*len(boxes)
     keys = row_keys(boxes)
     many = boxes['item'].astype(str).duplicated(keep=False).to_numpy()   # items with several rows: one crop per class
     cls = boxes['target'].astype(str).tolist() if 'target' in boxes.columns else [None]*len(boxes)
     labels = boxes['label'].tolist() if 'label' in boxes.columns else [None]*len(boxes)
-    sizes = boxes[['width', 'height']].to_numpy() if {'width', 'height'} <= set(boxes.columns) else None
-    out, written, errors, cut, whs = [], [], [], [], []
-    for i, (p, b, err) in enumerate(zip(progress_bar(src, leave=False) if progress else src, bxs, known)):
+    sizes = boxes[['width', 'height']].to_numpy(float) if {'width', 'height'} <= set(boxes.columns) else None
+    old = _read_csv(dest/manifest, MANIFEST_COLUMNS) if manifest is not None else None
+    old_skip = _read_csv(dest/'skipped.csv', SKIPPED_COLUMNS) if manifest is not None else None
+    by_crop = {} if old is None else {str(r['crop']): r for r in old.to_dict('records')}
+    mine = set(keys)
+    taken = [c for c, r in by_crop.items() if str(r['instance']) not in mine]   # names of crops that earlier runs made for other rows
+    rels = []
+    for i, p in enumerate(src):
         try: rel = p.relative_to(root)
         except ValueError: raise ValueError(f"item {p} is not under `root` {root}") from None
-        if many[i]: rel = rel.with_name(f"{rel.stem}__{_safe_name(cls[i])}{rel.suffix}")
-        target = dest/rel
-        done = target.exists() and not overwrite
-        if err is None and not np.isfinite(b).all(): err = f"no finite box at margin {margin}"
-        wh = None
-        if not done and err is None:
-            try: img = load_image(p, mode=None)   # as stored (mode, depth), EXIF orientation applied
-            except UnreadableImageError as e: err = e.reason
-            else:
-                wh = img.size
-                save_image_atomic(crop_image(img, b, pad_rel, aspect), target, **save_kwargs)
-        if err is None and wh is None:
-            try: wh = tuple(int(v) for v in sizes[i]) if sizes is not None else image_size(p)
-            except UnreadableImageError as e: err = e.reason
-        out.append(str(target)); written.append(not done and err is None); errors.append(err)
-        cut.append(crop_box(b, wh, pad_rel, aspect) if err is None else (np.nan,)*4); whs.append(wh or (np.nan, np.nan))
-    res = pd.DataFrame({'item': boxes['item'].astype(str).tolist(), 'dest': out, 'written': written, 'error': errors,
-                        'crop': [Path(o).relative_to(dest).as_posix() for o in out], 'instance': keys, 'class': cls,
-                        'label': labels, 'margin': float(check_margins(margin)[0])})
-    res[['x0', 'y0', 'x1', 'y1']] = np.asarray(cut, float).reshape(-1, 4)
-    res[['width', 'height']] = np.asarray(whs, float).reshape(-1, 2)
-    if manifest is not None: write_csv_atomic(res.loc[res['error'].isna(), MANIFEST_COLUMNS], dest/manifest)
+        rels.append((rel.with_name(f"{rel.stem}__{_safe_name(cls[i])}{rel.suffix}") if many[i] else rel).as_posix())
+    rels = unique_names(rels, taken)
+    n = len(boxes)
+    out, written, errors = [str(dest/r) for r in rels], [False]*n, list(known)
+    cut, whs = [(np.nan,)*4]*n, [(np.nan, np.nan)]*n
+    def _manifest():
+        res = pd.DataFrame({'item': [str(p) for p in src], 'dest': out, 'written': written, 'error': errors, 'crop': rels,
+                            'instance': keys, 'class': cls, 'label': labels, 'margin': float(check_margins(margin)[0])})
+        res[['x0', 'y0', 'x1', 'y1']] = np.asarray(cut, float).reshape(-1, 4)
+        res[['width', 'height']] = np.asarray(whs, float).reshape(-1, 2)
+        return res
+    done_upto = [0]
+    try:
+        for i in progress_bar(range(n), leave=False) if progress else range(n):
+            p, b, err, target = src[i], bxs[i], errors[i], dest/rels[i]
+            wh = None
+            if err is None:
+                try: wh = tuple(int(v) for v in sizes[i]) if sizes is not None and np.isfinite(sizes[i]).all() else image_size(p)
+                except UnreadableImageError as e: err = e.reason
+            if err is None: err = box_problems(b, wh)[0]
+            if err is None:
+                c = crop_box(b, wh, pad_rel, aspect)
+                prev = by_crop.get(rels[i])
+                same = (prev is not None and str(prev['item']) == str(p) and
+                        [float(prev[k]) for k in ('x0', 'y0', 'x1', 'y1')] == [float(v) for v in c])
+                if overwrite or not (same and target.exists()):   # a new crop, or one whose box changed: cut it (again)
+                    try: img = load_image(p, mode=None)   # as stored (mode, depth), EXIF orientation applied
+                    except UnreadableImageError as e: err = e.reason
+                    else:
+                        if img.size != wh: err = f"image is {img.size[0]}x{img.size[1]}, the table says {wh[0]}x{wh[1]}"
+                        else: save_image_atomic(img.crop(c), target, **save_kwargs); written[i] = True
+                if err is None: cut[i], whs[i] = c, wh
+            errors[i] = err
+            done_upto[0] = i + 1
+    finally:   # also after an interruption: the manifest lists every crop finished so far (a rerun keeps them)
+        res = _manifest()
+        if manifest is not None and done_upto[0]:   # nothing finished: nothing written (no empty manifest either)
+            fin = res.iloc[:done_upto[0]]
+            new = fin.loc[fin['error'].isna(), MANIFEST_COLUMNS]
+            write_csv_atomic(merge_rows(old, new, 'instance') if old is not None else new, dest/manifest)
+            skip = pd.DataFrame({'item': fin['item'], 'instance': fin['instance'], 'reason': fin['error']})
+            skip = merge_rows(old_skip, skip, 'instance') if old_skip is not None else skip
+            skip = skip[skip['reason'].notna() & ~skip['instance'].astype(str).isin(set(new['instance'].astype(str)))]
+            write_csv_atomic(skip[SKIPPED_COLUMNS], dest/'skipped.csv')
     return res
 
 # %% ../nbs/05_crop.ipynb #3ef51742

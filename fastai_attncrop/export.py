@@ -7,29 +7,26 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/export.html.md"""
 
 # %% ../nbs/09_export.ipynb #e9034967
 from __future__ import annotations
-import html, json, math, os, xml.etree.ElementTree as ET
+import html, json, math, os, shutil, xml.etree.ElementTree as ET
 from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit, parse_qs
 import numpy as np, pandas as pd
 from fastprogress.fastprogress import progress_bar
-from .data import write_text_atomic, image_size, GT_COLUMNS
-from .crop import margin_cols, df_margins, failed_rows, trust_score, crop_prob_col, MANIFEST_COLUMNS
+from .data import atomic_write, write_text_atomic, write_csv_atomic, image_size, GT_COLUMNS
+from .crop import (margin_cols, df_margins, failed_rows, trust_score, crop_prob_col, split_labels,
+    item_paths, box_problems, unique_names, MANIFEST_COLUMNS, SKIPPED_COLUMNS)
 
 # %% auto #0
-__all__ = ['EXPORT_FORMATS', 'IMAGE_SUFFIXES', 'export_table', 'export_boxes', 'read_yolo', 'read_labelstudio',
-           'labels_to_originals', 'review_sheet']
+__all__ = ['EXPORT_FORMATS', 'CLASS_CHOICES', 'LS_LOCAL_FILES', 'LS_ROOT_VARS', 'IMAGE_SUFFIXES', 'export_table',
+           'labelstudio_config', 'export_boxes', 'read_yolo', 'read_labelstudio', 'labels_to_originals', 'review_sheet']
 
 # %% ../nbs/09_export.ipynb #e9082615
 EXPORT_FORMATS = ('coco', 'voc', 'yolo', 'labelstudio')
+CLASS_CHOICES = ('pred', 'label', 'both')
 
-def _rel(p, root) -> str:
-    p = Path(p).resolve()
+def _rel(p:Path, root:Path) -> str:
     try: return p.relative_to(root).as_posix()
     except ValueError: raise ValueError(f"item {p} is not under `root` {root}") from None
-
-def _root(boxes, root) -> Path:
-    if root is not None: return Path(root).resolve()
-    return Path(os.path.commonpath([str(Path(p).resolve().parent) for p in boxes['item']])).resolve()
 
 def _check_boxes(boxes, margin, score) -> list:
     "The box columns of `margin`, after checking that `boxes` has what an export needs."
@@ -39,48 +36,121 @@ def _check_boxes(boxes, margin, score) -> list:
     if score is not None and score not in boxes.columns: raise ValueError(f"`score` {score!r} is not a column of `boxes`")
     return cols
 
-def export_table(boxes:pd.DataFrame, margin=0.95, root=None, score=None, keep_fallback=False, classes=None) -> tuple:
-    "`(table, images, classes, counts)`: the boxes at `margin` to export (one row per box), every readable image, the class list and what was left out."
+def _file_problem(p:Path):
+    "Why the image file `p` cannot be exported (None: it is a regular file)."
+    try:
+        if p.is_file(): return None
+        return f"image not found: {p}" if not os.path.lexists(p) else f"not a regular file (a folder, a broken link or a special file): {p}"
+    except OSError as e: return f"{type(e).__name__}: {e}"   # e.g. a symlink loop
+
+def _class_of(target, label, cls):
+    "The class a row exports under `cls`, and why it cannot (None: it can)."
+    if cls == 'pred': return str(target), None
+    labs = split_labels(label)
+    if not labs: return str(target), None                 # no known label: the prediction
+    if len(labs) == 1: return labs[0], None
+    if str(target) in labs: return str(target), None      # multi-label: the explained class when it is a true one
+    return None, f"predicted class {target!r} is not among the labels {labs} (cls={cls!r})"
+
+def export_table(boxes:pd.DataFrame, margin=0.95, root=None, score=None, keep_fallback=False, classes=None, cls='pred') -> tuple:
+    "`(table, images, classes, counts, skipped)`: the boxes at `margin` to export, every exportable image, the class list, the counts and what was left out (and why)."
     cols = _check_boxes(boxes, margin, score)
-    root = _root(boxes, root)
+    if cls not in CLASS_CHOICES: raise ValueError(f"`cls` must be one of {CLASS_CHOICES}, got {cls!r}")
+    paths = item_paths(boxes['item'])    # resolved once: absolute, as the user named them (symlinks not followed)
+    root = Path(os.path.commonpath([str(p.parent) for p in paths]) if root is None else os.path.abspath(root))
     bad = failed_rows(boxes)
     fb = (boxes['fallback'].notna().to_numpy() if 'fallback' in boxes.columns else np.zeros(len(boxes), bool)) & ~bad
-    ok = boxes[~bad]
-    images = ok.drop_duplicates('item')[['item', 'width', 'height']].reset_index(drop=True)
-    images.insert(0, 'image', [_rel(p, root) for p in images['item']])
-    s = (boxes[score].to_numpy(float) if score is not None else trust_score(boxes, margin))
-    keep = ~bad & (~fb | keep_fallback)
-    b = boxes.loc[keep, cols].to_numpy(float)
-    wh = boxes.loc[keep, ['width', 'height']].to_numpy(float)
-    b = np.clip(b, 0, np.concatenate([wh, wh], 1))
-    t = pd.DataFrame({'image': [_rel(p, root) for p in boxes.loc[keep, 'item']], 'item': boxes.loc[keep, 'item'].astype(str).to_numpy(),
-                      'label': boxes.loc[keep, 'target'].astype(str).to_numpy(), 'xmin': b[:, 0], 'ymin': b[:, 1], 'xmax': b[:, 2],
-                      'ymax': b[:, 3], 'score': s[keep], 'width': wh[:, 0].astype(int), 'height': wh[:, 1].astype(int)})
+    err = boxes['error'].tolist() if 'error' in boxes.columns else [None]*len(boxes)
+    keys = boxes['instance'].astype(str).tolist() if 'instance' in boxes.columns else [str(p) for p in paths]
+    split = boxes['split'].tolist() if 'split' in boxes.columns else [None]*len(boxes)
+    labels = boxes['label'].tolist() if 'label' in boxes.columns else [None]*len(boxes)
+    s = np.nan_to_num(boxes[score].to_numpy(float) if score is not None else trust_score(boxes, margin), nan=0., posinf=1., neginf=0.)   # no score: least trusted
+    b = boxes[cols].to_numpy(float)
+    wh = boxes[['width', 'height']].to_numpy(float)
+    problems = box_problems(b, wh)
+    checked, skipped, rows, ims = {}, [], [], {}
+    for i, p in enumerate(paths):
+        why = f"unreadable: {err[i]}" if bad[i] else None
+        if why is None:
+            if p not in checked: checked[p] = _file_problem(p)
+            why = checked[p]
+        if why is None and not (np.isfinite(wh[i]).all() and (wh[i] > 0).all()): why = f"no image size (width {wh[i, 0]:g}, height {wh[i, 1]:g})"
+        if why is not None: skipped.append((str(p), keys[i], why)); continue
+        if p not in ims: ims[p] = dict(image=_rel(p, root), item=str(p), width=int(wh[i, 0]), height=int(wh[i, 1]),
+                                       split=None if pd.isna(split[i]) else str(split[i]))
+        if fb[i] and not keep_fallback:
+            skipped.append((str(p), keys[i], f"whole-image fallback ({boxes['fallback'].iloc[i]}): not a localization; keep_fallback=True exports it")); continue
+        if problems[i] is not None: skipped.append((str(p), keys[i], problems[i])); continue
+        c, why = _class_of(boxes['target'].iloc[i], labels[i], cls)
+        if why is not None: skipped.append((str(p), keys[i], why)); continue
+        x0, y0, x1, y1 = np.clip(b[i], 0, np.r_[wh[i], wh[i]])
+        rows.append(dict(image=ims[p]['image'], item=str(p), label=c, pred=str(boxes['target'].iloc[i]), xmin=x0, ymin=y0, xmax=x1, ymax=y1,
+                         score=float(s[i]), width=int(wh[i, 0]), height=int(wh[i, 1]), instance=keys[i]))
+    t = pd.DataFrame(rows, columns=['image', 'item', 'label', 'pred', 'xmin', 'ymin', 'xmax', 'ymax', 'score', 'width', 'height', 'instance'])
+    images = pd.DataFrame(list(ims.values()), columns=['image', 'item', 'width', 'height', 'split'])
     classes = sorted(set(t['label'])) if classes is None else [str(c) for c in classes]
     unknown = sorted(set(t['label']) - set(classes))
     if unknown: raise ValueError(f"`classes` lacks the class(es) {unknown} of the boxes")
-    return t, images, classes, dict(images=len(images), boxes=len(t), failed=int(bad.sum()), fallback=int((fb & ~keep).sum()))
+    skipped = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
+    r = skipped['reason']
+    counts = dict(images=len(images), boxes=len(t), failed=int(bad.sum()), fallback=int(r.str.startswith('whole-image fallback').sum()),
+                  missing=int((r.str.startswith('image not found') | r.str.startswith('not a regular file')).sum()), skipped=len(skipped))
+    return t, images, classes, counts, skipped
+
+# %% ../nbs/09_export.ipynb #a0886cd4
+def labelstudio_config(classes, from_name='label', to_name='image') -> str:
+    "A Label Studio labelling config: an `Image` named `to_name` (the task's `$<to_name>`) and `RectangleLabels` named `from_name` with `classes`."
+    v = ET.Element('View')
+    ET.SubElement(v, 'Image', name=to_name, value=f"${to_name}", zoom='true')
+    rl = ET.SubElement(v, 'RectangleLabels', name=from_name, toName=to_name)
+    for c in classes: ET.SubElement(rl, 'Label', value=str(c))
+    ET.indent(v)
+    return ET.tostring(v, encoding='unicode') + '\n'
 
 # %% ../nbs/09_export.ipynb #e911bd45
-def _coco(t, images, classes, dest):
+def _coco(t, images, classes, dest, cls):
     ids = {im: i for i, im in enumerate(images['image'], start=1)}
     cats = {c: i for i, c in enumerate(classes, start=1)}
-    anns = [dict(id=j, image_id=ids[r.image], category_id=cats[r.label], iscrowd=0, segmentation=[],
-                 bbox=[round(r.xmin, 2), round(r.ymin, 2), round(r.xmax - r.xmin, 2), round(r.ymax - r.ymin, 2)],
-                 area=round((r.xmax - r.xmin) * (r.ymax - r.ymin), 2), score=round(float(r.score), 4))
-            for j, r in enumerate(t.itertuples(), start=1)]
-    d = dict(info=dict(description='fastai_attncrop saliency boxes'), categories=[dict(id=i, name=c) for c, i in cats.items()],
+    anns = []
+    for j, r in enumerate(t.itertuples(), start=1):
+        x, y = round(r.xmin, 2), round(r.ymin, 2)
+        w, h = round(round(r.xmax, 2) - x, 2), round(round(r.ymax, 2) - y, 2)
+        a = dict(id=j, image_id=ids[r.image], category_id=cats[r.label], bbox=[x, y, w, h], area=round(w * h, 4), iscrowd=0,
+                 segmentation=[[x, y, round(x + w, 2), y, round(x + w, 2), round(y + h, 2), x, round(y + h, 2)]],   # the box as a polygon
+                 score=round(float(r.score), 4))
+        if cls == 'both': a['attributes'] = dict(predicted=r.pred)
+        anns.append(a)
+    d = dict(info=dict(description='fastai_attncrop saliency boxes'), licenses=[], categories=[dict(id=i, name=c, supercategory='') for c, i in cats.items()],
              images=[dict(id=ids[r.image], file_name=r.image, width=int(r.width), height=int(r.height)) for r in images.itertuples()],
              annotations=anns)
-    return write_text_atomic(json.dumps(d, indent=1), dest/'instances.json')
+    return [('instances.json', json.dumps(d, indent=1, allow_nan=False))]
 
-def _voc_name(image) -> str: return image.replace('/', '__').rsplit('.', 1)[0] + '.xml'
+def _ids(images) -> list:
+    "A unique file stem per image: its path relative to `root` with `/` as `__`, less its suffix (`_2`, `_3`, ... on a clash)."
+    return [Path(n).stem for n in unique_names([Path(p).with_suffix('').as_posix().replace('/', '__') + '.x' for p in images['image']])]
 
-def _voc(t, images, classes, dest, progress):
+def _place(src:Path, target:Path, images:str):
+    "Put image `src` at `target`: a symbolic link (`images='link'`) or a copy (`'copy'`), atomically."
+    if images == 'copy': return atomic_write(target, lambda tmp: shutil.copyfile(src, tmp))
+    if target.is_symlink() and os.readlink(target) == str(src): return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.link")
+    if os.path.lexists(tmp): os.remove(tmp)
+    os.symlink(src, tmp); os.replace(tmp, target)
+    return target
+
+def _splits(images) -> list:
+    "The split of each image (None when the table has none)."
+    s = images['split'].tolist()
+    return s if any(v is not None for v in s) else [None]*len(s)
+
+def _voc(t, images, classes, dest, cls):
     by = {k: g for k, g in t.groupby('image')}
-    for r in progress_bar(list(images.itertuples()), leave=False) if progress else images.itertuples():
+    files = []
+    for r, i in zip(images.itertuples(), _ids(images)):
+        name = i + Path(r.image).suffix
         a = ET.Element('annotation')
-        for k, v in (('folder', str(Path(r.image).parent.as_posix())), ('filename', r.image), ('path', r.item)): ET.SubElement(a, k).text = v
+        for k, v in (('folder', 'JPEGImages'), ('filename', name), ('path', r.item)): ET.SubElement(a, k).text = v
         ET.SubElement(ET.SubElement(a, 'source'), 'database').text = 'fastai_attncrop'
         size = ET.SubElement(a, 'size')
         for k, v in (('width', r.width), ('height', r.height), ('depth', 3)): ET.SubElement(size, k).text = str(int(v))
@@ -89,37 +159,97 @@ def _voc(t, images, classes, dest, progress):
             ob = ET.SubElement(a, 'object')
             for k, v in (('name', o.label), ('pose', 'Unspecified'), ('truncated', '0'), ('difficult', '0'), ('score', f"{o.score:.4f}")):
                 ET.SubElement(ob, k).text = v
+            if cls == 'both': ET.SubElement(ob, 'predicted').text = o.pred
             x0, y0 = int(round(o.xmin)), int(round(o.ymin))
             bb = ET.SubElement(ob, 'bndbox')   # VOC counts pixels from 1: xmin = x0 + 1, xmax = x1
             for k, v in (('xmin', x0 + 1), ('ymin', y0 + 1), ('xmax', max(int(round(o.xmax)), x0 + 1)), ('ymax', max(int(round(o.ymax)), y0 + 1))):
                 ET.SubElement(bb, k).text = str(v)
         ET.indent(a)
-        write_text_atomic(ET.tostring(a, encoding='unicode') + '\n', dest/_voc_name(r.image))
-    return dest
+        files.append((f"Annotations/{i}.xml", ET.tostring(a, encoding='unicode') + '\n'))
+        files.append((f"JPEGImages/{name}", Path(r.item)))
+    sp = _splits(images)
+    for s in sorted({v for v in sp if v is not None}):
+        files.append((f"ImageSets/Main/{s}.txt", ''.join(i + '\n' for i, v in zip(_ids(images), sp) if v == s)))
+    return files
 
-def _yolo(t, images, classes, dest, progress):
+_YOLO_KEYS = {'train': 'train', 'valid': 'val', 'val': 'val', 'validation': 'val', 'test': 'test'}
+
+def _yaml_str(s) -> str: return json.dumps(str(s), ensure_ascii=False)   # a JSON string is a YAML double-quoted scalar
+
+def _yolo(t, images, classes, dest, cls):
     cid = {c: i for i, c in enumerate(classes)}
     by = {k: g for k, g in t.groupby('image')}
-    for r in progress_bar(list(images.itertuples()), leave=False) if progress else images.itertuples():
+    sp = _splits(images)
+    files = []
+    for r, i, s in zip(images.itertuples(), _ids(images), sp):
+        sub = f"{s}/" if s is not None else ''
         lines = [f"{cid[o.label]} {(o.xmin + o.xmax) / 2 / r.width:.6f} {(o.ymin + o.ymax) / 2 / r.height:.6f} "
                  f"{(o.xmax - o.xmin) / r.width:.6f} {(o.ymax - o.ymin) / r.height:.6f}" for o in (by[r.image].itertuples() if r.image in by else [])]
-        write_text_atomic(''.join(l + '\n' for l in lines), (dest/'labels'/r.image).with_suffix('.txt'))
-    write_text_atomic(''.join(c + '\n' for c in classes), dest/'classes.txt')
-    return dest
+        files.append((f"labels/{sub}{i}.txt", ''.join(l + '\n' for l in lines)))
+        files.append((f"images/{sub}{i}{Path(r.image).suffix}", Path(r.item)))
+    folders = {s: f"images/{s}" for s in sorted({v for v in sp if v is not None})} or {None: 'images'}
+    keys = {}
+    for s, f in folders.items(): keys.setdefault(_YOLO_KEYS.get(str(s).lower(), None), []).append(f)
+    train = keys.get('train') or list(folders.values())
+    val = keys.get('val') or train
+    one = lambda v: _yaml_str(v[0]) if len(v) == 1 else '[' + ', '.join(map(_yaml_str, v)) + ']'
+    y = [f"# written by fastai_attncrop.export.export_boxes: images linked or copied under images/, labels under labels/",
+         f"path: {_yaml_str(dest.absolute())}", f"train: {one(train)}", f"val: {one(val)}"]
+    if 'test' in keys: y.append(f"test: {one(keys['test'])}")
+    y += [f"nc: {len(classes)}", "names:"] + [f"  {i}: {_yaml_str(c)}" for i, c in enumerate(classes)]
+    files.append(('data.yaml', '\n'.join(y) + '\n'))
+    files.append(('classes.txt', ''.join(c + '\n' for c in classes)))
+    return files
 
-def _labelstudio(t, images, classes, dest, url_prefix='', from_name='label', to_name='image', model_version='fastai_attncrop'):
+LS_LOCAL_FILES = '/data/local-files/?d='
+LS_ROOT_VARS = ('LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT', 'LOCAL_FILES_DOCUMENT_ROOT')
+
+def _ls_urls(images, url_prefix, document_root) -> tuple:
+    "The image URLs of Label Studio tasks, and the folder a Local Storage must cover (None with `url_prefix`)."
+    if url_prefix is not None: return [url_prefix + quote(p) for p in images['image']], None
+    if document_root is None: document_root = next((os.environ[v] for v in LS_ROOT_VARS if os.environ.get(v)), None)
+    if document_root is None:
+        raise ValueError("Label Studio cannot open images by a bare path: say where they are served. Either (1) let Label Studio serve "
+                         "them: start it with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<a "
+                         "folder above the images>, pass that folder as `document_root=` (or set the variable here too), and add a Local "
+                         "Storage of that folder or one below it holding the images to the project; or (2) pass `url_prefix=` (e.g. "
+                         "'https://host/images/'), the URL under which the images' paths relative to `root` are served elsewhere")
+    doc = Path(os.path.abspath(document_root))
+    urls = []
+    for p in images['item']:
+        try: rel = Path(p).relative_to(doc).as_posix()
+        except ValueError:
+            raise ValueError(f"image {p} is not under the Label Studio document root {doc} (`document_root` or ${LS_ROOT_VARS[0]}): "
+                             "Label Studio serves local files from below that folder only; choose a document root above the images") from None
+        urls.append(LS_LOCAL_FILES + quote(rel, safe='/'))
+    return urls, os.path.commonpath([str(Path(p).parent) for p in images['item']]) if len(images) else str(doc)
+
+def _labelstudio(t, images, classes, dest, cls, urls, from_name='label', to_name='image', model_version='fastai_attncrop'):
     by = {k: g for k, g in t.groupby('image')}
     tasks = []
-    for i, r in enumerate(images.itertuples(), start=1):
+    for i, (r, url) in enumerate(zip(images.itertuples(), urls), start=1):
         W, H = int(r.width), int(r.height)
-        res = [dict(id=f"{i}_{j}", type='rectanglelabels', from_name=from_name, to_name=to_name, original_width=W, original_height=H,
-                    image_rotation=0, score=round(float(o.score), 4),
-                    value=dict(x=100*o.xmin/W, y=100*o.ymin/H, width=100*(o.xmax - o.xmin)/W, height=100*(o.ymax - o.ymin)/H,
-                               rotation=0, rectanglelabels=[o.label]))
-               for j, o in enumerate(by[r.image].itertuples() if r.image in by else [])]
+        res = []
+        for j, o in enumerate(by[r.image].itertuples() if r.image in by else []):
+            reg = dict(id=f"{i}_{j}", type='rectanglelabels', from_name=from_name, to_name=to_name, original_width=W, original_height=H,
+                       image_rotation=0, score=round(float(o.score), 4),
+                       value=dict(x=100*o.xmin/W, y=100*o.ymin/H, width=100*(o.xmax - o.xmin)/W, height=100*(o.ymax - o.ymin)/H,
+                                  rotation=0, rectanglelabels=[o.label]))
+            if cls == 'both': reg['meta'] = dict(text=[f"predicted: {o.pred}"])
+            res.append(reg)
         pred = dict(model_version=model_version, result=res, score=min((x['score'] for x in res), default=None))
-        tasks.append(dict(id=i, data={to_name: url_prefix + quote(r.image)}, predictions=[pred]))
-    return write_text_atomic(json.dumps(tasks, indent=1), dest/'tasks.json')
+        tasks.append(dict(data={to_name: url, 'item': r.item}, predictions=[pred]))
+    return [('tasks.json', json.dumps(tasks, indent=1, allow_nan=False)), ('config.xml', labelstudio_config(classes, from_name, to_name))]
+
+_MAIN = dict(coco='instances.json', voc='Annotations', yolo='data.yaml', labelstudio='tasks.json')
+
+def _existing(dest:Path, format, files) -> list:
+    "Files in `dest` that this export would replace: its own outputs, and the annotation files of the format already there."
+    hit = [dest/n for n, _ in files if os.path.lexists(dest/n) and not isinstance(_, Path)]
+    hit += [dest/n for n, c in files if isinstance(c, Path) and os.path.lexists(dest/n) and not (os.path.islink(dest/n) and os.readlink(dest/n) == str(c))]
+    pattern = dict(coco=['instances.json'], voc=['Annotations/*.xml'], yolo=['labels/**/*.txt', 'data.yaml'], labelstudio=['tasks.json', 'config.xml'])[format]
+    hit += [p for g in pattern for p in dest.glob(g) if p.is_file() and p not in hit]
+    return hit
 
 def export_boxes(boxes:pd.DataFrame,
                  dest,                      # the folder to write into
@@ -129,69 +259,142 @@ def export_boxes(boxes:pd.DataFrame,
                  score=None,                # a column of `boxes` as the score (default: `trust_score`)
                  keep_fallback=False,       # also export whole-image fallback boxes (zero map, low confidence)
                  classes=None,              # the class list (order of COCO ids and YOLO indices; default: sorted)
-                 url_prefix='',             # Label Studio: prefix of the image URLs
+                 cls='pred',                # the class exported: 'pred' (the model's, `target`), 'label' (the known label, else the prediction) or 'both'
+                 overwrite=False,           # replace annotation files already in `dest` (default: refuse, naming them)
+                 images='link',             # VOC, YOLO: put the images in the tree as symbolic links ('link') or copies ('copy')
+                 url_prefix=None,           # Label Studio: images served elsewhere, at `url_prefix` + their path relative to `root`
+                 document_root=None,        # Label Studio: its LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (default: that variable here)
                  from_name='label',         # Label Studio: the RectangleLabels' name in the labelling config
-                 to_name='image',           # Label Studio: the Image's name
+                 to_name='image',           # Label Studio: the Image's name (and the task's data key)
+                 model_version='fastai_attncrop',  # Label Studio: the predictions' model version
                  progress=True) -> dict:
-    "Write the boxes of `boxes` at `margin` as pre-annotations of `format` into `dest`; returns the path and the counts."
+    "Write the boxes of `boxes` at `margin` as pre-annotations of `format` into `dest`, and `skipped.csv`; returns the paths and the counts."
     if format not in EXPORT_FORMATS: raise ValueError(f"`format` must be one of {EXPORT_FORMATS}, got {format!r}")
-    t, images, classes, counts = export_table(boxes, margin, root, score, keep_fallback, classes)
-    dest = Path(dest)
-    if format == 'coco': path = _coco(t, images, classes, dest)
-    elif format == 'voc': path = _voc(t, images, classes, dest, progress)
-    elif format == 'yolo': path = _yolo(t, images, classes, dest, progress)
-    else: path = _labelstudio(t, images, classes, dest, url_prefix, from_name, to_name)
-    return dict(format=format, path=Path(path), **counts)
+    if images not in ('link', 'copy'): raise ValueError(f"`images` must be 'link' or 'copy', got {images!r}")
+    t, ims, classes, counts, skipped = export_table(boxes, margin, root, score, keep_fallback, classes, cls)
+    dest = Path(os.path.abspath(dest))
+    extra = {}
+    if format == 'coco': files = _coco(t, ims, classes, dest, cls)
+    elif format == 'voc': files = _voc(t, ims, classes, dest, cls)
+    elif format == 'yolo': files = _yolo(t, ims, classes, dest, cls)
+    else:
+        urls, storage = _ls_urls(ims, url_prefix, document_root)
+        files = _labelstudio(t, ims, classes, dest, cls, urls, from_name, to_name, model_version)
+        extra = dict(config=dest/'config.xml', local_storage=None if storage is None else Path(storage))
+    if format in ('voc', 'yolo'):   # which tree file is which image: for labels made on the tree, back on the originals
+        m = [(n, str(c)) for n, c in files if isinstance(c, Path)]
+        img_of = dict(zip(ims['item'], ims['image']))
+        files.append((f"{format}_images.csv", pd.DataFrame({'file': [n for n, _ in m], 'image': [img_of[c] for _, c in m],
+                                                            'item': [c for _, c in m]}).to_csv(index=False)))
+    if not overwrite:
+        hit = _existing(dest, format, files)
+        if hit: raise FileExistsError(f"{dest} already holds {len(hit)} annotation file(s) this export would replace or mix with, e.g. {hit[0]}: "
+                                      "pass `overwrite=True` to replace them, or choose another `dest`")
+    for n, c in progress_bar(files, leave=False) if progress else files:
+        if isinstance(c, Path): _place(c, dest/n, images)
+        else: write_text_atomic(c, dest/n)
+    write_csv_atomic(skipped, dest/'skipped.csv')
+    return dict(format=format, path=dest/_MAIN[format], skipped_csv=dest/'skipped.csv', **extra, **counts)
 
 # %% ../nbs/09_export.ipynb #e915f917
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.gif')
 
-def read_yolo(dest, images, classes=None) -> pd.DataFrame:
-    "Read the YOLO label files `dest/labels/**/*.txt` (class list `dest/classes.txt` or `classes`), sizes from the images under `images`."
-    dest, images = Path(dest), Path(images)
-    if classes is None:
-        if not (dest/'classes.txt').exists(): raise FileNotFoundError(f"no classes.txt in {dest}: pass `classes`")
-        classes = [l.strip() for l in (dest/'classes.txt').read_text().splitlines() if l.strip()]
+def _yolo_names(dest:Path) -> list:
+    if (dest/'data.yaml').exists():
+        import yaml
+        names = (yaml.safe_load((dest/'data.yaml').read_text()) or {}).get('names')
+        if isinstance(names, dict): return [str(names[k]) for k in sorted(names, key=int)]
+        if isinstance(names, list): return [str(n) for n in names]
+        raise ValueError(f"{dest/'data.yaml'}: no `names` list or mapping")
+    if (dest/'classes.txt').exists(): return [l.strip() for l in (dest/'classes.txt').read_text().splitlines() if l.strip()]
+    raise FileNotFoundError(f"no data.yaml or classes.txt in {dest}: pass `classes`")
+
+def read_yolo(dest, images=None, classes=None) -> pd.DataFrame:
+    "Read the YOLO label files `dest/labels/**/*.txt` (classes from `dest/data.yaml`, `classes.txt` or `classes`), sizes from the images under `images` (default `dest/images`)."
+    dest = Path(dest)
+    imdir = dest/'images' if images is None else Path(images)
+    classes = _yolo_names(dest) if classes is None else [str(c) for c in classes]
     files = sorted((dest/'labels').rglob('*.txt'))
     if not files: raise FileNotFoundError(f"no label files under {dest/'labels'}")
+    known = {}
+    if images is None and (dest/'yolo_images.csv').exists():   # the tree's images are the originals of `export_boxes`: their names
+        m = pd.read_csv(dest/'yolo_images.csv', keep_default_na=False)
+        known = {Path(f).relative_to('images').as_posix(): i for f, i in zip(m['file'], m['image'])}
     rows = []
     for f in files:
         rel = f.relative_to(dest/'labels').with_suffix('')
-        img = next((images/rel.with_suffix(s) for s in IMAGE_SUFFIXES if (images/rel.with_suffix(s)).exists()), None)
-        if img is None: raise FileNotFoundError(f"{f}: no image {rel}.* under {images}")
+        img = next((imdir/rel.with_suffix(s) for s in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES)
+                    if (imdir/rel.with_suffix(s)).exists()), None)
+        if img is None: raise FileNotFoundError(f"{f}: no image {rel}.* under {imdir}")
         W, H = image_size(img)
+        name = img.relative_to(imdir).as_posix()
         for n, line in enumerate(f.read_text().splitlines(), start=1):
             if not line.strip(): continue
             v = line.split()
             if len(v) < 5: raise ValueError(f"{f}:{n}: a YOLO line is `class cx cy w h`, got {line!r}")
             c, (cx, cy, w, h) = int(v[0]), map(float, v[1:5])
             if not 0 <= c < len(classes): raise ValueError(f"{f}:{n}: class index {c} is not in the {len(classes)} classes")
-            rows.append(dict(image=img.relative_to(images).as_posix(), label=classes[c], xmin=(cx - w/2)*W, ymin=(cy - h/2)*H,
+            rows.append(dict(image=known.get(name, name), label=classes[c], xmin=(cx - w/2)*W, ymin=(cy - h/2)*H,
                              xmax=(cx + w/2)*W, ymax=(cy + h/2)*H, width=W, height=H))
     return pd.DataFrame(rows, columns=GT_COLUMNS + ['width', 'height'])
 
-def read_labelstudio(path, url_prefix='', source='auto') -> pd.DataFrame:
-    "Read the rectangles of a Label Studio tasks JSON (annotations, else predictions) into a ground-truth DataFrame with `score`."
+def _ls_image(url, url_prefix) -> str:
+    "The image of a Label Studio task's URL: less `url_prefix`, or the `d` path of a local-files URL, unquoted."
+    url = str(url)
+    if url_prefix and url.startswith(url_prefix): return unquote(url[len(url_prefix):])
+    u = urlsplit(url)
+    if u.path.rstrip('/').endswith('/data/local-files') and 'd' in parse_qs(u.query): return parse_qs(u.query)['d'][0]
+    return unquote(url)
+
+def _ls_rects(result, from_name=None) -> list:
+    "(label, x, y, w, h, W, H, score) of the rectangles of a Label Studio result list (percent of the image)."
+    out = []
+    for r in result or []:
+        if not isinstance(r, dict): continue
+        v = r.get('value', r)          # JSON_MIN lists the values themselves
+        if 'rectanglelabels' not in v or (from_name is not None and r.get('from_name', from_name) != from_name): continue
+        W, H = r.get('original_width', v.get('original_width')), r.get('original_height', v.get('original_height'))
+        if W is None or H is None: raise ValueError(f"a rectangle without `original_width`/`original_height`: {r}")
+        for lab in v['rectanglelabels']: out.append((lab, v['x'], v['y'], v['width'], v['height'], W, H, r.get('score')))
+    return out
+
+def read_labelstudio(path, url_prefix='', source='auto', from_name=None, to_name='image') -> pd.DataFrame:
+    "Read the rectangles of a Label Studio JSON (`export_boxes` tasks, or Label Studio's JSON / JSON_MIN exports) into a ground-truth DataFrame."
     if source not in ('auto', 'annotations', 'predictions'): raise ValueError(f"`source` must be 'auto', 'annotations' or 'predictions', got {source!r}")
     path = Path(path)
     try: tasks = json.loads(path.read_text())
     except json.JSONDecodeError as e: raise ValueError(f"{path}: not valid JSON ({e})") from None
     if isinstance(tasks, dict): tasks = [tasks]
-    rows = []
+    rows, ids_only = [], 0
     for task in tasks:
-        url = next(iter(task.get('data', {}).values()), None)
+        if 'data' not in task:         # JSON_MIN: the task's data and its latest annotation's values, flat
+            if to_name not in task: raise ValueError(f"{path}: task {task.get('id')} has neither `data` nor an image field {to_name!r}")
+            image, item = _ls_image(task[to_name], url_prefix), task.get('item')
+            res = [v for k, val in task.items() if isinstance(val, list) for v in val if isinstance(v, dict) and (from_name is None or k == from_name)]
+            for lab, x, y, w, h, W, H, sc in _ls_rects(res):
+                rows.append(dict(image=image, label=lab, xmin=x*W/100, ymin=y*H/100, xmax=(x + w)*W/100, ymax=(y + h)*H/100,
+                                 width=W, height=H, score=sc, source='annotation', task=task.get('id'), item=item, skipped=False))
+            continue
+        data = task['data']
+        url = data.get(to_name, next((v for v in data.values() if isinstance(v, str)), None))
         if url is None: raise ValueError(f"{path}: task {task.get('id')} has no image in `data`")
-        image = unquote(url[len(url_prefix):] if url_prefix and url.startswith(url_prefix) else url)
-        anns = [a for a in task.get('annotations', []) if not a.get('was_cancelled')]
-        use = (anns[-1:] if anns and source != 'predictions' else []) or ([] if source == 'annotations' else task.get('predictions', [])[:1])
-        for r in (r for u in use for r in u.get('result', [])):
-            v = r.get('value', {})
-            if r.get('type') != 'rectanglelabels' and 'rectanglelabels' not in v: continue
-            W, H = r['original_width'], r['original_height']
-            for lab in v.get('rectanglelabels', []):
-                rows.append(dict(image=image, label=lab, xmin=v['x']*W/100, ymin=v['y']*H/100, xmax=(v['x'] + v['width'])*W/100,
-                                 ymax=(v['y'] + v['height'])*H/100, width=W, height=H, score=r.get('score')))
-    return pd.DataFrame(rows, columns=GT_COLUMNS + ['width', 'height', 'score'])
+        anns = [a for a in task.get('annotations', []) if isinstance(a, dict)]
+        done = [a for a in anns if not a.get('was_cancelled')]
+        preds = [p for p in task.get('predictions', []) if isinstance(p, dict)]
+        ids_only += len(task.get('predictions', [])) > len(preds)   # the quick JSON export lists predictions by id
+        skipped = bool(anns) and not done                           # every annotation cancelled: the task was skipped
+        if source != 'predictions' and done: use, kind = done[-1:], 'annotation'
+        elif source != 'annotations' and not skipped or source == 'predictions': use, kind = preds[-1:], 'prediction'
+        else: use, kind = [], None
+        for u in use:
+            for lab, x, y, w, h, W, H, sc in _ls_rects(u.get('result'), from_name):
+                rows.append(dict(image=_ls_image(url, url_prefix), label=lab, xmin=x*W/100, ymin=y*H/100, xmax=(x + w)*W/100,
+                                 ymax=(y + h)*H/100, width=W, height=H, score=sc if sc is not None else u.get('score'), source=kind,
+                                 task=task.get('id'), item=data.get('item'), skipped=skipped))
+    if source == 'predictions' and not rows and ids_only:
+        raise ValueError(f"{path}: the predictions are listed by id only (Label Studio's quick JSON export): export a snapshot with "
+                         "full predictions, or read the tasks.json that was imported")
+    return pd.DataFrame(rows, columns=GT_COLUMNS + ['width', 'height', 'score', 'source', 'task', 'item', 'skipped'])
 
 # %% ../nbs/09_export.ipynb #e91877fe
 def labels_to_originals(crop_labels:pd.DataFrame, manifest) -> pd.DataFrame:
@@ -257,30 +460,47 @@ def review_sheet(boxes:pd.DataFrame,
                  per_page=100,         # boxes per page
                  thumb=160,            # the longer side of each image shown, in CSS pixels
                  title='Boxes to review',
+                 links='relative',     # image links relative to `dest` ('relative': the sheet and images move together) or 'absolute' (file:// URLs)
                  progress=True) -> Path:
     "A static, paged HTML sheet of the boxes of `boxes` at `margin`, least trusted first: original with its box, crop, class, probabilities, trust."
     cols = _check_boxes(boxes, margin, score)
     if per_page < 1: raise ValueError(f"`per_page` must be >= 1, got {per_page!r}")
-    dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
+    if links not in ('relative', 'absolute'): raise ValueError(f"`links` must be 'relative' or 'absolute', got {links!r}")
+    dest = Path(os.path.abspath(dest)); dest.mkdir(parents=True, exist_ok=True)
+    paths = item_paths(boxes['item'])    # resolved once, as the user named them: the links work from any working directory
     bad = failed_rows(boxes)
+    err = boxes['error'].tolist() if 'error' in boxes.columns else [None]*len(boxes)
+    keys = boxes['instance'].astype(str).tolist() if 'instance' in boxes.columns else [str(p) for p in paths]
+    problems = box_problems(boxes[cols].to_numpy(float), boxes[['width', 'height']].to_numpy(float))
+    checked, why = {}, []
+    for i, p in enumerate(paths):
+        if bad[i]: why.append(f"unreadable: {err[i]}"); continue
+        if p not in checked: checked[p] = _file_problem(p)
+        why.append(checked[p] or problems[i])
+    why = np.array(why, dtype=object)
+    left = np.array([w is not None for w in why])
     s = boxes[score].to_numpy(float) if score is not None else trust_score(boxes, margin)
-    ok = boxes[~bad].assign(_score=np.nan_to_num(s[~bad], nan=0.))
+    ok = boxes[~left].assign(_score=np.nan_to_num(s[~left], nan=0.), _path=[p for p, l in zip(paths, left) if not l])
     ok = ok.iloc[np.lexsort((np.arange(len(ok)), ok['_score'].to_numpy()))]   # least trusted first; ties in table order
     recs, pcol = ok.to_dict('records'), crop_prob_col(margin)
     n_pages = max(1, -(-len(recs)//per_page))
-    base = dest.resolve()
+    href = ((lambda p: p.as_uri()) if links == 'absolute' else (lambda p: quote(Path(os.path.relpath(p, dest)).as_posix())))
+    skipped = pd.DataFrame({'item': [str(p) for p, l in zip(paths, left) if l], 'instance': [k for k, l in zip(keys, left) if l],
+                            'reason': why[left].tolist()}, columns=SKIPPED_COLUMNS)
     for i in progress_bar(range(n_pages), leave=False) if progress else range(n_pages):
         part = recs[i*per_page:(i+1)*per_page]
-        cards = ''.join(_card(r, i*per_page + j, quote(Path(os.path.relpath(Path(r['item']).resolve(), base)).as_posix()), r['_score'],
-                              margin, pcol, thumb) for j, r in enumerate(part))
+        cards = ''.join(_card(r, i*per_page + j, href(r['_path']), r['_score'], margin, pcol, thumb) for j, r in enumerate(part))
         nav = ' '.join(f'<a href="{_page_name(k)}">{k+1}</a>' if k != i else f'<b>{k+1}</b>' for k in range(n_pages))
         failed = ''
-        if i == 0 and bad.any():
-            li = ''.join(f'<li>{html.escape(str(p))}: {html.escape(str(e))}</li>' for p, e in zip(boxes.loc[bad, 'item'], boxes.loc[bad, 'error']))
-            failed = f'<h2>{int(bad.sum())} images could not be read (no box)</h2><ul class="failed">{li}</ul>'
+        if i == 0 and left.any():
+            li = ''.join(f'<li>{html.escape(r.item)}: {html.escape(str(r.reason))}</li>' for r in skipped.itertuples())
+            n_bad = int(bad.sum())
+            failed = (f'<h2>{len(skipped)} rows left out ({n_bad} images could not be read, {len(skipped) - n_bad} images missing or boxes '
+                      f'not valid; also in skipped.csv)</h2><ul class="failed">{li}</ul>')
         page = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)} ({i+1}/{n_pages})</title>'
                 f'<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>'
                 f'<p class="summary">{len(recs)} boxes at margin {margin:g}, least trusted first; boxes {i*per_page+1}-{i*per_page+len(part)}, '
                 f'page {i+1} of {n_pages}.</p><nav>{nav}</nav><div class="grid">{cards}</div><nav>{nav}</nav>{failed}</body></html>')
         write_text_atomic(page, dest/_page_name(i))
+    write_csv_atomic(skipped, dest/'skipped.csv')
     return dest/'index.html'

@@ -49,7 +49,8 @@ def test_formats_read_by_independent_readers(table, tmp_path):
     root, bx = table
     want = _expected(bx)
     n_img = bx.error.isna().sum()
-    outs = {f: export_boxes(bx, tmp_path/f, f, root=root, progress=False) for f in EXPORT_FORMATS}
+    outs = {f: export_boxes(bx, tmp_path/f, f, root=root, progress=False, **({'url_prefix': ''} if f == 'labelstudio' else {}))
+            for f in EXPORT_FORMATS}
     for o in outs.values(): assert (o['images'], o['boxes'], o['failed'], o['fallback']) == (n_img, len(want), 1, 1)
     bad_image = Path(bx.item[2]).relative_to(root).as_posix()
     # COCO: [x, y, w, h] and a score per annotation
@@ -61,24 +62,27 @@ def test_formats_read_by_independent_readers(table, tmp_path):
     _check(coco, want, 0.01)
     assert np.allclose(coco.sort_values('image').score, want.score, atol=1e-4)
     assert all(ims[a['image_id']]['width'] == 56 and ims[a['image_id']]['height'] == 40 for a in d['annotations'])
-    # VOC: one XML per readable image, 1-based whole pixels
-    files = sorted((tmp_path/'voc').glob('*.xml'))
+    # VOC: one Annotations/<id>.xml per readable image describing JPEGImages/<id>.png, 1-based whole pixels
+    files = sorted((tmp_path/'voc'/'Annotations').glob('*.xml'))
     assert len(files) == n_img
+    orig = dict(zip(*pd.read_csv(tmp_path/'voc'/'voc_images.csv')[['file', 'image']].values.T))   # tree file -> image under root
     rows = []
     for f in files:
         r = ET.parse(f).getroot()
         assert (r.findtext('size/width'), r.findtext('size/height')) == ('56', '40')
+        assert Path(r.findtext('filename')).stem == f.stem and (tmp_path/'voc'/'JPEGImages'/r.findtext('filename')).exists()
         for o in r.iter('object'):
-            rows.append(dict(image=r.findtext('filename'), label=o.findtext('name'),
+            rows.append(dict(image=orig['JPEGImages/' + r.findtext('filename')], label=o.findtext('name'),
                              **{k: float(o.findtext(f'bndbox/{k}')) - (k.endswith('min')) for k in BOX}))
     _check(pd.DataFrame(rows), want, 0.5)
-    # YOLO: normalized centre and size, the class list
+    # YOLO: normalized centre and size, the class list; labels/<split>/<id>.txt beside images/<split>/<id>.png
     classes = (tmp_path/'yolo'/'classes.txt').read_text().split()
+    orig = dict(zip(*pd.read_csv(tmp_path/'yolo'/'yolo_images.csv')[['file', 'image']].values.T))
     rows = []
     for f in sorted((tmp_path/'yolo'/'labels').rglob('*.txt')):
         for line in f.read_text().splitlines():
             c, cx, cy, w, h = line.split(); cx, cy, w, h = float(cx)*56, float(cy)*40, float(w)*56, float(h)*40
-            rows.append(dict(image=f.relative_to(tmp_path/'yolo'/'labels').with_suffix('.png').as_posix(), label=classes[int(c)],
+            rows.append(dict(image=orig['images/' + f.relative_to(tmp_path/'yolo'/'labels').with_suffix('.png').as_posix()], label=classes[int(c)],
                              xmin=cx - w/2, ymin=cy - h/2, xmax=cx + w/2, ymax=cy + h/2))
     assert len(list((tmp_path/'yolo'/'labels').rglob('*.txt'))) == n_img
     _check(pd.DataFrame(rows), want, 1e-3)
@@ -95,16 +99,17 @@ def test_formats_read_by_independent_readers(table, tmp_path):
                              xmax=(v['x'] + v['width'])*W/100, ymax=(v['y'] + v['height'])*H/100))
     _check(pd.DataFrame(rows), want, 1e-6)
     # and the package's own readers give the same boxes back to 0.5 px
+    orig_voc = dict(zip(*pd.read_csv(tmp_path/'voc'/'voc_images.csv')[['file', 'image']].values.T))
     _check(read_coco(tmp_path/'coco'/'instances.json'), want, 0.5)
-    _check(read_voc(tmp_path/'voc'), want, 0.5)
-    _check(read_yolo(tmp_path/'yolo', root), want, 0.5)
+    _check(read_voc(tmp_path/'voc'/'Annotations').assign(image=lambda d: d.image.map(lambda n: orig_voc['JPEGImages/' + n])), want, 0.5)
+    _check(read_yolo(tmp_path/'yolo'), want, 0.5)
     _check(read_labelstudio(tmp_path/'labelstudio'/'tasks.json'), want, 0.5)
     with pytest.raises(ValueError, match='`format` must be one of'): export_boxes(bx, tmp_path/'x', 'kitti')
     with pytest.raises(ValueError, match='lacks the class'): export_table(bx, classes=['circle'])
 
 def test_labelstudio_annotations_win_over_predictions(table, tmp_path):
     root, bx = table
-    out = export_boxes(bx, tmp_path, 'labelstudio', root=root, progress=False)
+    out = export_boxes(bx, tmp_path, 'labelstudio', root=root, url_prefix='', progress=False)
     tasks = json.loads(out['path'].read_text())
     region = json.loads(json.dumps(tasks[0]['predictions'][0]['result'][0]))
     region['value'].update(x=10., y=20., width=30., height=40., rectanglelabels=['person'])
