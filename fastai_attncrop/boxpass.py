@@ -688,8 +688,7 @@ class BoxPlan:
         out = {}
         for c in range(len(self.chunks)):
             try: out[c] = pd.read_pickle(self.parts/f"{c:05d}.pkl")
-            except FileNotFoundError: pass                 # not done, or removed by a second process that finished the pass
-            except Exception: pass                         # one a second process is writing or that was cut off: done again
+            except Exception: pass     # not done, removed by a second process that finished the pass, or cut off: done again
         return out
 
     def todo(self, done:dict) -> list:
