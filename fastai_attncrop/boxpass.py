@@ -28,7 +28,7 @@ from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropIt
 
 
 # %% auto #0
-__all__ = ['item_path', 'learner_items', 'user_cache_dir', 'frame_tfms', 'check_batch_tfms', 'image_class',
+__all__ = ['ZOOM_MARGIN', 'item_path', 'learner_items', 'user_cache_dir', 'frame_tfms', 'check_batch_tfms', 'image_class',
            'check_vision_learner', 'learner_task', 'special_file', 'ZoomItem', 'OpenImage', 'paths_dl', 'load_batches',
            'feature_stride', 'native_size', 'native_buckets', 'native_batches', 'crop_batch', 'deletion_insertion',
            'zoom_windows', 'zoom_boxes', 'box_chunk', 'BoxPlan', 'box_pass']
@@ -425,10 +425,14 @@ def zoom_windows(boxes, wh, pad=0.5, aspect=None) -> np.ndarray:
     "Integer windows (n, 4) in the original pixels of images of sizes `wh` (n, 2): `boxes` (n, 4) padded by `pad` of their size per side, shaped `aspect` (width / height), inside the image."
     return np.array([crop_box(b, s, pad, aspect) for b, s in zip(np.asarray(boxes, float).reshape(-1, 4), np.asarray(wh).reshape(-1, 2).tolist())], int).reshape(-1, 4)
 
+ZOOM_MARGIN = 0.95   # the margin of the first box a zoomed look's window is cut around
+
 def zoom_boxes(learn, paths, wh, boxes, target, method='gradcam', margins=(0.95, 0.8, 0.6), floor=0., pad=0.5, bs=64,
                tfms=None, keep=None, dilate=False) -> np.ndarray:
-    "Boxes (n, M, 4) of `margins` from a second look at the images `paths` (sizes `wh`) through windows around `boxes` (n, M, 4, original pixels; the largest margin's), for class `target[i]`."
+    "Boxes (n, M, 4) of `margins` from a second look at the images `paths` (sizes `wh`) through windows around `boxes` (n, M, 4, original pixels; the box of margin `ZOOM_MARGIN`, which `margins` must hold), for class `target[i]`."
     margins = check_margins(margins)
+    w = [j for j, m in enumerate(margins) if math.isclose(m, ZOOM_MARGIN)]
+    if not w: raise ValueError(f"`margins` must hold the zoom window's margin {ZOOM_MARGIN}, got {margins}")
     boxes = np.asarray(boxes, float).reshape(len(paths), len(margins), 4)
     out, n = boxes.copy(), len(paths)
     keep = np.zeros(n, bool) if keep is None else np.asarray(keep, bool)
@@ -436,7 +440,7 @@ def zoom_boxes(learn, paths, wh, boxes, target, method='gradcam', margins=(0.95,
     if not todo: return out
     tfms = frame_tfms(learn) if tfms is None else tfms
     in_wh = InputFrame.from_tfms(tfms, tuple(int(v) for v in wh[todo[0]])).input_wh
-    wins = zoom_windows(boxes[:, int(np.argmax(margins))], wh, pad, in_wh[0]/in_wh[1])
+    wins = zoom_windows(boxes[:, w[0]], wh, pad, in_wh[0]/in_wh[1])
     items = [ZoomItem(str(p), tuple(int(v) for v in w)) for p, w in zip(paths, wins)]
     target = np.asarray(target).reshape(-1)
     for pos, xz in load_batches(learn, items, todo, bs, {}, 'report', tfms):   # an image that fails now keeps its first box
@@ -540,13 +544,15 @@ def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95
                                multi_label=multi_label, thresh=thresh, max_k=max_k)
         H, W = sm.input_size
         ii = sm.img_idx.cpu().numpy()
-        bx = torch.stack([mass_box(remove_floor(sm.maps, floor), margin_eps(m), size=(W, H)) for m in margins], 1).double().cpu()  # (rows, M, 4)
+        ms = margins + [ZOOM_MARGIN] if zoom else margins   # a zoomed look's window: the box at `ZOOM_MARGIN`, whatever the margins asked
+        bx = torch.stack([mass_box(remove_floor(sm.maps, floor), margin_eps(m), size=(W, H)) for m in ms], 1).double().cpu()  # (rows, M, 4)
         R = len(ii)
         zero = fallback_maps(sm.maps).cpu().numpy()
         ob = _frame_boxes(frames, tfms, wh[pos[ii]], bx, W, H)              # (rows, M, 4) in the original images' pixels
         for _ in range(zoom):
-            ob = zoom_boxes(learn, [paths[i] for i in pos[ii]], wh[pos[ii]], ob, sm.target.cpu().numpy(), method, margins,
+            ob = zoom_boxes(learn, [paths[i] for i in pos[ii]], wh[pos[ii]], ob, sm.target.cpu().numpy(), method, ms,
                             floor, zoom_pad, bs, tfms, keep=zero, dilate=dilate)
+        ob, bx = ob[:, :M], bx[:, :M]
         if zoom and trust and R:   # the trust crops are those of the final boxes, on the first pass's input
             bx = torch.as_tensor(np.stack([frames[tuple(s)].to_input(b).numpy() for s, b in zip(wh[pos[ii]].tolist(), ob)]))
         crop = np.full((R, M), np.nan); dele = ins = np.full(R, np.nan)
