@@ -66,6 +66,26 @@ def _formats(format) -> list:
     if bad: raise CliError(f"--format: unknown format(s) {', '.join(map(repr, bad))}; choose from {', '.join(EXPORT_FORMATS)} (comma-separated)")
     return list(dict.fromkeys(fmts))
 
+def _ls_root(files, document_root, url_prefix):
+    "The Label Studio document root the images are served from (None: `url_prefix`); checks that every image is below it."
+    from fastai_attncrop.export import LS_ROOT_VARS
+    if url_prefix is not None: return None
+    opt = '--document-root'
+    if document_root is None:
+        var = next((v for v in LS_ROOT_VARS if os.environ.get(v)), None)
+        if var is None:
+            raise CliError("--format labelstudio needs --document-root DIR or --url-prefix URL: Label Studio cannot open images by a bare "
+                           "path. --document-root: Label Studio serves the images itself (start it with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true "
+                           f"and {LS_ROOT_VARS[0]}=DIR, a folder above the images, and give the same DIR here or set that variable here too); "
+                           "--url-prefix: the images are served elsewhere, at URL + their path relative to their common folder")
+        document_root, opt = os.environ[var], f"${var}"
+    doc = Path(os.path.abspath(document_root))
+    if not doc.is_dir(): raise CliError(f"{opt} {doc} {'is a file' if doc.exists() else 'does not exist'}: give the folder Label Studio serves local files from")
+    below = [p for p in files if doc not in p.parents]
+    if below: raise CliError(f"{opt} {doc}: {len(below)} image(s) are not below it, e.g. {below[0]}: Label Studio serves local files from below "
+                             "its document root only; choose a folder above the images")
+    return doc
+
 def _learner_file(fname) -> Path:
     p = Path(fname)
     if not p.is_file(): raise CliError(f"LEARNER: {p} {'is a folder' if p.is_dir() else 'does not exist'}: give the file `learn.export()` wrote")
@@ -90,7 +110,11 @@ def boxes(learner:str,                 # the exported learner: the file `learn.e
           method:str='gradcam',        # the saliency method: gradcam, gradcampp, xgradcam, hirescam, layercam, eigencam, cam, scorecam, ...
           bs:int=None,                 # batch size of the box pass (default: the learner's)
           cache:str=None,              # the box pass's cache folder (default: OUT/cache); a killed run resumes from it
-          url_prefix:str='',           # Label Studio: prefix of the image URLs (the images' paths relative to their common folder)
+          cls:str='pred',              # the class exported: pred (the model's), label (the known label, else the prediction) or both; new images have no label: the prediction
+          document_root:str=None,      # Label Studio serves the images: its LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, a folder above them (default: that variable here)
+          url_prefix:str=None,         # Label Studio: the images are served elsewhere, at this URL + their path relative to their common folder
+          model_version:str='fastai_attncrop', # Label Studio: the predictions' model version
+          links:str='relative',        # the review sheet's image links: relative (to OUT/review) or absolute (file:// URLs)
           overwrite:bool=False,        # write into a folder that is not empty, replacing an earlier run's outputs
           progress:bool=True,          # show progress bars (--no-progress: none, e.g. for a scheduled job's log)
          ) -> dict:
@@ -99,7 +123,7 @@ def boxes(learner:str,                 # the exported learner: the file `learn.e
     from fastai_attncrop.saliency import METHODS, MAKERS
     from fastai_attncrop.crop import check_margins, failed_rows, export_crops
     from fastai_attncrop.boxpass import box_pass
-    from fastai_attncrop.export import export_boxes, review_sheet
+    from fastai_attncrop.export import export_boxes, review_sheet, CLASS_CHOICES
     t0 = time.time()
     learner = _learner_file(learner)
     if out is None: raise CliError("--out is required: the folder to write into")
@@ -111,7 +135,16 @@ def boxes(learner:str,                 # the exported learner: the file `learn.e
         why = " (it is fitted on the learner's training set, which an exported learner does not carry)" if method in MAKERS else ''
         raise CliError(f"--method: {method!r} is not one of {', '.join(sorted(METHODS))}{why}")
     if bs is not None and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1): raise CliError(f"--bs must be an integer >= 1, got {bs!r}")
+    if cls not in CLASS_CHOICES: raise CliError(f"--cls must be one of {', '.join(CLASS_CHOICES)}, got {cls!r}")
+    if links not in ('relative', 'absolute'): raise CliError(f"--links must be relative or absolute, got {links!r}")
+    url_prefix = url_prefix or None
+    if document_root is not None and url_prefix is not None:
+        raise CliError("--document-root and --url-prefix: give one (--document-root: Label Studio serves the images; --url-prefix: they are served elsewhere)")
+    if 'labelstudio' not in fmts:
+        for o, v in (('--document-root', document_root), ('--url-prefix', url_prefix)):
+            if v is not None: raise CliError(f"{o} is an option of the Label Studio export: add labelstudio to --format, or leave it out")
     files = image_files(images)
+    doc = _ls_root(files, document_root, url_prefix) if 'labelstudio' in fmts else None
     folders = [Path(os.path.abspath(p)) for p in images if Path(p).is_dir()]
     if crops: folders.append(Path(os.path.commonpath([str(p.parent) for p in files])))   # the tree the crops mirror
     for src in folders:
@@ -125,30 +158,38 @@ def boxes(learner:str,                 # the exported learner: the file `learn.e
     margins = sorted({0.95, 0.8, 0.6, margin}, reverse=True)
     rec = dict(command='boxes', version=fastai_attncrop.__version__, learner=str(learner.absolute()),
                images=[os.path.abspath(p) for p in images], n_images=len(files), format=fmts, margin=margin, margins=margins,
-               crops=crops, review=review, method=method, bs=bs, cache=str(cache), url_prefix=url_prefix, finished=False, outputs=[])
+               crops=crops, review=review, method=method, bs=bs, cache=str(cache), cls=cls,
+               document_root=None if doc is None else str(doc), url_prefix=url_prefix, model_version=model_version, links=links,
+               finished=False, outputs=[])
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(json.dumps(rec, indent=1), out/RUN_FILE)
     print(f"attncrop boxes: {'resuming: ' if resume else ''}{len(files)} images -> {out}", flush=True)
     table = box_pass(learn, items=[str(p) for p in files], method=method, margins=margins, bs=bs, cache=cache, progress=progress)
     atomic_write(out/'boxes.pkl', lambda tmp: table.to_pickle(tmp), suffix='.pkl')
     write_csv_atomic(table, out/'boxes.csv')
-    written = ['boxes.pkl', 'boxes.csv']
+    written, notes = ['boxes.pkl', 'boxes.csv'], {}
     bad = failed_rows(table)
     if bad.any():
         write_csv_atomic(table.loc[bad, ['item', 'error']], out/'unreadable.csv'); written.append('unreadable.csv')
-    counts = dict(images=len(files), rows=len(table), unreadable=int(bad.sum()))
+    counts = dict(images=len(files), rows=len(table), unreadable=int(bad.sum()), skipped={})
     for f in fmts:
-        if resume and (out/f).is_dir(): shutil.rmtree(out/f)   # a half-written export of the interrupted run: written again
-        try: res = export_boxes(table, out/f, f, margin=margin, progress=progress, **({'url_prefix': url_prefix} if url_prefix else {}))
+        if resume and (out/f).is_dir(): shutil.rmtree(out/f)   # a half-written export of the interrupted run: written anew
+        kw = dict(document_root=doc, url_prefix=url_prefix, model_version=model_version) if f == 'labelstudio' else {}
+        # the run owns its export folders (new, resumed, or cleared by --overwrite): each export replaces what is there
+        try: res = export_boxes(table, out/f, f, margin=margin, cls=cls, overwrite=True, progress=progress, **kw)
         except ValueError as e: raise CliError(f"--format {f}: {e}") from e
-        written.append(f); counts[f] = int(res.get('boxes', 0))
+        written.append(f); counts[f] = int(res['boxes']); counts['skipped'][f] = int(res['skipped'])
+        if res['skipped']: notes[f] = f"{res['skipped']} left out, see {f}/skipped.csv"
+        if f == 'labelstudio' and res.get('local_storage') is not None:
+            rec['labelstudio_local_storage'] = str(res['local_storage'])
+            notes[f] = '; '.join(([notes[f]] if f in notes else []) + [f"in the Label Studio project, add a Local Storage of {res['local_storage']}"])
     if crops:
         res = export_crops(table, out/'crops', margin=margin, overwrite=overwrite, progress=progress)
         written.append('crops'); counts['crops'] = int(res['error'].isna().sum())
-    if review: review_sheet(table, out/'review', margin=margin, progress=progress); written.append('review')
+    if review: review_sheet(table, out/'review', margin=margin, links=links, progress=progress); written.append('review')
     rec.update(finished=True, outputs=written, counts=counts, seconds=round(time.time() - t0, 1))
     write_text_atomic(json.dumps(rec, indent=1), out/RUN_FILE)
-    for w in written: print(f"wrote {out/w}{'/' if (out/w).is_dir() else ''}")
+    for w in written: print(f"wrote {out/w}{'/' if (out/w).is_dir() else ''}{' (' + notes[w] + ')' if w in notes else ''}")
     print(f"{counts['rows']} boxes of {len(files)} images ({counts['unreadable']} unreadable) in {rec['seconds']:.0f}s", flush=True)
     return rec
 

@@ -4,6 +4,7 @@ from functools import partial
 from pathlib import Path
 import pandas as pd, pytest
 from fastai_attncrop.cli import main, usage, boxes, image_files, read_run, RUN_FILE
+from fastai_attncrop.export import LS_ROOT_VARS
 from fastcore.script import anno_parser
 
 @pytest.fixture(scope='module')
@@ -30,7 +31,8 @@ def expected_table(pkl, files, **kwargs):
 def test_table_and_outputs(exported, tmp_path, capsys):
     pkl, new = exported
     out = tmp_path/'out'
-    rc = main(['boxes', pkl, new, '--out', out, '--format', 'labelstudio,coco,voc,yolo', '--crops', '--review', '--no-progress'])
+    rc = main(['boxes', pkl, new, '--out', out, '--format', 'labelstudio,coco,voc,yolo', '--document-root', new.parent, '--crops', '--review',
+               '--no-progress'])
     assert rc == 0, capsys.readouterr().err
     files = sorted(new.rglob('*.png'))
     table = pd.read_pickle(out/'boxes.pkl')
@@ -45,10 +47,16 @@ def test_table_and_outputs(exported, tmp_path, capsys):
     assert len(coco) == rec['counts']['coco'] == len(table) - table['fallback'].notna().sum()
     tasks = json.loads((out/'labelstudio'/'tasks.json').read_text())
     assert len(tasks) == len(files) and all(t['predictions'] for t in tasks)
+    assert [t['data']['image'] for t in tasks] == ['/data/local-files/?d=' + p.relative_to(new.parent).as_posix() for p in files]
+    assert rec['document_root'] == str(new.parent) and rec['labelstudio_local_storage'] == str(new)
+    assert (out/'labelstudio'/'config.xml').is_file() and tasks[0]['predictions'][0]['model_version'] == 'fastai_attncrop'
+    for f in ['coco', 'voc', 'yolo', 'labelstudio']:           # every export lists what it left out (here: the fallbacks)
+        assert len(pd.read_csv(out/f/'skipped.csv')) == rec['counts']['skipped'][f] == table['fallback'].notna().sum()
     assert len(pd.read_csv(out/'crops'/'crops.csv')) == len(files) == rec['counts']['crops']
     assert (out/'review'/'index.html').is_file() and (out/'voc').is_dir() and (out/'yolo').is_dir()
     printed = capsys.readouterr().out
     for name in ['boxes.pkl', 'boxes.csv', 'coco', 'labelstudio', 'crops', 'review']: assert str(out/name) in printed
+    assert f"add a Local Storage of {new}" in printed
 
 def count_chunks(monkeypatch, stop_after=None):
     "Count the box pass's chunks computed; with `stop_after`, a Ctrl-C once that many are done (a killed run)."
@@ -95,8 +103,9 @@ def run(*args):
         except SystemExit as e: rc = e.code
     return rc, err.getvalue()
 
-def test_errors_name_what_is_wrong(exported, tmp_path):
+def test_errors_name_what_is_wrong(exported, tmp_path, monkeypatch):
     pkl, new = exported
+    for v in LS_ROOT_VARS: monkeypatch.delenv(v, raising=False)
     out = tmp_path/'out'
     (tmp_path/'notes.txt').write_text('not a learner'); (tmp_path/'empty').mkdir()
     (tmp_path/'full').mkdir(); (tmp_path/'full'/'mine.txt').write_text('x')
@@ -115,6 +124,15 @@ def test_errors_name_what_is_wrong(exported, tmp_path):
              (['boxes', pkl, new, '--out', new/'out'], 1, 'lies inside the image folder ' + str(new)),
              (['boxes', pkl, *sorted(new.rglob('*.png'))[::5], '--out', new/'out', '--crops'], 1, 'lies inside the image folder'),
              (['boxes', pkl, new, '--out', tmp_path/'notes.txt'], 1, 'is a file, not a folder'),
+             (['boxes', pkl, new, '--out', out, '--format', 'coco,labelstudio'], 1, '--format labelstudio needs --document-root DIR or --url-prefix URL'),
+             (['boxes', pkl, new, '--out', out, '--format', 'labelstudio', '--document-root', new/'circle'], 1,
+              '--document-root ' + str(new/'circle') + ': '),
+             (['boxes', pkl, new, '--out', out, '--format', 'labelstudio', '--document-root', tmp_path/'nowhere'], 1, 'nowhere does not exist'),
+             (['boxes', pkl, new, '--out', out, '--format', 'labelstudio', '--document-root', new, '--url-prefix', 'http://h/'], 1,
+              '--document-root and --url-prefix: give one'),
+             (['boxes', pkl, new, '--out', out, '--url-prefix', 'http://h/'], 1, '--url-prefix is an option of the Label Studio export'),
+             (['boxes', pkl, new, '--out', out, '--cls', 'truth'], 1, "--cls must be one of pred, label, both, got 'truth'"),
+             (['boxes', pkl, new, '--out', out, '--review', '--links', 'web'], 1, "--links must be relative or absolute, got 'web'"),
              (['boxe'], 2, "unknown command 'boxe'")]
     for args, code, msg in cases:
         rc, err = run(*args)
@@ -145,13 +163,45 @@ def test_killed_during_the_exports_resumes(exported, tmp_path, monkeypatch):
     "A run killed after the table and an export were written: the same command writes everything again, then finishes."
     import fastai_attncrop.crop as crop
     pkl, new = exported
-    args = ['boxes', pkl, new, '--out', tmp_path/'out', '--format', 'coco,yolo', '--crops', '--no-progress']
+    args = ['boxes', pkl, new, '--out', tmp_path/'out', '--format', 'coco,yolo,labelstudio', '--document-root', new, '--crops', '--no-progress']
     def killed(*a, **k): raise KeyboardInterrupt
     with monkeypatch.context() as m:
         m.setattr(crop, 'export_crops', killed)
         assert run(*args)[0] == 130
-    assert (tmp_path/'out'/'coco'/'instances.json').is_file() and read_run(tmp_path/'out')['finished'] is False
-    assert run(*args)[0] == 0
+    assert (tmp_path/'out'/'labelstudio'/'tasks.json').is_file() and read_run(tmp_path/'out')['finished'] is False
+    assert run(*args)[0] == 0                   # the exports written again over the interrupted run's
     rec = read_run(tmp_path/'out')
-    assert rec['finished'] and rec['outputs'] == ['boxes.pkl', 'boxes.csv', 'coco', 'yolo', 'crops']
+    assert rec['finished'] and rec['outputs'] == ['boxes.pkl', 'boxes.csv', 'coco', 'yolo', 'labelstudio', 'crops']
     assert len(pd.read_csv(tmp_path/'out'/'crops'/'crops.csv')) == rec['counts']['crops'] == len(list(new.rglob('*.png')))
+
+def test_labelstudio_image_urls(exported, tmp_path, monkeypatch):
+    "Label Studio tasks name their images by URL: below the document root (option or environment variable), or behind --url-prefix."
+    pkl, new = exported
+    files = sorted(new.rglob('*.png'))
+    monkeypatch.setenv(LS_ROOT_VARS[0], str(new.parent))      # the variable Label Studio is started with, set in this shell too
+    args = ['boxes', pkl, new, '--format', 'labelstudio', '--no-progress']
+    assert run(*args, '--out', tmp_path/'env')[0] == 0
+    tasks = json.loads((tmp_path/'env'/'labelstudio'/'tasks.json').read_text())
+    assert [t['data']['image'] for t in tasks] == ['/data/local-files/?d=' + p.relative_to(new.parent).as_posix() for p in files]
+    assert read_run(tmp_path/'env')['document_root'] == str(new.parent)
+    rc, err = run(*args, '--out', tmp_path/'env2', '--document-root', new/'circle')   # the option wins over the variable
+    assert rc == 1 and 'are not below it' in err
+    monkeypatch.setenv(LS_ROOT_VARS[0], str(new/'square'))
+    rc, err = run(*args, '--out', tmp_path/'env2')
+    assert rc == 1 and f"${LS_ROOT_VARS[0]} {new/'square'}: " in err
+    assert run(*args, '--out', tmp_path/'url', '--url-prefix', 'https://img.example/new/', '--model-version', 'shapes-v2', '--cls', 'both')[0] == 0
+    tasks = json.loads((tmp_path/'url'/'labelstudio'/'tasks.json').read_text())
+    assert [t['data']['image'] for t in tasks] == ['https://img.example/new/' + p.relative_to(new).as_posix() for p in files]
+    preds = [t['predictions'][0] for t in tasks]
+    assert {p['model_version'] for p in preds} == {'shapes-v2'}
+    assert all(r['meta']['text'] == [f"predicted: {r['value']['rectanglelabels'][0]}"] for p in preds for r in p['result'])   # no labels: the prediction
+    rec = read_run(tmp_path/'url')
+    assert rec['url_prefix'] == 'https://img.example/new/' and rec['document_root'] is None and 'labelstudio_local_storage' not in rec
+    assert run(*args, '--out', tmp_path/'url', '--url-prefix', 'https://img.example/v3/', '--overwrite')[0] == 0   # written again
+    assert json.loads((tmp_path/'url'/'labelstudio'/'tasks.json').read_text())[0]['data']['image'].startswith('https://img.example/v3/')
+
+def test_review_links(exported, tmp_path):
+    pkl, new = exported
+    assert run('boxes', pkl, new, '--out', tmp_path/'out', '--format', 'none', '--review', '--links', 'absolute', '--no-progress')[0] == 0
+    page = (tmp_path/'out'/'review'/'index.html').read_text()
+    assert sorted(new.rglob('*.png'))[0].as_uri() in page

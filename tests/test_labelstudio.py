@@ -1,7 +1,8 @@
 """A real Label Studio (issue 31, item 3): the Label Studio export of `export_boxes` imported through the REST API
 with the documented setup (local files served by Label Studio, a Local Storage over the images), every task's
 prediction at the exported coordinates, every image URL answering 200, then Label Studio's own exports (the quick
-JSON export, JSON_MIN and a snapshot with full predictions) read back with `read_labelstudio`.
+JSON export, JSON_MIN and a snapshot with full predictions) read back with `read_labelstudio`. The same import of the
+command line's export (`attncrop boxes LEARNER.pkl IMAGES --format labelstudio --document-root DIR`).
 
 Label Studio lives in its own virtual environment, `.venv-labelstudio/` at the repository root (made once with
 `pip install label-studio`; a migrated empty database is kept beside it, so later runs start in seconds). The server
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, pytest
 from fastai_attncrop.crop import margin_cols
 from fastai_attncrop.data import make_shapes, read_boxes_csv
-from fastai_attncrop.export import export_boxes, export_table, read_labelstudio
+from fastai_attncrop.export import export_boxes, export_table, read_labelstudio, LS_ROOT_VARS
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO/'.venv-labelstudio'
@@ -179,6 +180,43 @@ def test_real_labelstudio_round_trip(server, tmp_path):
         want[['image', 'label'] + BOX].to_csv(FIXTURES/'predicted.csv', index=False)
         labelled.to_csv(FIXTURES/'labelled.csv', index=False)
         (FIXTURES/'skipped.txt').write_text(skipped_image + '\n')
+
+def test_real_labelstudio_command_line(server, shapes_learner, tmp_path):
+    "The command line's Label Studio export of an exported learner's boxes on new images, imported with the setup it prints."
+    _, learn = shapes_learner(tmp_path, n_train=8, bs=8, widths=(8, 16, 16, 16), epochs=1, classes=2)
+    learn.export(tmp_path/'model.pkl')
+    new = make_shapes(server.docroot/'new', n_train=3, n_valid=0, classes=2, size=(56, 44), obj_frac=(0.2, 0.4), background='plain', seed=3)/'train'
+    first = sorted(new.rglob('*.png'))[0]
+    shutil.copy(first, first.parent/'with space.png')                    # a file name a URL must quote
+    env = {k: v for k, v in os.environ.items() if k not in LS_ROOT_VARS}  # the document root from the option alone
+    out = tmp_path/'out'
+    cmd = [sys.executable, '-m', 'fastai_attncrop', 'boxes', str(tmp_path/'model.pkl'), str(new), '--out', str(out), '--format', 'labelstudio',
+           '--document-root', str(server.docroot), '--model-version', 'attncrop-cli-test', '--no-progress']
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**env, 'PYTHONPATH': str(REPO), 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads((out/'attncrop.json').read_text())
+    assert rec['finished'] and rec['labelstudio_local_storage'] == str(new) and f"add a Local Storage of {new}" in r.stdout
+    table = pd.read_pickle(out/'boxes.pkl')
+    want = export_table(table, root=server.docroot)[0]                  # image = the path below the document root
+    exported = json.loads((out/'labelstudio'/'tasks.json').read_text())
+    assert len(exported) == len(list(new.rglob('*.png'))) == len(table)
+    # the setup the command prints: a project with its labelling config, a Local Storage of the folder it names, the tasks imported
+    proj = server.api('POST', '/api/projects', dict(title='attncrop command line', label_config=(out/'labelstudio'/'config.xml').read_text()))
+    server.api('POST', '/api/storages/localfiles', dict(project=proj['id'], path=rec['labelstudio_local_storage'], title='new images', use_blob_urls=True))
+    imp = server.api('POST', f"/api/projects/{proj['id']}/import", exported)
+    assert (imp['task_count'], imp['prediction_count']) == (len(exported), len(exported))
+    tasks = server.api('GET', f"/api/tasks?project={proj['id']}&fields=all&page_size=1000")['tasks']
+    assert sorted(t['data']['item'] for t in tasks) == sorted(table['item'])
+    by_item = {t['data']['item']: t for t in exported}
+    for t in tasks:                                                       # every prediction as exported, every image loads
+        p, e = t['predictions'][0], by_item[t['data']['item']]['predictions'][0]
+        assert p['model_version'] == 'attncrop-cli-test' and p['score'] == pytest.approx(e['score'])
+        assert [(r['value'], r['score']) for r in p['result']] == [(r['value'], r['score']) for r in e['result']]
+        status, body = _get(server.url + t['data']['image'])
+        assert status == 200 and body == Path(t['data']['item']).read_bytes(), t['data']['image']
+    (tmp_path/'api.json').write_text(json.dumps(tasks))
+    assert len(want) > 0
+    _same(read_labelstudio(tmp_path/'api.json', source='predictions'), want, 1e-6)   # at the box pass's pixels
 
 # --- the reader on Label Studio's real exports, without a server ------------------------------------------------------
 
