@@ -25,3 +25,11 @@ def shapes_learner():
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, 3e-3)
         return root, learn
     return make
+
+def exif_shown_box(box, o, w, h):
+    "Box (x0, y0, x1, y1) in the stored pixels (w x h) of a file of EXIF orientation `o`, in the pixels a viewer shows (the tests' own reference, written apart from `data.turn_box`)."
+    x0, y0, x1, y1 = box
+    pt = {2: lambda x, y: (w-x, y), 3: lambda x, y: (w-x, h-y), 4: lambda x, y: (x, h-y), 5: lambda x, y: (y, x),
+          6: lambda x, y: (h-y, x), 7: lambda x, y: (h-y, w-x), 8: lambda x, y: (y, w-x)}[o]
+    (a, b), (c, d) = pt(x0, y0), pt(x1, y1)
+    return [min(a, c), min(b, d), max(a, c), max(b, d)]

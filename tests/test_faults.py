@@ -17,6 +17,7 @@ from fastai_attncrop.boxes import mass_box, threshold_box, fallback_maps
 from fastai_attncrop.saliency import saliency_maps, SmoothGrad, frozen_eval
 from fastai_attncrop.crop import check_margins, margin_cols, export_crops, mixed_items
 from fastai_attncrop.boxpass import box_pass, box_chunk, learner_items
+from conftest import exif_shown_box
 
 warnings.filterwarnings('ignore')
 
@@ -141,14 +142,6 @@ def _orient(displayed:Image.Image, o:int) -> Image.Image:
     inv = {2: T.FLIP_LEFT_RIGHT, 3: T.ROTATE_180, 4: T.FLIP_TOP_BOTTOM, 5: T.TRANSPOSE, 6: T.ROTATE_90, 7: T.TRANSVERSE, 8: T.ROTATE_270}
     return displayed.transpose(inv[o])
 
-def _turned_box(box, o, w, h):
-    "Box (x0, y0, x1, y1) in the stored pixels (w x h) of a file of EXIF orientation `o`, in the pixels a viewer shows."
-    x0, y0, x1, y1 = box
-    pt = {2: lambda x, y: (w-x, y), 3: lambda x, y: (w-x, h-y), 4: lambda x, y: (x, h-y), 5: lambda x, y: (y, x),
-          6: lambda x, y: (h-y, x), 7: lambda x, y: (h-y, w-x), 8: lambda x, y: (y, w-x)}[o]
-    (a, b), (c, d) = pt(x0, y0), pt(x1, y1)
-    return [min(a, c), min(b, d), max(a, c), max(b, d)]
-
 def test_exif_rotated_boxes_land_where_the_user_sees_the_object(setup, tmp_path):
     tmp, root, learn = setup
     src = [p for p in learner_items(learn).item if '_00003' in p][0]
@@ -167,7 +160,7 @@ def test_exif_rotated_boxes_land_where_the_user_sees_the_object(setup, tmp_path)
     for o in range(2, 9):
         w, h = (48, 40) if o < 5 else (40, 48)
         for m in (0.95, 0.6):
-            want = _turned_box(raw.loc[o-2, margin_cols(m)].to_numpy(float), o, w, h)
+            want = exif_shown_box(raw.loc[o-2, margin_cols(m)].to_numpy(float), o, w, h)
             assert np.allclose(res.loc[o-1, margin_cols(m)].to_numpy(float), want, atol=1e-4), (o, m)
     up = res.iloc[[0]*len(paths)].reset_index(drop=True).assign(item=paths)   # the upright file's box on every file
     ex = export_crops(up, tmp_path/'crops', margin=0.95, root=tmp_path/'src', progress=False)

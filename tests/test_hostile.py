@@ -15,6 +15,7 @@ from fastai_attncrop.models import small_cnn
 from fastai_attncrop.crop import margin_cols
 from fastai_attncrop.saliency import saliency_maps
 from fastai_attncrop.boxpass import box_pass, learner_items, BoxPlan
+from conftest import exif_shown_box
 
 warnings.filterwarnings('ignore')
 ROOT = Path(__file__).parent.parent
@@ -40,14 +41,6 @@ def _same_as_get_preds(learn, paths, res):
 
 # --- The tensor the model is given ---------------------------------------------------------------------------------
 
-def _exif_box(box, o, w, h):
-    "Box (x0, y0, x1, y1) in the stored pixels (w x h) of a file of EXIF orientation `o`, in the pixels a viewer shows."
-    x0, y0, x1, y1 = box
-    pts = {2: lambda x, y: (w-x, y), 3: lambda x, y: (w-x, h-y), 4: lambda x, y: (x, h-y), 5: lambda x, y: (y, x),
-           6: lambda x, y: (h-y, x), 7: lambda x, y: (h-y, w-x), 8: lambda x, y: (y, w-x)}[o]
-    (a, b), (c, d) = pts(x0, y0), pts(x1, y1)
-    return [min(a, c), min(b, d), max(a, c), max(b, d)]
-
 def test_exif_rotated_files_seen_as_fastai_loads_them_boxes_where_the_viewer_sees(setup, tmp_path):
     tmp, root, learn = setup
     rng = np.random.default_rng(0)
@@ -65,7 +58,7 @@ def test_exif_rotated_files_seen_as_fastai_loads_them_boxes_where_the_viewer_see
         o = [6, 8, 3, 5, 6, 7, 2, 8][i]
         assert (r.width, r.height) == ((36, 48) if o in (5, 6, 7, 8) else (48, 36))   # sizes as a viewer shows the file
         for m in (0.95, 0.6):
-            want = _exif_box(raw.loc[i, margin_cols(m)].to_numpy(float), o, 48, 36)
+            want = exif_shown_box(raw.loc[i, margin_cols(m)].to_numpy(float), o, 48, 36)
             assert np.allclose(r[margin_cols(m)].to_numpy(float), want, atol=1e-4), (i, o, m)
 
 def test_16_and_12_bit_pngs_seen_as_fastai_loads_them(setup, tmp_path):
