@@ -774,7 +774,7 @@ def box_pass(learn:Learner,
              max_side=None,           # native: the longest side at most this many pixels (None: twice the learner's input side with `native=None`, else the image's own size)
              stride=None,             # native: sides rounded to a multiple of this (None: the saliency layer's, `feature_stride`)
              frame=None,              # batched: item transform(s) in place of the learner's resizing ones, e.g. `Resize(224, method='pad')`
-             floor=0.8,               # the quantile of each map removed before the mass cut (`remove_floor`); 0: the raw map
+             floor=0.8,               # the quantile removed before the mass cut from maps concentrated on a small object (`remove_floor`); 0: the raw map
              zoom=0,                  # zoomed second looks (`zoom_boxes`): each item's box padded, cut from the file, explained again
              zoom_pad=0.5,            # zoom: the context around the first box, a share of its size per side
              dilate=False,            # the last stage dilated (`dilated_last_stage`): maps at twice the resolution
