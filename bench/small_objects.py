@@ -52,7 +52,7 @@ from localization import imagenet_head, box_set, LITE_STATS, ARCH   # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent/'shared'/'data'
 DEV = DATA/'imagenet10_valbox_dev'
-CACHE = REPO/'bench'/'cache'/'small_objects'
+CACHE = Path(os.environ.get('SMALL_OBJECTS_CACHE', REPO/'bench'/'cache'/'small_objects'))   # the sets and the shapes learner (env: another copy)
 
 # shapes: object-area bins (share of the image), image sizes, classes, the network input and the fine-tune
 BINS = {'0.5-2%': (0.005, 0.02), '2-5%': (0.02, 0.05), '5-15%': (0.05, 0.15), '15-40%': (0.15, 0.4)}
@@ -60,8 +60,9 @@ SHAPE_SIZES = [(384, 384), (448, 448), (512, 512), (512, 384), (384, 512)]
 SHAPE_CLASSES = 5
 SHAPE_INPUT = 224
 # n_train / n_valid: images a class and a bin; epochs: fine_tune(epochs, lr) (one frozen epoch first)
-SHAPES_CFG = dict(n_train=12, n_valid=25, epochs=2, lr=3e-3, bs=16)
-SHAPES_QUICK = dict(n_train=2, n_valid=2, epochs=1, lr=3e-3, bs=8)
+# n_monitor: validation images a class and a bin the learner reports its accuracy on during the fine-tune
+SHAPES_CFG = dict(n_train=20, n_valid=25, epochs=3, lr=3e-3, bs=16, n_monitor=5)
+SHAPES_QUICK = dict(n_train=2, n_valid=2, epochs=1, lr=3e-3, bs=8, n_monitor=1)
 # photographs made small: scene side, object area (log-uniform), background blur (Gaussian radius, px)
 SCENE, SMALL_FRAC, BLUR = 448, (0.01, 0.16), 6
 QUICK_N = 20   # --quick: photographs a set
@@ -103,9 +104,10 @@ def shapes_data(quick=False) -> Path:
     return root
 
 def shapes_learner(root, quick=False):
-    "`pretrained_learner` over the training images of every bin (validation: every bin's), `Resize(SHAPE_INPUT)`, fine-tuned; cached."
+    "`pretrained_learner` over the training images of every bin (validation: `n_monitor` a class and bin), `Resize(SHAPE_INPUT)`, fine-tuned; cached."
     c = SHAPES_QUICK if quick else SHAPES_CFG
-    files = sorted(f for f in get_image_files(root) if f.parent.parent.name in ('train', 'valid') and 'masks' not in f.parts)
+    files = sorted(f for f in get_image_files(root) if 'masks' not in f.parts and (f.parent.parent.name == 'train' or
+                   (f.parent.parent.name == 'valid' and int(f.stem.split('_')[-1]) < c['n_monitor'])))
     dblock = DataBlock((ImageBlock, CategoryBlock), get_y=parent_label, splitter=GrandparentSplitter(), item_tfms=Resize(SHAPE_INPUT))
     dls = dblock.dataloaders(files, path=root, bs=c['bs'], num_workers=0, seed=0)
     set_seed(0, reproducible=True)
@@ -246,7 +248,7 @@ def baseline_rows(s:BoxSet, images) -> dict:
     rows[ORACLE].update(area_at_recall90=rows[ORACLE]['area_reduction'], margin_at_recall90=None)
     wh = gt.drop_duplicates('image').set_index('image')[['width', 'height']]
     sweep = []
-    for rel in np.round(np.arange(0.05, 1.0001, 0.01), 2):
+    for rel in np.round(np.arange(0.05, 1.0001, 0.02), 2):
         b = pd.DataFrame([dict(image=i, **dict(zip(['xmin', 'ymin', 'xmax', 'ymax'], centred_box((w, h), rel)))) for i, (w, h) in wh.iterrows()])
         d = score_boxes(b, gt)
         sweep.append((rel, d.recall.mean(), d.area_reduction.mean()))
@@ -278,7 +280,7 @@ def run_set(s:BoxSet, target, groups=None, maxboxacc=False, bs=32, log=print) ->
     (`groups`: {name: images}, default the whole set) and the rules' timings."""
     groups = groups or {'all': list(s.gt.image.unique())}
     box_pass(s.learn, items=s.items.head(bs), margins=(MARGIN,), target=target, cache=False, progress=False, bs=bs)   # warm-up
-    tables, times, notes, v2 = {g: {} for g in groups}, {}, [], {}
+    tables, times, notes, v2, acc, v2_memo = {g: {} for g in groups}, {}, [], {}, {}, {}
     for name, rule in RULES.items():
         kw = box_kwargs(rule)
         if kw is None:
@@ -288,9 +290,16 @@ def run_set(s:BoxSet, target, groups=None, maxboxacc=False, bs=32, log=print) ->
         bx = box_pass(s.learn, items=s.items, margins=MARGINS, target=target, cache=False, progress=False, bs=bs, **kw)
         times[name] = (time.time() - t0)/len(s.items)
         for g, images in groups.items(): tables[g][name] = table_row(score_rule(bx, s, images))
-        if maxboxacc:
-            m = rule_maps(s, rule, target, bs)
-            v2[name] = np.nan if m is None else box_accuracy(m, s.gt)['MaxBoxAccV2']
+        if target is None and not acc:   # the classifier's accuracy on each group (the explained class is the prediction)
+            key = boxes_at(bx, s, MARGIN).image.to_numpy()
+            acc.update({g: float(bx['correct'][np.isin(key, images)].mean()) for g, images in groups.items()})
+        if maxboxacc:   # rules with the same map (on `full`: the same `dilate`, no floor or zoom) share one computation
+            eff = {**TODAY, **(rule or default_rule())}
+            mk = None if eff['floor'] or eff['zoom'] else bool(eff['dilate'])
+            if mk is None: v2[name] = np.nan
+            else:
+                if mk not in v2_memo: v2_memo[mk] = box_accuracy(rule_maps(s, rule, target, bs), s.gt)['MaxBoxAccV2']
+                v2[name] = v2_memo[mk]
         log(f"  {s.name} {target or 'pred'} {name}: {times[name]*1000:.0f} ms/image; " + '; '.join(
             f"{g}: recall {t[name]['recall']:.3f} area {t[name]['area_reduction']:.3f} iou {t[name]['iou']:.3f} "
             f"area@r90 {t[name]['area_at_recall90']:.3f}" for g, t in tables.items()))
@@ -307,7 +316,7 @@ def run_set(s:BoxSet, target, groups=None, maxboxacc=False, bs=32, log=print) ->
         df['cost_vs_today'] = df.s_per_image/times['today'] if 'today' in times else np.nan
         if maxboxacc: df['MaxBoxAccV2'] = pd.Series(v2)
         out[g] = df
-    return dict(tables=out, times=times, notes=notes)
+    return dict(tables=out, times=times, notes=notes, accuracy=acc)
 
 # ------------------------------------------------------------------------------------------------------------------ report
 def md_table(df, fmt='.3f'):
@@ -367,7 +376,8 @@ def main(a):
     for k, v in res.items():
         sections.append(f"## {titles[k]}\n")
         for g, df in v['tables'].items():
-            if len(v['tables']) > 1: sections.append(f"### {g} ({int(df.n.iloc[0])} images)\n")
+            if len(v['tables']) > 1 or g in v['accuracy']:
+                sections.append(f"### {g}: {int(df.n.iloc[0])} images" + (f", classifier accuracy {v['accuracy'][g]:.3f}" if g in v['accuracy'] else '') + "\n")
             sections.append(md_table(df.drop(columns=[c for c in ('note',) if c in df]).astype({c: float for c in df.columns if c not in ('note', 'margin_at_recall90')})) + '\n')
             if 'note' in df and df.note.notna().any(): sections.append(f"Best centred box: {df.note.dropna().iloc[0]}.\n")
         sections += [f"* {n}\n" for n in v['notes']]
