@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 OUT     ?= demo_out
 
-.PHONY: demo test docs install install-dev export sync-check pytest nbtest readme clean
+.PHONY: demo test docs install install-dev export sync-check pytest nbtest readme dist clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,5 +61,10 @@ nbtest: install-dev
 readme: install-dev
 	$(PY) tools/make_readme.py
 
+## Distributions: the sdist and the wheel in dist/ (`python -m build` with .venv's setuptools: nothing downloaded);
+## `pip install dist/fastai_attncrop-*.whl` installs the package with its console scripts `attncrop` and `attncrop-demo`
+dist: install-dev
+	$(PY) -m build --no-isolation --outdir dist .
+
 clean:
-	rm -rf $(OUT) _proc _docs _build _site screenshots .pytest_cache
+	rm -rf $(OUT) _proc _docs _build _site screenshots .pytest_cache dist build

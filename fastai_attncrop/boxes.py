@@ -12,8 +12,9 @@ from scipy import ndimage
 from .data import mask_box
 
 # %% auto #0
-__all__ = ['fallback_maps', 'mass_edges', 'map_marginals', 'mass_box', 'component_boxes', 'threshold_box', 'check_adjust',
-           'adjust_boxes', 'flatten_tfms', 'InputFrame', 'threshold_masks', 'union_masks', 'graphcut_mask']
+__all__ = ['fallback_maps', 'mass_edges', 'map_marginals', 'mass_box', 'remove_floor', 'component_boxes', 'threshold_box',
+           'check_adjust', 'adjust_boxes', 'flatten_tfms', 'InputFrame', 'threshold_masks', 'union_masks',
+           'graphcut_mask']
 
 # %% ../nbs/02_boxes.ipynb #2e75504c
 def _as_batch(maps):
@@ -78,6 +79,19 @@ def mass_box(maps, eps=0.025, size=None, upsample='bilinear'):
     box = torch.where((fallback_maps(m) | empty)[:, None], box.new_tensor([0, 0, W, H]), box)
     box = box.to(m.dtype if m.is_floating_point() else torch.get_default_dtype())
     return box[0] if single else box
+
+# %% ../nbs/02_boxes.ipynb #83b2df75
+def remove_floor(maps, q=0.8) -> torch.Tensor:
+    "`maps` (B, H, W) or (H, W) minus each map's `q`-quantile, clamped at 0: the floor under the peaks removed (`q=0`: unchanged)."
+    if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0 <= q < 1: raise ValueError(f"`floor` must be a quantile in [0, 1), got {q!r}")
+    m, single = _as_batch(maps)
+    if q == 0: return maps if isinstance(maps, torch.Tensor) else m[0] if single else m
+    w = torch.nan_to_num(m.to(_work_dtype(m.device)), nan=0., posinf=0., neginf=0.)
+    cut = torch.quantile(w.flatten(1), float(q), dim=1)[:, None, None]
+    out = (w - cut).clamp(min=0).to(m.dtype if m.is_floating_point() else torch.get_default_dtype())
+    flat = fallback_maps(m)   # a map that was flat or empty stays one (its box: the whole image)
+    out = torch.where(flat[:, None, None], m.to(out.dtype), out)
+    return out[0] if single else out
 
 # %% ../nbs/02_boxes.ipynb #cfec68ac
 def _check_tau(tau):

@@ -7,28 +7,31 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/boxpass.html.md"""
 
 # %% ../nbs/05b_boxpass.ipynb #69fd41e5
 from __future__ import annotations
-import functools, hashlib, itertools, math, os, shutil, warnings
+import contextlib, functools, hashlib, io, itertools, math, os, shutil, stat, tempfile, warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn, torch.nn.functional as F
+from PIL import Image
 from fastprogress.fastprogress import progress_bar
 from fastai.callback.hook import hook_outputs
 from fastai.learner import Learner
 from fastai.data.core import Datasets
 from fasttransform import Transform, Pipeline
 import fastai_attncrop
-from .data import atomic_write, image_size, load_image, UnreadableImageError, error_reason
-from .saliency import saliency_maps, method_for, frozen_eval, upsample_maps, resolve_layers, model_input
-from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, flatten_tfms
+from .data import atomic_write, image_size, load_image, UnreadableImageError, error_reason, exif_orientation, turn_box
+from .saliency import saliency_maps, method_for, frozen_eval, upsample_maps, resolve_layers, model_input, dilated_last_stage
+from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, flatten_tfms, remove_floor
 from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropItem, failed_rows,
-                                  is_multi_label, split_labels, LABEL_DELIM, crop_prob_col)
+                                  is_multi_label, split_labels, LABEL_DELIM, crop_prob_col, crop_box)
 
 
 # %% auto #0
-__all__ = ['item_path', 'learner_items', 'frame_tfms', 'image_class', 'check_vision_learner', 'OpenImage', 'paths_dl',
-           'load_batches', 'feature_stride', 'native_size', 'native_buckets', 'native_batches', 'crop_batch',
-           'deletion_insertion', 'box_chunk', 'BoxPlan', 'box_pass']
+__all__ = ['item_path', 'learner_items', 'user_cache_dir', 'frame_tfms', 'check_batch_tfms', 'image_class',
+           'check_vision_learner', 'learner_task', 'special_file', 'ZoomItem', 'OpenImage', 'paths_dl', 'load_batches',
+           'feature_stride', 'native_size', 'native_buckets', 'native_batches', 'crop_batch', 'deletion_insertion',
+           'zoom_windows', 'zoom_boxes', 'box_chunk', 'BoxPlan', 'box_pass']
 
 # %% ../nbs/05b_boxpass.ipynb #b5396abf
 def item_path(o):
@@ -89,9 +92,24 @@ def _cache_key(learn, items:pd.DataFrame, params:dict) -> str:
     h.update(repr(sorted(params.items())).encode())
     return h.hexdigest()[:24]
 
+def user_cache_dir() -> Path:
+    "The user's cache folder of the package: `$XDG_CACHE_HOME/fastai_attncrop` (`~/.cache/fastai_attncrop` by default)."
+    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache').expanduser()/'fastai_attncrop'
+
+def _writable(d:Path) -> bool:
+    "Whether files can be created in folder `d` (made if missing)."
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix='.probe.'); os.close(fd); os.remove(tmp)
+        return True
+    except OSError: return False
+
 def _cache_dir(learn, cache):
+    "The box pass's cache folder: `cache` if a path; for True `learn.path/learn.model_dir/'attncrop'`, or `user_cache_dir()` when that cannot be written (a `load_learner` learner keeps its trainer's folder)."
     if cache is None or cache is False: return None
-    return Path(learn.path)/learn.model_dir/'attncrop' if cache is True else Path(cache)
+    if cache is not True: return Path(cache)
+    d = Path(learn.path)/learn.model_dir/'attncrop'
+    return d if _writable(d) else user_cache_dir()
 
 def _write_pickle(df, path): return atomic_write(path, lambda tmp: df.to_pickle(tmp), suffix='.pkl')
 
@@ -99,6 +117,28 @@ def frame_tfms(learn, frame=None) -> list:
     "The validation item transforms that shape the model input (without `AttentionCrop`, which leaves uncropped items alone); `frame`: item transform(s) in place of its resizing ones."
     tfms = [t for t in learn.dls.valid.after_item.fs if not isinstance(t, AttentionCrop)]
     return tfms if frame is None else _with_frame(tfms, frame)
+
+def check_batch_tfms(learn, input_wh):
+    "Refuse (`ValueError`) a validation batch transform that moves the pixels of an `input_wh` (w, h) input without changing its size (a crop or a zoom at validation time): boxes are mapped back through item transforms only."
+    from fastai.torch_core import TensorImage
+    W, H = (int(v) for v in input_wh)
+    x = torch.zeros(1, 3, H, W, dtype=torch.uint8)
+    x[..., H//5:H//2, W//6:W//3] = 255                      # an off-centre block: a crop or a zoom moves it
+    dev = getattr(learn.dls, 'device', None)
+    y = TensorImage(x.to(dev) if dev is not None else x)
+    ref = x[0, 0] > 0
+    for t in learn.dls.valid.after_batch.fs:
+        if getattr(t, 'split_idx', None) == 0: continue      # training only
+        try: y = t(y, split_idx=1)
+        except Exception: return                             # a transform that takes no bare image batch: not checked
+        if not isinstance(y, torch.Tensor) or tuple(y.shape[-2:]) != (H, W): return   # a size change: refused by the box mapping itself
+        c = y[0, 0].float().cpu()
+        lo, hi = c.min(), c.max()
+        if hi <= lo or ((c - lo) / (hi - lo) > 0.5).ne(ref).float().mean() > 0.01:
+            raise ValueError(f"the validation batch transform {type(t).__name__} moves the pixels at validation time without "
+                             f"changing the input size (a crop or a zoom, e.g. RandomResizedCropGPU with valid_scale < 1): boxes "
+                             "can only be mapped back through item transforms. Crop with item_tfms (e.g. item_tfms=Resize(224)) "
+                             "and use batch transforms that leave validation images alone (e.g. RandomResizedCropGPU(valid_scale=1))")
 
 def _is_resizer(t) -> bool:
     "Whether item transform `t` sets the input's size or window (Resize, RandomResizedCrop, CropPad, RandomCrop)."
@@ -115,26 +155,46 @@ def _with_frame(tfms, frame) -> list:
 
 # %% ../nbs/05b_boxpass.ipynb #d2081529
 def _as_items(learn, items) -> pd.DataFrame:
-    if items is None: return learner_items(learn)
+    "`items` as the box pass's table (`item`, `split`, `label`): None (the learner's items), a DataFrame with an `item` column, a list of paths, one image file (a `str` or a `Path`) or a folder (its images, listed by fastai's `get_image_files`)."
+    if items is None:
+        df = learner_items(learn)
+        if not len(df): raise ValueError("the learner has no training or validation items (a `load_learner` learner keeps none): "
+                                         "pass `items=`, image files or a folder, e.g. box_pass(learn, items=get_image_files(path))")
+        return df
     if isinstance(items, pd.DataFrame):
         if 'item' not in items.columns: raise ValueError("`items` as a DataFrame needs an `item` column of image paths")
         df = items.copy()
+    elif isinstance(items, (str, os.PathLike)):
+        p = Path(items)
+        if p.is_dir():
+            from fastai.data.transforms import get_image_files
+            df = pd.DataFrame({'item': [str(o) for o in get_image_files(p)]})
+            if not len(df): raise ValueError(f"`items`: the folder {str(p)!r} holds no image files (fastai's `get_image_files`)")
+        else: df = pd.DataFrame({'item': [str(p)]})
+    elif isinstance(items, (bytes, dict)) or not hasattr(items, '__iter__'):
+        raise ValueError(f"`items` must be None, a list of image paths, a DataFrame with an `item` column, an image file or a "
+                         f"folder, got {type(items).__name__} {items!r}")
     else: df = pd.DataFrame({'item': [str(item_path(o)) for o in items]})
+    if not len(df): raise ValueError("`items` is empty: no image files to box (None boxes the learner's own items)")
     df['item'] = df['item'].astype(str)
     for c in ('split', 'label'):
         if c not in df.columns: df[c] = None
     return df[['item', 'split', 'label']].reset_index(drop=True)
 
 # %% ../nbs/05b_boxpass.ipynb #6e950fb2
-def _opened_class(t):
-    "The fastai image class whose `create` transform `t` is, or None."
-    from fastai.vision.core import PILBase
+def _created_class(t, base):
+    "The subclass of `base` whose `create` transform `t` is, or None."
     try: impls = [m.implementation for m in t.encodes.methods]
     except Exception: return None
     for f in impls:
         c = getattr(f, '__self__', None)
-        if isinstance(c, type) and issubclass(c, PILBase): return c
+        if isinstance(c, type) and issubclass(c, base): return c
     return None
+
+def _opened_class(t):
+    "The fastai image class whose `create` transform `t` is, or None."
+    from fastai.vision.core import PILBase
+    return _created_class(t, PILBase)
 
 def image_class(learn):
     "The fastai image class (`PILImage`, `PILImageBW`, `CropImage`, ...) that opens the learner's input files, or None."
@@ -150,21 +210,70 @@ def check_vision_learner(learn):
         raise TypeError(f"the box pass needs a vision Learner whose inputs are image files opened by a fastai image class "
                         f"(ImageBlock / PILImage); this one's validation data is a {what} without one. Pass a Learner "
                         "built with ImageDataLoaders or a DataBlock with ImageBlock (e.g. vision_learner(dls, resnet18))")
+    task = learner_task(learn)
+    if task not in ('single-label', 'multi-label', 'unknown'):
+        raise TypeError(f"this is a {task} learner (its targets: {_TASK_TARGETS[task]}): the box pass and `attention_crop` "
+                        "explain the classes of a single- or multi-label image classifier (CategoryBlock or "
+                        "MultiCategoryBlock targets, e.g. ImageDataLoaders.from_folder)")
     return cls
 
+_TASK_TARGETS = {'regression': 'RegressionBlock numbers', 'segmentation': 'MaskBlock masks', 'keypoint': 'PointBlock points',
+                 'bounding-box': 'BBoxBlock boxes'}
+
+def learner_task(learn) -> str:
+    "What the learner predicts, from its targets' pipeline: 'single-label', 'multi-label', 'regression', 'segmentation', 'keypoint', 'bounding-box' or 'unknown'."
+    from fastai.data.transforms import Categorize, MultiCategorize, EncodedMultiCategorize, RegressionSetup
+    from fastai.vision.core import PILMask, TensorPoint, TensorBBox
+    tls = getattr(getattr(getattr(learn, 'dls', None), 'valid_ds', None), 'tls', None)
+    n_inp = getattr(learn.dls, 'n_inp', 1)
+    for tl in (tls or [])[n_inp:]:
+        for t in tl.tfms.fs:
+            if isinstance(t, (MultiCategorize, EncodedMultiCategorize)): return 'multi-label'
+            if isinstance(t, Categorize): return 'single-label'
+            if isinstance(t, RegressionSetup): return 'regression'
+            if _created_class(t, PILMask) is not None: return 'segmentation'
+            c = _created_class(t, TensorPoint)
+            if c is not None: return 'bounding-box' if issubclass(c, TensorBBox) else 'keypoint'
+    return 'unknown'
+
+def special_file(path) -> str | None:
+    "Why `path` is no file to open as an image (a FIFO, socket, device or folder: opening one may block forever), or None."
+    try: mode = os.stat(path).st_mode
+    except (OSError, ValueError): return None      # missing, a symlink loop: the opening reports it
+    if stat.S_ISREG(mode): return None
+    kind = next((k for f, k in ((stat.S_ISFIFO, 'FIFO'), (stat.S_ISSOCK, 'socket'), (stat.S_ISCHR, 'character device'),
+                                 (stat.S_ISBLK, 'block device'), (stat.S_ISDIR, 'folder')) if f(mode)), 'special file')
+    return f"not a regular file (a {kind}): refused without opening it"
+
+class ZoomItem(NamedTuple):
+    "An image file `path` seen through `window` (x0, y0, x1, y1: integer pixels of the image as the learner's image class opens it): a zoomed look's item."
+    path: str
+    window: tuple
+
 class OpenImage(Transform):
-    "Type transform of the box pass: open an image file with `load_image` as image class `cls` (mode from `cls._open_args`)."
+    "Type transform of the box pass: open an image file (or the window of a `ZoomItem`) with `cls.create`, as the learner's own loader does; special files refused unopened, failures as `UnreadableImageError`."
     def __init__(self, cls): super().__init__(); self.cls = cls
-    def encodes(self, o): return self.cls(load_image(o, self.cls._open_args.get('mode')))
+    def encodes(self, o):
+        if isinstance(o, ZoomItem): im = self._open(o.path); return type(im)(im.crop(o.window))
+        return self._open(o)
+    def _open(self, o):
+        if not isinstance(o, (str, os.PathLike)): return self.cls.create(o)
+        if (why := special_file(o)) is not None: raise UnreadableImageError(o, why)
+        try: return self.cls.create(o)
+        except UnreadableImageError: raise
+        except Exception as e: raise UnreadableImageError(o, error_reason(e)) from e
 
 # %% ../nbs/05b_boxpass.ipynb #1b182e5d
 def _image_sizes(paths):
-    "(n, 2) array of the (width, height) of image files `paths` from their headers, and {position: reason} of those that fail."
-    sizes, errors = np.zeros((len(paths), 2), dtype=int), {}
+    "(n, 2) array of the (width, height) of image files `paths` as a viewer shows them, from their headers; {position: reason} of those that fail; (n,) EXIF orientations."
+    sizes, errors, orient = np.zeros((len(paths), 2), dtype=int), {}, np.ones(len(paths), dtype=int)
     for i, p in enumerate(paths):
-        try: sizes[i] = image_size(p)
-        except UnreadableImageError as e: errors[i] = e.reason
-    return sizes, errors
+        if (why := special_file(p)) is not None: errors[i] = why; continue
+        try:
+            with Image.open(p) as im: (w, h), orient[i] = im.size, exif_orientation(im)   # as `image_size`, one header read
+            sizes[i] = (h, w) if orient[i] in (5, 6, 7, 8) else (w, h)
+        except Exception as e: errors[i] = error_reason(e)
+    return sizes, errors, orient
 
 def paths_dl(learn, paths, bs=64, item_tfms=None, cls=None, **kwargs):
     "A DataLoader of the image files `paths` opened as the box pass opens them (`OpenImage(cls)`, `cls` default: the learner's image class), with the learner's validation transforms (item transforms: `item_tfms` if given)."
@@ -241,7 +350,7 @@ def native_batches(learn, paths, positions=None, bs=64, failures:dict=None, on_e
     "`load_batches` with each image at its `native_size`: the images of one input size batched together (buckets in order of first appearance)."
     _check_native(max_side, stride)
     todo = list(range(len(paths)) if positions is None else positions)
-    if sizes is None: sizes = _image_sizes(paths)[0]
+    if sizes is None: sizes = _model_sizes(*_image_sizes(paths)[::2])[0]
     stride = stride or feature_stride(learn.model)
     tfms = frame_tfms(learn)
     for wh, idx in native_buckets(np.asarray(sizes)[todo], max_side, stride).items():
@@ -293,6 +402,44 @@ def deletion_insertion(model:nn.Module, x:torch.Tensor, maps:torch.Tensor, targe
     auc = lambda c: ((c[:, 1:] + c[:, :-1]) / 2).mean(1)                         # trapezoids over [0, 1]
     return auc(torch.stack(dele, 1)).cpu(), auc(torch.stack(ins, 1)).cpu()
 
+# %% ../nbs/05b_boxpass.ipynb #8b9e4e79
+@contextlib.contextmanager
+def _dilated(learn, xb, on):
+    "The learner's model with its last stage dilated (`dilated_last_stage`) inside the block when `on`."
+    if not on: yield; return
+    with dilated_last_stage(learn.model, xb): yield
+
+def zoom_windows(boxes, wh, pad=0.5, aspect=None) -> np.ndarray:
+    "Integer windows (n, 4) in the original pixels of images of sizes `wh` (n, 2): `boxes` (n, 4) padded by `pad` of their size per side, shaped `aspect` (width / height), inside the image."
+    return np.array([crop_box(b, s, pad, aspect) for b, s in zip(np.asarray(boxes, float).reshape(-1, 4), np.asarray(wh).reshape(-1, 2).tolist())], int).reshape(-1, 4)
+
+def zoom_boxes(learn, paths, wh, boxes, target, method='gradcam', margins=(0.95, 0.8, 0.6), floor=0., pad=0.5, bs=64,
+               tfms=None, keep=None, dilate=False) -> np.ndarray:
+    "Boxes (n, M, 4) of `margins` from a second look at the images `paths` (sizes `wh`) through windows around `boxes` (n, M, 4, original pixels; the largest margin's), for class `target[i]`."
+    margins = check_margins(margins)
+    boxes = np.asarray(boxes, float).reshape(len(paths), len(margins), 4)
+    out, n = boxes.copy(), len(paths)
+    keep = np.zeros(n, bool) if keep is None else np.asarray(keep, bool)
+    todo = [i for i in range(n) if not keep[i]]
+    if not todo: return out
+    tfms = frame_tfms(learn) if tfms is None else tfms
+    in_wh = InputFrame.from_tfms(tfms, tuple(int(v) for v in wh[todo[0]])).input_wh
+    wins = zoom_windows(boxes[:, int(np.argmax(margins))], wh, pad, in_wh[0]/in_wh[1])
+    items = [ZoomItem(str(p), tuple(int(v) for v in w)) for p, w in zip(paths, wins)]
+    target = np.asarray(target).reshape(-1)
+    for pos, xz in load_batches(learn, items, todo, bs, {}, 'report', tfms):   # an image that fails now keeps its first box
+        pos = np.asarray(pos)
+        with _dilated(learn, xz, dilate): sm = saliency_maps(learn, xz, method, target=target[pos].tolist())
+        H, W = sm.input_size
+        bz = torch.stack([mass_box(remove_floor(sm.maps, floor), margin_eps(m), size=(W, H)) for m in margins], 1).double().cpu()
+        flat = fallback_maps(sm.maps).cpu().numpy()
+        for j, i in enumerate(pos):
+            if flat[j]: continue                                        # nothing seen in the window: the first box stands
+            x0, y0, x1, y1 = wins[i]
+            fr = InputFrame.from_tfms(tfms, (x1 - x0, y1 - y0))
+            out[i] = (fr.to_image(bz[j]) + torch.tensor([x0, y0, x0, y0], dtype=torch.float64)).numpy()
+    return out
+
 # %% ../nbs/05b_boxpass.ipynb #cbf63b3d
 def _check_target(target, vocab, labels=None, multi_label=False):
     if target is None: return
@@ -327,25 +474,48 @@ def _frame_boxes(frames, tfms, wh, bx, W, H) -> np.ndarray:
         out[k] = frames[s].to_image(bx[k]).numpy()
     return out
 
+def _model_sizes(wh, orient):
+    "The (w, h) of the images the model is given (stored pixels: fastai's image classes do not turn them), and the EXIF orientations `orient` (None: none), from the displayed sizes `wh`."
+    orient = np.ones(len(wh), int) if orient is None else np.asarray(orient)
+    return np.where(np.isin(orient, (5, 6, 7, 8))[:, None], wh[:, ::-1], wh), orient
+
+def _shown_boxes(bx, orient, mwh, whole=None) -> np.ndarray:
+    "Boxes `bx` (n, M, 4) in the pixels of the images the model was given (sizes `mwh`), in the pixels a viewer shows (EXIF orientations `orient`); rows `whole`: the whole image."
+    out = np.array(bx, dtype=float)
+    for o in set(np.asarray(orient).tolist()) - {1}:
+        k = np.flatnonzero(orient == o)
+        for j in k: out[j] = turn_box(out[j], o, mwh[j])
+    if whole is not None and np.any(whole):
+        sw = np.where(np.isin(orient, (5, 6, 7, 8))[:, None], mwh[:, ::-1], mwh).astype(float)
+        out[whole] = np.concatenate([np.zeros((int(np.sum(whole)), 2)), sw[whole]], 1)[:, None]
+    return out
+
 def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5,
               bs=64, on_error='report', sizes=None, frames:dict=None, tick=None, k=1, multi_label=False, thresh=0.75,
-              max_k=20, trust=False, auc_steps=0, native=False, max_side=None, stride=None, frame=None) -> pd.DataFrame:
+              max_k=20, trust=False, auc_steps=0, native=None, max_side=None, stride=None, frame=None, floor=0.8,
+              zoom=0, zoom_pad=0.5, dilate=False) -> pd.DataFrame:
     "Rows of the boxes table (see `box_pass`) for the items of `chunk` (columns `item`, `split`, `label`)."
     margins, vocab, tfms = check_margins(margins), getattr(learn.dls, 'vocab', None), frame_tfms(learn, frame)
     paths = chunk['item'].astype(str).tolist()
     n, M = len(paths), len(margins)
-    wh, failures = sizes if sizes is not None else _image_sizes(paths)
+    wh, failures, orient = sizes if sizes is not None else _image_sizes(paths)
+    wh, orient = _model_sizes(wh, orient)   # sizes of what the model is given (see the text)
     failures = dict(failures)
     if failures and on_error == 'raise': i = min(failures); raise UnreadableImageError(paths[i], failures[i])
     todo = [i for i in range(n) if i not in failures]
-    if native:   # each image at its own size: a frame per original size, the batches by input size
+    frames = {} if frames is None else frames
+    if native is None:   # auto: the images larger than the learner's input at their own size (up to `max_side`), the others batched
+        in_side = max(InputFrame.from_tfms(tfms, (64, 48)).input_wh)
+        max_side = max_side or 2*in_side
+        big = [i for i in todo if max(wh[i]) > in_side]
+        todo = [i for i in todo if i not in set(big)]
+    else: big = todo if native else []
+    if big:   # each image at its own size: a frame per original size, the batches by input size
         stride = stride or feature_stride(learn.model, getattr(method, 'layers', None))
-        frames = {s: InputFrame.from_tfms(_with_frame(tfms, _native_resize(native_size(s, max_side, stride))), s)
-                  for s in {tuple(x) for x in wh[todo].tolist()}}
-        batches = native_batches(learn, paths, todo, bs, failures, on_error, wh, max_side, stride)
-    else:
-        frames = {} if frames is None else frames
-        batches = load_batches(learn, paths, todo, bs, failures, on_error, None if frame is None else tfms)
+        frames.update({s: InputFrame.from_tfms(_with_frame(tfms, _native_resize(native_size(s, max_side, stride))), s)
+                       for s in {tuple(x) for x in wh[big].tolist()}})
+    batches = itertools.chain(native_batches(learn, paths, big, bs, failures, on_error, wh, max_side, stride) if big else [],
+                              load_batches(learn, paths, todo, bs, failures, on_error, None if frame is None else tfms) if not native else [])
     labels = chunk['label'].to_numpy()
     cols = ('pos', 'target', 'prob', 'rank', 'area', 'zero', 'fallback', 'boxes', 'crop', 'dele', 'ins')
     parts = {c: [] for c in cols}
@@ -353,12 +523,20 @@ def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95
         for c in cols: parts[c].append(kw[c])
     for pos, xb in batches:
         pos = np.asarray(pos)
-        sm = saliency_maps(learn, xb, method, target=_targets(target, vocab, labels[pos]), k=k if target is None else 1,
-                           multi_label=multi_label, thresh=thresh, max_k=max_k)
+        with _dilated(learn, xb, dilate):
+            sm = saliency_maps(learn, xb, method, target=_targets(target, vocab, labels[pos]), k=k if target is None else 1,
+                               multi_label=multi_label, thresh=thresh, max_k=max_k)
         H, W = sm.input_size
         ii = sm.img_idx.cpu().numpy()
-        bx = torch.stack([mass_box(sm.maps, margin_eps(m), size=(W, H)) for m in margins], 1).double().cpu()  # (rows, M, 4)
+        bx = torch.stack([mass_box(remove_floor(sm.maps, floor), margin_eps(m), size=(W, H)) for m in margins], 1).double().cpu()  # (rows, M, 4)
         R = len(ii)
+        zero = fallback_maps(sm.maps).cpu().numpy()
+        ob = _frame_boxes(frames, tfms, wh[pos[ii]], bx, W, H)              # (rows, M, 4) in the original images' pixels
+        for _ in range(zoom):
+            ob = zoom_boxes(learn, [paths[i] for i in pos[ii]], wh[pos[ii]], ob, sm.target.cpu().numpy(), method, margins,
+                            floor, zoom_pad, bs, tfms, keep=zero, dilate=dilate)
+        if zoom and trust and R:   # the trust crops are those of the final boxes, on the first pass's input
+            bx = torch.as_tensor(np.stack([frames[tuple(s)].to_input(b).numpy() for s, b in zip(wh[pos[ii]].tolist(), ob)]))
         crop = np.full((R, M), np.nan); dele = ins = np.full(R, np.nan)
         if trust and R:
             cb = torch.cat([crop_batch(xb[sm.img_idx], bx[:, j], (H, W)) for j in range(M)])   # (M*rows, C, H, W)
@@ -366,15 +544,14 @@ def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95
             crop = pc[torch.arange(M*R, device=pc.device), sm.target.repeat(M).to(pc.device)].view(M, R).T.cpu().numpy()
         if auc_steps and R:
             dele, ins = (v.numpy() for v in deletion_insertion(learn.model, xb[sm.img_idx], sm.maps, sm.target, auc_steps, multi_label, bs))
-        zero = fallback_maps(sm.maps).cpu().numpy()
         add(pos=pos[ii], target=sm.target.cpu().numpy(), prob=sm.prob.float().cpu().numpy(), rank=sm.rank.cpu().numpy(),
             area=threshold_masks(sm.maps, area_tau).flatten(1).float().mean(1).cpu().numpy(), zero=zero,
-            fallback=np.where(zero, 'zero_map', None), boxes=_frame_boxes(frames, tfms, wh[pos[ii]], bx, W, H), crop=crop,
+            fallback=np.where(zero, 'zero_map', None), crop=crop, boxes=_shown_boxes(ob, orient[pos[ii]], wh[pos[ii]], zero),
             dele=dele, ins=ins)
         low = np.setdiff1d(np.arange(len(pos)), ii)    # multi-label: no class above `thresh`, the top one, the whole image
         if len(low):
             p, t = _model_probs(learn.model, xb[torch.as_tensor(low, device=xb.device)], True, bs).max(1)
-            full = np.stack([np.zeros(len(low)), np.zeros(len(low)), wh[pos[low], 0], wh[pos[low], 1]], 1).astype(float)
+            full = _shown_boxes(np.zeros((len(low), 1, 4)), orient[pos[low]], wh[pos[low]], np.ones(len(low), bool))[:, 0]
             add(pos=pos[low], target=t.cpu().numpy(), prob=p.cpu().numpy(), rank=np.zeros(len(low), int), area=np.full(len(low), np.nan),
                 zero=np.zeros(len(low), bool), fallback=np.full(len(low), 'low_confidence', object),
                 boxes=np.repeat(full[:, None], M, 1), crop=np.repeat(p.cpu().numpy()[:, None], M, 1),
@@ -397,7 +574,8 @@ def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95
     if multi_label: hit = [o and str(t) in split_labels(l) for t, l, o in zip(out['target'], out['label'], ok)]
     else: hit = out['label'].notna() & (out['label'].astype(str) == out['target'].astype(str)) & ok
     out['correct'] = np.asarray(hit, bool)
-    out['width'], out['height'] = wh[pos, 0], wh[pos, 1]
+    shown = np.where(np.isin(orient, (5, 6, 7, 8))[:, None], wh[:, ::-1], wh)     # the sizes a viewer sees
+    out['width'], out['height'] = shown[pos, 0], shown[pos, 1]
     out['area_ratio'], out['zero'] = cat['area'].astype(float), cat['zero'].astype(bool)
     for j, m in enumerate(margins):
         for c, name in enumerate(margin_cols(m)): out[name] = cat['boxes'][:, j, c]
@@ -429,7 +607,8 @@ class BoxPlan:
     @classmethod
     def make(cls, learn, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5, bs=None,
              cache=True, chunk_batches=8, on_error='report', k=1, multi_label=None, thresh=0.75, max_k=20, trust=False,
-             auc_steps=0, native=False, max_side=None, stride=None, frame=None) -> BoxPlan:
+             auc_steps=0, native=None, max_side=None, stride=None, frame=None, floor=0.8, zoom=0, zoom_pad=0.5,
+             dilate=False) -> BoxPlan:
         "The plan of `box_pass(learn, items, ...)` (same arguments, but `progress`): every argument checked before any work."
         margins = check_margins(margins)
         if on_error not in ('report', 'raise'): raise ValueError(f"`on_error` must be 'report' or 'raise', got {on_error!r}")
@@ -450,18 +629,28 @@ class BoxPlan:
         _check_target(target, vocab, df['label'], multi_label)
         bs = int(bs or learn.dls.valid.bs or 64)
         cs = bs*int(chunk_batches)
-        if not isinstance(native, bool): raise ValueError(f"`native` must be True or False, got {native!r}")
+        if native is not None and not isinstance(native, bool): raise ValueError(f"`native` must be None, True or False, got {native!r}")
+        if native is None and frame is not None: native = False   # a `frame` is a batched input: no native resolution
         if native and frame is not None: raise ValueError("`frame` sets the batched input; `native=True` sizes each image itself: pass one of them")
         _check_native(max_side, stride)
-        if not native and (max_side, stride) != (None, None): raise ValueError("`max_side` and `stride` are for `native=True`")
+        if native is False and (max_side, stride) != (None, None): raise ValueError("`max_side` and `stride` are for `native=True` (or None)")
+        remove_floor(torch.ones(1, 1), floor)   # a bad `floor` fails here, naming it
+        if isinstance(zoom, bool) or not isinstance(zoom, (int, np.integer)) or zoom < 0: raise ValueError(f"`zoom` must be an integer >= 0 (zoomed passes), got {zoom!r}")
+        if isinstance(zoom_pad, bool) or not isinstance(zoom_pad, (int, float, np.integer, np.floating)) or not zoom_pad >= 0:
+            raise ValueError(f"`zoom_pad` must be >= 0 (context around the first box, a share of its size per side), got {zoom_pad!r}")
+        if not isinstance(dilate, bool): raise ValueError(f"`dilate` must be True or False, got {dilate!r}")
         tfms = frame_tfms(learn, frame)
-        InputFrame.from_tfms(tfms, (64, 48))   # an item transform the box mapping does not know fails here, before any work
-        if native: stride = stride or feature_stride(learn.model, getattr(meth, 'layers', None))
+        in_wh = InputFrame.from_tfms(tfms, (64, 48)).input_wh   # an item transform the box mapping does not know fails here, before any work
+        check_batch_tfms(learn, in_wh)   # ... and so does a valid-time crop in the batch transforms
+        if native is None: max_side = max_side or 2*max(in_wh)   # auto: images larger than the input at their own size, up to twice it
+        if native is not False: stride = stride or feature_stride(learn.model, getattr(meth, 'layers', None))
         params = dict(method=repr(meth), margins=margins,
                       target=target, area_tau=area_tau, bs=bs, chunk=cs, tfms=repr(tfms), k=k, multi_label=multi_label, thresh=thresh,
                       max_k=max_k, trust=bool(trust), auc_steps=auc_steps,
                       after_batch=repr(learn.dls.valid.after_batch), version=fastai_attncrop.__version__,
-                      **({'native': (max_side, stride)} if native else {}))   # the batched mode's keys are those of before
+                      **({'native': (max_side, stride)} if native else {}), **({'auto': (max_side, stride)} if native is None else {}),
+                      **{n: v for n, v in (('floor', floor), ('zoom', zoom), ('dilate', dilate)) if v},
+                      **({'zoom_pad': zoom_pad} if zoom else {}))   # a pass with the old settings keeps its old key
         cdir = _cache_dir(learn, cache)
         final = parts = None
         if cdir is not None:
@@ -469,16 +658,24 @@ class BoxPlan:
             final, parts = cdir/f"boxes-{key}.pkl", cdir/f"boxes-{key}.parts"
         return cls(df, [df.iloc[s:s+cs] for s in range(0, len(df), cs)], bs, meth, margins, target, area_tau, on_error, final, parts,
                    dict(k=k, multi_label=multi_label, thresh=thresh, max_k=max_k, trust=bool(trust), auc_steps=auc_steps,
-                        native=native, max_side=max_side, stride=stride, frame=frame))
+                        native=native, max_side=max_side, stride=stride, frame=frame, floor=floor, zoom=zoom, zoom_pad=zoom_pad,
+                        dilate=dilate))
 
     def cached(self) -> pd.DataFrame | None:
         "The finished table from the cache, or None."
-        return pd.read_pickle(self.final) if self.final is not None and self.final.exists() else None
+        if self.final is None: return None
+        try: return pd.read_pickle(self.final)
+        except FileNotFoundError: return None
 
     def saved(self) -> dict:
         "The chunks of an interrupted pass that are already on disk, by chunk index."
         if self.parts is None: return {}
-        return {c: pd.read_pickle(self.parts/f"{c:05d}.pkl") for c in range(len(self.chunks)) if (self.parts/f"{c:05d}.pkl").exists()}
+        out = {}
+        for c in range(len(self.chunks)):
+            try: out[c] = pd.read_pickle(self.parts/f"{c:05d}.pkl")
+            except FileNotFoundError: pass                 # not done, or removed by a second process that finished the pass
+            except Exception: pass                         # one a second process is writing or that was cut off: done again
+        return out
 
     def todo(self, done:dict) -> list:
         "The indices of the chunks not in `done`, in order."
@@ -487,8 +684,13 @@ class BoxPlan:
     def save(self, c:int, rows:pd.DataFrame) -> pd.DataFrame:
         "Write chunk `c` atomically (with a cache) and return it as read back, so that resumed and fresh results are identical."
         if self.parts is None: return rows
-        _write_pickle(rows, self.parts/f"{c:05d}.pkl")
-        return pd.read_pickle(self.parts/f"{c:05d}.pkl")
+        f = self.parts/f"{c:05d}.pkl"
+        for attempt in range(3):       # a second process sharing the cache may remove the folder of chunks when it finishes
+            try: _write_pickle(rows, f); return pd.read_pickle(f)
+            except FileNotFoundError:
+                if attempt == 2: break
+        buf = io.BytesIO(); rows.to_pickle(buf)      # the same round trip, in memory
+        return pd.read_pickle(io.BytesIO(buf.getvalue()))
 
     def run(self, learn:Learner, todo:list, progress=True):
         "Yield `(c, rows)`: `box_chunk` of each chunk index `c` of `todo`, in order, with one progress bar over their batches."
@@ -548,14 +750,18 @@ def box_pass(learn:Learner,
              max_k=20,                # ... among the `max_k` most probable
              trust=False,             # add `prob_crop_<m>`: one more forward pass over the crops
              auc_steps=0,             # > 0: add `deletion_auc`, `insertion_auc` with this many steps
-             native=False,            # each image at its own size (`native_size`), batched by size, not at the learner's input size
-             max_side=None,           # native: the longest side at most this many pixels (None: the image's own size)
+             native=None,             # None: images larger than the learner's input at their own size (`native_size`), the others at its input; True: every image at its own size; False: every image at the learner's input size
+             max_side=None,           # native: the longest side at most this many pixels (None: twice the learner's input side with `native=None`, else the image's own size)
              stride=None,             # native: sides rounded to a multiple of this (None: the saliency layer's, `feature_stride`)
              frame=None,              # batched: item transform(s) in place of the learner's resizing ones, e.g. `Resize(224, method='pad')`
+             floor=0.8,               # the quantile of each map removed before the mass cut (`remove_floor`); 0: the raw map
+             zoom=0,                  # zoomed second looks (`zoom_boxes`): each item's box padded, cut from the file, explained again
+             zoom_pad=0.5,            # zoom: the context around the first box, a share of its size per side
+             dilate=False,            # the last stage dilated (`dilated_last_stage`): maps at twice the resolution
             ) -> pd.DataFrame:
     "Boxes DataFrame (see the table above) of `items` (default: the learner's training and validation items)."
     plan = BoxPlan.make(learn, items, method, margins, target, area_tau, bs, cache, chunk_batches, on_error, k, multi_label,
-                        thresh, max_k, trust, auc_steps, native, max_side, stride, frame)
+                        thresh, max_k, trust, auc_steps, native, max_side, stride, frame, floor, zoom, zoom_pad, dilate)
     if (out := plan.cached()) is not None: return plan.checked(out)
     done = plan.saved()
     for c, rows in plan.run(learn, plan.todo(done), progress): done[c] = plan.save(c, rows)

@@ -15,7 +15,8 @@ from PIL import Image
 from fastprogress.fastprogress import progress_bar
 from fastai.vision.all import (PILImage, RandTransform, DataBlock, ImageBlock, CategoryBlock, MultiCategoryBlock, MultiCategorize,
                                FuncSplitter, ToTensor, IntToFloatTensor, DataLoaders)
-from .data import save_image_atomic, load_image, image_size, write_csv_atomic, UnreadableImageError
+from .data import (save_image_atomic, load_image, image_size, write_csv_atomic, UnreadableImageError,
+                                  exif_orientation, turn_box, error_reason)
 from .boxes import adjust_boxes, check_adjust
 from .metrics import box_scores, box_area, intersect_boxes
 
@@ -97,13 +98,18 @@ def split_labels(label) -> list:
 def crop_item_labels(o:CropItem) -> list: return split_labels(o.label)
 
 class CropImage(PILImage):
-    "A `PILImage` that remembers its source path (`attncrop_src`), whether it is to be cropped (`attncrop_crop`) and its box row (`attncrop_key`)."
+    "A `PILImage` that remembers its source path (`attncrop_src`), whether it is to be cropped (`attncrop_crop`), its box row (`attncrop_key`) and its file's EXIF orientation (`attncrop_orient`)."
     @classmethod
     def create(cls, o, **kwargs):
         path, crop, key = (o.path, o.crop, o.key) if isinstance(o, CropItem) else (o, False, None)
-        if isinstance(path, (str, os.PathLike)): img = cls(load_image(path, **{**cls._open_args, **kwargs}))  # as the boxes see it
+        orient = 1
+        if isinstance(path, (str, os.PathLike)):   # opened as `PILImage.create` opens it: the pixels the learner was trained on
+            try:
+                img = super().create(path, **kwargs)
+                with Image.open(path) as im: orient = exif_orientation(im)
+            except Exception as e: raise UnreadableImageError(path, error_reason(e)) from e
         else: img = super().create(path, **kwargs)
-        img.attncrop_src, img.attncrop_crop, img.attncrop_key = str(path), bool(crop), key
+        img.attncrop_src, img.attncrop_crop, img.attncrop_key, img.attncrop_orient = str(path), bool(crop), key, orient
         return img
 
 # %% ../nbs/05_crop.ipynb #8d10b34a
@@ -161,7 +167,9 @@ class AttentionCrop(RandTransform):
         key = getattr(x, 'attncrop_key', None) or x.attncrop_src
         i = self.idx.get(key)
         if i is None: raise KeyError(f"AttentionCrop: no box for {key!r} in the boxes DataFrame")
-        return crop_image(x, self.boxes[i, self.col[self.margin_of(i)]], self.pad_rel, self.aspect)
+        box, o = self.boxes[i, self.col[self.margin_of(i)]], getattr(x, 'attncrop_orient', 1)
+        if o != 1: box = turn_box(box, o, x.size[::-1] if o in (5, 6, 7, 8) else x.size, inverse=True)   # the box is in shown pixels
+        return crop_image(x, box, self.pad_rel, self.aspect)
 
 # %% ../nbs/05_crop.ipynb #bfbcb34f
 def _plain_tfms(pipe, drop):

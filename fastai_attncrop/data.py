@@ -15,9 +15,9 @@ from fastprogress.fastprogress import progress_bar
 
 # %% auto #0
 __all__ = ['SHAPES', 'BACKGROUNDS', 'PATTERNS', 'GT_COLUMNS', 'atomic_write', 'save_image_atomic', 'write_text_atomic',
-           'write_csv_atomic', 'UnreadableImageError', 'exif_orientation', 'error_reason', 'load_image', 'image_size',
-           'fill_pattern', 'shape_mask', 'draw_sample', 'mask_box', 'show_box', 'make_shapes', 'read_boxes_csv',
-           'read_voc', 'read_coco', 'segmentation_mask', 'read_instance_mask']
+           'write_csv_atomic', 'UnreadableImageError', 'exif_orientation', 'turn_box', 'error_reason', 'load_image',
+           'image_size', 'fill_pattern', 'shape_mask', 'draw_sample', 'mask_box', 'show_box', 'make_shapes',
+           'read_boxes_csv', 'read_voc', 'read_coco', 'segmentation_mask', 'read_instance_mask']
 
 # %% ../nbs/00_data.ipynb #0a101265
 def _umask():
@@ -72,6 +72,19 @@ def exif_orientation(im:Image.Image) -> int:
         o = int(im.getexif().get(0x0112, 1))
     except Exception: return 1
     return o if o in _TRANSPOSE else 1
+
+_TURN = {   # (x0, y0, x1, y1) in the stored w x h pixels -> in the pixels shown after EXIF orientation o
+    2: lambda x0, y0, x1, y1, w, h: (w-x1, y0, w-x0, y1),   3: lambda x0, y0, x1, y1, w, h: (w-x1, h-y1, w-x0, h-y0),
+    4: lambda x0, y0, x1, y1, w, h: (x0, h-y1, x1, h-y0),   5: lambda x0, y0, x1, y1, w, h: (y0, x0, y1, x1),
+    6: lambda x0, y0, x1, y1, w, h: (h-y1, x0, h-y0, x1),   7: lambda x0, y0, x1, y1, w, h: (h-y1, w-x1, h-y0, w-x0),
+    8: lambda x0, y0, x1, y1, w, h: (y0, w-x1, y1, w-x0)}
+
+def turn_box(box, o:int, wh, inverse=False) -> np.ndarray:
+    "Box(es) `box` (..., 4: x0, y0, x1, y1) in the stored pixels (`wh`: their width, height) of an image of EXIF orientation `o`, in the pixels `load_image` shows; `inverse`: from shown pixels (`wh` the shown size) back to stored ones."
+    b = np.asarray(box, dtype=float)
+    if o not in _TURN: return b.copy()
+    if inverse and o in (6, 8): o = 14 - o            # the inverse of a quarter turn is the other one; the rest undo themselves
+    return np.stack(_TURN[o](*np.moveaxis(b, -1, 0), float(wh[0]), float(wh[1])), -1)
 
 def error_reason(e:BaseException) -> str:
     "How an exception reads in an `error` column or an `UnreadableImageError`: its type and message."

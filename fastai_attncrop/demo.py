@@ -19,15 +19,24 @@ from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy
 from .data import make_shapes, read_boxes_csv, show_box, write_csv_atomic, write_text_atomic
 from .models import small_cnn, pretrained_learner
 from .saliency import maps_by_item, upsample_maps, normalize_maps
-from .metrics import boxes_from_maps, evaluate_localization, eps_curve, plot_eps_curve
-from .crop import export_crops
+from .metrics import evaluate_localization, eps_curve, plot_eps_curve
+from .crop import export_crops, margin_cols
+from .boxpass import box_pass
 import fastai_attncrop.learner  # noqa: F401 (adds Learner.attention_crop)
 
 # %% auto #0
-__all__ = ['METHODS', 'run_demo', 'main']
+__all__ = ['METHODS', 'CLASSIC', 'run_demo', 'main']
 
 # %% ../nbs/90_demo.ipynb #83a95ed7
 METHODS = {'Grad-CAM': 'gradcam', 'Grad-CAM++': 'gradcampp', 'DDT': 'ddt'}   # 'ddt': a `DDT` fitted once on the learner's training set
+
+CLASSIC = dict(native=False, floor=0.)   # the box rule before the tight default: the learner's input, the raw map
+
+def _table_preds(boxes, root, margin=0.95) -> pd.DataFrame:
+    "Predicted boxes (image under `root`, xmin, ymin, xmax, ymax, fallback) of a boxes table's rows at `margin`."
+    b = boxes[margin_cols(margin)].to_numpy(float)
+    return pd.DataFrame(dict(image=[Path(p).relative_to(root).as_posix() for p in boxes['item']], xmin=b[:, 0], ymin=b[:, 1],
+                             xmax=b[:, 2], ymax=b[:, 3], fallback=boxes['fallback'].notna().to_numpy()))
 
 def _valid_maps(learn, root, dls):
     "Saliency maps of every validation image for each method in `METHODS`, keyed by the image's path under `root`."
@@ -56,7 +65,7 @@ def _overlays(root, maps, preds, gt, fname, n=8):
         for g in gt[gt.image==name][['xmin', 'ymin', 'xmax', 'ymax']].values: show_box(ax, g, 'lime', lw=2)
         show_box(ax, p.loc[name, ['xmin', 'ymin', 'xmax', 'ymax']], 'red', lw=2)
         ax.set_title(Path(name).parent.name, fontsize=9)
-    fig.suptitle('Grad-CAM of the fine-tuned model: true boxes (green), mass-cut boxes at ε = 2.5% (red)')
+    fig.suptitle("Grad-CAM of the fine-tuned model: true boxes (green), box_pass's default boxes at margin 0.95 (red)")
     fig.savefig(fname, dpi=90, bbox_inches='tight'); plt.close(fig)
 
 # %% ../nbs/90_demo.ipynb #fca69413
@@ -68,7 +77,7 @@ def run_demo(out='demo_out',                # folder for the dataset, tables, fi
              arch='tf_efficientnet_lite0',  # pretrained backbone (see `PRETRAINED`), or 'small_cnn' from scratch
              epochs=2, lr=3e-3,             # `fine_tune(epochs, lr)` (from scratch: `fit_one_cycle(4*epochs, 1e-2)`)
              refit_epochs=1,                # `attention_crop` epochs of the mixed set (twice the plain set's size)
-             eps=0.025, seed=0, bs=32,
+             seed=0, bs=32,
              baseline=True) -> dict:        # also train the plain images for as many images seen (`baseline_val_error`)
     "Run the main job and write its results under `out`; returns the summary (also the last printed line, as JSON)."
     out, t0 = Path(out), time.time()
@@ -82,19 +91,26 @@ def run_demo(out='demo_out',                # folder for the dataset, tables, fi
         warnings.simplefilter('ignore')
         if pretrained: learn.fine_tune(epochs, lr)
         else: learn.fit_one_cycle(4*epochs, 1e-2)
-    print(f"3/6 saliency maps ({', '.join(METHODS)}) of the {len(dls.valid_ds)} validation images, boxes at ε = {eps}")
+    print(f"3/6 saliency maps ({', '.join(METHODS)}) of the {len(dls.valid_ds)} validation images; boxes by box_pass's default rule")
     gt = read_boxes_csv(root/'boxes.csv')
     gt = gt[gt.split=='valid'].reset_index(drop=True)
     maps = _valid_maps(learn, root, dls)
-    preds = pd.concat([boxes_from_maps(maps[name], gt, eps).assign(method=name) for name in METHODS], ignore_index=True)
+    boxes = box_pass(learn, cache=out/'box_cache', progress=False)       # every item, the package's default box rule
+    vitems = boxes[boxes.split=='valid'][['item', 'split', 'label']]
+    rule = {name: _table_preds(boxes[boxes.split=='valid'] if m == 'gradcam' else
+                               box_pass(learn, vitems, method=m, margins=(0.95,), cache=out/'box_cache', progress=False), root)
+            for name, m in METHODS.items()}
+    classic = _table_preds(box_pass(learn, vitems, margins=(0.95,), cache=out/'box_cache', progress=False, **CLASSIC), root)
+    preds = pd.concat([rule[name].assign(method=name) for name in METHODS] + [classic.assign(method='Grad-CAM, classic rule')],
+                      ignore_index=True)
     print("4/6 localization metrics against the known boxes (means over images; baselines by the same code)")
-    per_image, summary = evaluate_localization(preds, gt, maps=maps)
+    per_image, summary = evaluate_localization(preds, gt, maps={**maps, 'Grad-CAM, classic rule': maps['Grad-CAM']})
     centre = summary.filter(like='centred box', axis=0).iloc[0]
-    print(f"5/6 learn.attention_crop(epochs={refit_epochs}): box pass over every item, mixed DataLoaders, re-fit")
+    print(f"5/6 learn.attention_crop(epochs={refit_epochs}): mixed DataLoaders from those boxes, re-fit")
     start = copy.deepcopy(learn.model.state_dict())
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        res = learn.attention_crop(epochs=refit_epochs, cache=out/'box_cache')
+        res = learn.attention_crop(epochs=refit_epochs, cache=out/'box_cache', boxes=boxes)
         base_err = None
         if baseline:   # the same start, the plain images, as many images seen as the mixed set gives
             learn.dls = dls; learn.model.load_state_dict(start); learn.opt = None
@@ -111,11 +127,12 @@ def run_demo(out='demo_out',                # folder for the dataset, tables, fi
     ax.figure.savefig(out/'recall_vs_area.png', dpi=100, bbox_inches='tight'); plt.close('all')
     valid = res.boxes[res.boxes.split=='valid']
     crops = export_crops(valid, out/'crops', margin=0.95, root=root/'valid', progress=False)
-    g, gpp = summary.loc['Grad-CAM'], summary.loc['Grad-CAM++']
+    g, gpp, gc = summary.loc['Grad-CAM'], summary.loc['Grad-CAM++'], summary.loc['Grad-CAM, classic rule']
     result = dict(pretrained=pretrained, backbone=backbone, input_size=input_size,
                   val_error_before=round(before, 4), val_error_after=round(after, 4), baseline_val_error=None if base_err is None else round(base_err, 4),
                   gradcam_recall=round(g.Recall, 4), gradcam_area_reduction=round(g['Image Area Reduction'], 4),
-                  gradcam_iou=round(g.IoU, 4), gradcam_maxboxacc_v2=round(g.MaxBoxAccV2, 4),
+                  gradcam_iou=round(g.IoU, 4), gradcam_precision=round(g.Precision, 4), gradcam_maxboxacc_v2=round(g.MaxBoxAccV2, 4),
+                  classic_recall=round(gc.Recall, 4), classic_area_reduction=round(gc['Image Area Reduction'], 4), classic_iou=round(gc.IoU, 4),
                   gradcampp_maxboxacc_v2=round(gpp.MaxBoxAccV2, 4), centre_maxboxacc_v2=round(centre.MaxBoxAccV2, 4),
                   centred_box_iou=round(centre.IoU, 4), seconds=round(time.time() - t0))
     write_text_atomic(json.dumps(result, indent=1), out/'result.json')

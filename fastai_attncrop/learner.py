@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn
 import matplotlib.pyplot as plt
 from fastcore.basics import patch
+from fastcore.meta import delegates
 from fastai.callback.core import Callback
 from fastai.callback.hook import Hooks
 from fastai.data.core import DataLoaders
@@ -21,9 +22,9 @@ from fastai.learner import Learner
 from fastai.torch_core import set_seed
 from .data import load_image, image_size, show_box
 from .saliency import saliency_maps, show_saliency, frozen_eval
-from .boxes import mass_box, InputFrame, check_adjust
+from .boxes import InputFrame, check_adjust
 from .crop import check_margins, margin_eps, margin_cols, df_margins, CropItem, attention_dls, crop_image, failed_rows
-from .boxpass import box_pass, check_vision_learner, frame_tfms, item_path, paths_dl
+from .boxpass import box_pass, check_vision_learner, frame_tfms, item_path, paths_dl, learner_items
 
 
 # %% auto #0
@@ -135,6 +136,23 @@ def _check_fit(learn, fit):
 
 FIT_METHODS = ('fit_one_cycle', 'fit', 'fine_tune', 'fit_flat_cos', 'fit_sgdr')
 
+def _check_training_set(learn):
+    "Refuse a learner without training items (a `load_learner` learner) with a clear error."
+    try: n = len(learn.dls.train_ds)
+    except Exception: n = 0
+    if not n: raise ValueError("the learner has no training set (a `load_learner` learner keeps none): `attention_crop` re-fits on "
+                               "the training items; give it DataLoaders with them (learn.dls = ImageDataLoaders...(...)), or box "
+                               "new images with box_pass(learn, items=...)")
+
+def _check_boxes_cover(learn, boxes:pd.DataFrame):
+    "Refuse `boxes` that lack some of the learner's training and validation items (the re-fit would silently drop them)."
+    its = learner_items(learn)['item']
+    have = its.isin(set(boxes['item'].astype(str))) if 'item' in boxes.columns else np.zeros(len(its), bool)
+    if not have.all():
+        raise ValueError(f"`boxes` has rows for {int(have.sum())} of the learner's {len(its)} items (missing e.g. "
+                         f"{its[~have].iloc[0]!r}): `attention_crop` re-fits on every training and validation item, so pass "
+                         "boxes of all of them (box_pass(learn, margins=...)), or boxes=None to compute them")
+
 @patch
 def attention_crop(self:Learner,
                    epochs=3,                  # epochs of the re-fit
@@ -156,15 +174,19 @@ def attention_crop(self:Learner,
                    batch_tfms=None,           # their batch transforms (default: the learner's)
                    progress=True,             # progress bars of the box pass and the fit
                    on_error='report',         # an unreadable image: reported and left out ('report') or 'raise'
-                   boxes=None,                # a boxes DataFrame computed beforehand: skips the box pass
+                   boxes=None,                # boxes of every training and validation item (`box_pass(learn)`): skips the box pass; missing items are an error
                    k=1,                       # single-label: box the k most probable classes
                    thresh=0.75,               # multi-label: the probability a class must exceed to be boxed...
                    max_k=20,                  # ... among the max_k most probable
                    label_margin=None,         # multi-label: the margin whose boxes decide a crop's other labels
                    inside=0.5,                # ... a class is a crop's label when this share of its box lies inside
-                   native=False,              # box pass at each image's own size (see `box_pass`)
+                   native=None,               # box pass at each image's own size: None (images larger than the input), True, False (see `box_pass`)
                    max_side=None,             # native: longest side at most this many pixels
                    frame=None,                # batched box pass: item transform(s) in place of the learner's resizing ones
+                   floor=0.8,                 # the quantile of each map removed before the mass cut (0: the raw map)
+                   zoom=0,                    # zoomed second looks at each item (see `zoom_boxes`)
+                   zoom_pad=0.5,              # zoom: context around the first box, a share of its size per side
+                   dilate=False,              # the box pass with the last stage dilated
                    **fit_kwargs               # passed on to the fitting method
                   ) -> AttentionCropResult:
     "Box the learner's items with saliency maps, mix crops into its DataLoaders and re-fit; metrics before and after."
@@ -173,11 +195,14 @@ def attention_crop(self:Learner,
     check_adjust(pad_rel=pad_rel, aspect=aspect)   # a bad `pad_rel` or `aspect` fails before any work
     _check_fit(self, fit)
     check_vision_learner(self)
+    _check_training_set(self)
+    if boxes is not None: _check_boxes_cover(self, boxes)
     valid0 = _uncropped_valid(self.dls)   # a second call after one with `crop_valid=True` still compares uncropped images
     before = _metrics(self, valid0)
     if boxes is None:
         boxes = box_pass(self, method=method, margins=grid, target=target, bs=bs, cache=cache, progress=progress, on_error=on_error,
-                         k=k, thresh=thresh, max_k=max_k, native=native, max_side=max_side, frame=frame)
+                         k=k, thresh=thresh, max_k=max_k, native=native, max_side=max_side, frame=frame,
+                         floor=floor, zoom=zoom, zoom_pad=zoom_pad, dilate=dilate)
     set_seed(seed)   # the crops drawn, a fresh model's weights and the shuffling: the same call gives the same result
     dls = attention_dls(self.dls, boxes, margins, crop_share=crop_share, crop_valid=crop_valid, valid_margin=valid_margin,
                         pad_rel=pad_rel, aspect=aspect, item_tfms=item_tfms, batch_tfms=batch_tfms, bs=bs, seed=seed,
@@ -212,24 +237,25 @@ class AttentionCropCallback(Callback):
 
 # %% ../nbs/06_learner.ipynb #40f813dc
 @patch
+@delegates(box_pass, but=['learn', 'items', 'method', 'margins', 'cache', 'progress', 'bs'])
 def show_attention(self:Learner, items=None, n=8, method='gradcam', margin=0.95, gt:pd.DataFrame=None, root=None,
-                   ncols=4, figsize=None, alpha=0.5):
-    "Input images with their saliency overlay, the box at `margin` (red) and ground-truth boxes from `gt` (green)."
+                   ncols=4, figsize=None, alpha=0.5, **kwargs):
+    "Input images with their saliency overlay, the box at `margin` of `box_pass`'s rule (`kwargs`, e.g. `floor=0`) (red) and ground-truth boxes from `gt` (green)."
     paths = [str(item_path(o)) for o in (self.dls.valid_ds.items if items is None else items)][:n]
     xb = paths_dl(self, paths, len(paths)).one_batch()[0]   # opened as the box pass opens them
     sm = saliency_maps(self, xb, method)
-    H, W = sm.input_size
-    boxes = mass_box(sm.maps, margin_eps(margin), size=(W, H)).cpu()
+    rows = box_pass(self, paths, method=method, margins=(margin,), cache=False, progress=False, **kwargs)
+    rows = rows[rows['rank'] == 0] if 'rank' in rows.columns else rows
     axs = show_saliency(xb, sm, getattr(self.dls, 'vocab', None), max_n=n, ncols=ncols, figsize=figsize, alpha=alpha)
     root = Path(root if root is not None else self.dls.path)
     by_image = {} if gt is None else {k: g for k, g in gt.groupby('image')}
     tfms = frame_tfms(self)
-    for ax, p, b in zip(axs, paths, boxes):
-        show_box(ax, b.tolist(), 'red', lw=2)
+    for ax, p, b in zip(axs, paths, rows[margin_cols(margin)].to_numpy(float)):
+        frame = InputFrame.from_tfms(tfms, image_size(p))   # the boxes in the original image's pixels, drawn on the input
+        if np.isfinite(b).all(): show_box(ax, frame.to_input(b).tolist(), 'red', lw=2)
         try: key = Path(p).resolve().relative_to(root.resolve()).as_posix()
         except ValueError: key = p
         if key in by_image:
-            frame = InputFrame.from_tfms(tfms, image_size(p))
             for g in frame.to_input(by_image[key][['xmin', 'ymin', 'xmax', 'ymax']].to_numpy(float)).tolist():
                 show_box(ax, g, 'lime', lw=2)
     return axs

@@ -109,6 +109,12 @@ def _token_grids(tm, T, H, W):
         s = math.isqrt(T - p)
         if s*s==T - p: yield p, (s, s)
 
+def _attention_weights(out) -> bool:
+    "Whether a 4-D output reads as attention weights (batch, heads, tokens, tokens): square in its last two dimensions, each row a softmax."
+    if out.shape[-1] != out.shape[-2] or out.shape[-1] < 2: return False
+    o = out.detach().float()
+    return bool((o >= 0).all() and torch.allclose(o.sum(-1), torch.ones((), device=o.device), atol=1e-3))
+
 def _layout_or_reason(out, where, input_hw, reshape=None):
     "(`MapLayout`, '') when a layer's output `out` is a feature map of an input of size `input_hw`, else (None, why not)."
     name, attn, tm = where if where is not None else ('', None, None)
@@ -122,6 +128,9 @@ def _layout_or_reason(out, where, input_hw, reshape=None):
     if attn is not None:
         return None, (f"it is inside the attention module {attn[0]!r} ({attn[1]} heads): its dimensions are heads, tokens "
                       "or scores, not channels and positions")
+    if out.ndim==4 and _attention_weights(out):
+        return None, (f"its last two dimensions ({out.shape[-2]}, {out.shape[-1]}) are equal and every row along the last sums "
+                      "to 1: attention weights (batch, heads, tokens, tokens) of a transformer, not channels and positions")
     if out.ndim==4:   # the reading whose strides agree best; a tie goes to the model's own format (timm's `output_fmt`)
         kinds = ['nhwc', 'nchw'] if str(getattr(tm, 'output_fmt', '')).endswith('NHWC') else ['nchw', 'nhwc']
         fits = [(_stride_spread(*(out.shape[2:] if kind=='nchw' else out.shape[1:3]), H, W), kind) for kind in kinds]
