@@ -43,6 +43,7 @@ from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, ColReader, 
 from fastai_attncrop.data import make_shapes, read_boxes_csv, write_csv_atomic, write_text_atomic, save_image_atomic
 from fastai_attncrop.models import pretrained_learner
 from fastai_attncrop.saliency import saliency_maps, dilated_last_stage
+from fastai_attncrop.boxes import remove_floor
 from fastai_attncrop.metrics import evaluate_localization, score_boxes, box_accuracy, centred_box, centre_map
 from fastai_attncrop.crop import margin_cols
 from fastai_attncrop.boxpass import box_pass, load_batches
@@ -71,7 +72,7 @@ MARGIN = 0.95   # the default margin
 MARGINS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.985, 0.99, 0.995, 0.999]
 MIN_RECALL = 0.90
 TODAY = dict(floor=0, zoom=0, dilate=False, native=False)   # today's behaviour (before issue 29)
-LEVERS = dict(floor=0.7, zoom=1, dilate=True, native=True)  # each lever's setting in its own row
+LEVERS = dict(floor=0.8, zoom=1, dilate=True, native=True)  # each lever's setting in its own row
 RULES = {'today': TODAY, **{f'{k}={v}': {**TODAY, k: v} for k, v in LEVERS.items()}, 'chosen default': {}}
 ORACLE, CENTRED = 'oracle box (the true box)', 'best centred box'
 
@@ -211,6 +212,11 @@ def default_rule() -> dict:
     "The installed `box_pass`'s defaults of the rule options (`TODAY`'s keys) it has."
     return {k: p.default for k, p in inspect.signature(box_pass).parameters.items() if k in TODAY}
 
+def rule_margins(rule) -> list:
+    "The margins boxed in one call for `rule`: `MARGINS`, up to `MARGIN` for a zoomed rule (`zoom_boxes` windows each item at the"
+    " largest margin's box: with 0.999 in the call the window is the whole image, and every margin's zoomed box depends on it)."
+    return [m for m in MARGINS if m <= MARGIN] if {**TODAY, **default_rule(), **rule}['zoom'] else MARGINS
+
 def boxes_at(bx, s:BoxSet, m) -> pd.DataFrame:
     "The boxes of margin `m` of a `box_pass` table as `evaluate_localization` predictions (image keys relative to the set's root)."
     root = s.root.resolve()
@@ -259,20 +265,22 @@ def baseline_rows(s:BoxSet, images) -> dict:
     return rows
 
 def rule_maps(s:BoxSet, rule, target=None, bs=32) -> dict | None:
-    """{image: map} of `rule` on the set's images, for MaxBoxAccV2, where the map can be made with public functions: Grad-CAM of the
-    learner's own input (`dilate`: the last stage dilated); None for a rule with `floor` or `zoom` (their maps are `box_pass`'s own).
-    Only for sets whose images are the learner's input size (the maps are then on the images' pixels): `full`."""
-    rule = {**TODAY, **(rule or default_rule())}
-    if rule['floor'] or rule['zoom']: return None
+    """{image: map} of `rule` on the set's images, for MaxBoxAccV2: Grad-CAM of the learner's own input (`dilate`: the last stage
+    dilated, `dilated_last_stage`), less its `floor` quantile (`remove_floor`), as `box_pass` cuts it; None for a rule with `zoom` (the
+    zoomed look's map covers only the window). Only for sets whose images are the learner's input size (the maps are then on the
+    images' pixels, and `native` changes nothing): `full`."""
+    rule = {**TODAY, **default_rule(), **rule}
+    if rule['zoom']: return None
     root = s.root.resolve()
     vocab, keys = list(s.learn.dls.vocab), [Path(p).resolve().relative_to(root).as_posix() for p in s.items.item]
     labels = s.items.label.tolist()
     maps = {}
-    with dilated_last_stage(s.learn.model[0]) if rule.get('dilate') else contextlib.nullcontext():
-        for pos, xb in load_batches(s.learn, s.items.item.tolist(), bs=bs):
-            t = None if target is None else [vocab.index(labels[p]) for p in pos]
+    for pos, xb in load_batches(s.learn, s.items.item.tolist(), bs=bs):
+        t = None if target is None else [vocab.index(labels[p]) for p in pos]
+        with dilated_last_stage(s.learn.model, xb) if rule['dilate'] else contextlib.nullcontext():
             sm = saliency_maps(s.learn, xb, 'gradcam', target=t)
-            for r in range(len(sm)): maps[keys[pos[int(sm.img_idx[r])]]] = sm.maps[r].cpu()
+        m = remove_floor(sm.maps, rule['floor']).cpu()
+        for r in range(len(sm)): maps[keys[pos[int(sm.img_idx[r])]]] = m[r]
     return maps
 
 def run_set(s:BoxSet, target, groups=None, maxboxacc=False, bs=32, log=print) -> dict:
@@ -286,16 +294,17 @@ def run_set(s:BoxSet, target, groups=None, maxboxacc=False, bs=32, log=print) ->
         if kw is None:
             notes.append(f"`{name}` left out: the installed `box_pass` has no {[k for k in rule if k not in inspect.signature(box_pass).parameters]}")
             continue
+        ms = rule_margins(rule)
         t0 = time.time()
-        bx = box_pass(s.learn, items=s.items, margins=MARGINS, target=target, cache=False, progress=False, bs=bs, **kw)
+        bx = box_pass(s.learn, items=s.items, margins=ms, target=target, cache=False, progress=False, bs=bs, **kw)
         times[name] = (time.time() - t0)/len(s.items)
-        for g, images in groups.items(): tables[g][name] = table_row(score_rule(bx, s, images))
+        for g, images in groups.items(): tables[g][name] = table_row(score_rule(bx, s, images, ms))
         if target is None and not acc:   # the classifier's accuracy on each group (the explained class is the prediction)
             key = boxes_at(bx, s, MARGIN).image.to_numpy()
             acc.update({g: float(bx['correct'][np.isin(key, images)].mean()) for g, images in groups.items()})
-        if maxboxacc:   # rules with the same map (on `full`: the same `dilate`, no floor or zoom) share one computation
-            eff = {**TODAY, **(rule or default_rule())}
-            mk = None if eff['floor'] or eff['zoom'] else bool(eff['dilate'])
+        if maxboxacc:   # rules with the same map (on `full`: the same `dilate` and `floor`; none with `zoom`) share one computation
+            eff = {**TODAY, **default_rule(), **rule}
+            mk = None if eff['zoom'] else (bool(eff['dilate']), float(eff['floor']))
             if mk is None: v2[name] = np.nan
             else:
                 if mk not in v2_memo: v2_memo[mk] = box_accuracy(rule_maps(s, rule, target, bs), s.gt)['MaxBoxAccV2']
@@ -403,9 +412,11 @@ Rows (`box_kwargs` drops an option at today's value that the installed `box_pass
 * `{ORACLE}`: the box around the image's true boxes; `{CENTRED}`: one centred box size for the set (see below each table).
 
 Columns: recall, precision, IoU, area reduction of the margin {MARGIN} boxes (`evaluate_localization`); `area_at_recall90`: the largest
-area reduction whose recall is >= {MIN_RECALL} over the margins {MARGINS} (one `box_pass` call), `margin_at_recall90` the margin;
+area reduction whose recall is >= {MIN_RECALL} over the margins {MARGINS} (one `box_pass` call), `margin_at_recall90` the margin
+(a zoomed rule: the margins up to {MARGIN} only, since `zoom_boxes` windows each item at the call's largest margin's box);
 `s_per_image`: the whole `box_pass` call (cache off) over the set, `cost_vs_today` against the `today` row on the same images;
-MaxBoxAccV2 (`box_accuracy`, full set only): the map of the rule where public functions make it (Grad-CAM, dilated), `nan` otherwise;
+MaxBoxAccV2 (`box_accuracy`, full set only): the rule's map as its boxes are cut from it (Grad-CAM, dilated or not, less its floor
+quantile: `remove_floor`), `nan` for a zoomed rule (its second map covers only the window);
 the best centred box's is the centre map's (every centred size).
 
 {''.join(s + chr(10) for s in sections)}
