@@ -69,11 +69,14 @@ SCENE, SMALL_FRAC, BLUR = 448, (0.01, 0.16), 6
 QUICK_N = 20   # --quick: photographs a set
 
 MARGIN = 0.95   # the default margin
-MARGINS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.985, 0.99, 0.995, 0.999]
+MARGINS = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.985, 0.99, 0.995, 0.999]
 MIN_RECALL = 0.90
 TODAY = dict(floor=0, zoom=0, dilate=False, native=False)   # today's behaviour (before issue 29)
 LEVERS = dict(floor=0.8, zoom=1, dilate=True, native=True)  # each lever's setting in its own row
-RULES = {'today': TODAY, **{f'{k}={v}': {**TODAY, k: v} for k, v in LEVERS.items()}, 'chosen default': {}}
+# a zoom alone looks again through a window around today's wide first box (padded by zoom_pad per side): mostly the whole
+# image; the row with the floor shows the zoom on a tight first box
+RULES = {'today': TODAY, **{f'{k}={v}': {**TODAY, k: v} for k, v in LEVERS.items()},
+         'floor=0.8, zoom=1': {**TODAY, 'floor': LEVERS['floor'], 'zoom': LEVERS['zoom']}, 'chosen default': {}}
 ORACLE, CENTRED = 'oracle box (the true box)', 'best centred box'
 
 # ---------------------------------------------------------------------------------------------------------------- the sets
@@ -176,8 +179,8 @@ def _items(root, gt) -> pd.DataFrame:
     g = gt.drop_duplicates('image')
     return pd.DataFrame(dict(item=[str(Path(root)/i) for i in g.image], split='valid', label=g.label.values))
 
-def load_set(name, quick=False) -> BoxSet:
-    "The set `name` ('shapes', 'photos_small', 'full'), built or read from `CACHE`, with its learner."
+def load_set(name, quick=False, limit=None) -> BoxSet:
+    "The set `name` ('shapes', 'photos_small', 'full'), built or read from `CACHE`, with its learner; `limit`: a seeded subset (shapes: a bin)."
     if name != 'shapes' and not DEV.exists():
         raise SystemExit(f"{DEV} is not there: the photo sets need ../shared/data/imagenet10_valbox_dev (see ../shared/data/README.md)")
     if name == 'shapes':
@@ -196,6 +199,11 @@ def load_set(name, quick=False) -> BoxSet:
         g = gt.drop_duplicates('image')
         learn, info = imagenet10_learner(root, g.image, g.label), dict(model='ImageNet head', size=224)
     else: raise ValueError(f"unknown set {name!r}: 'shapes', 'photos_small' or 'full'")
+    if limit:
+        g = gt.drop_duplicates('image')
+        g = g.groupby('bin', group_keys=False) if name == 'shapes' else [(None, g)]
+        keep = [i for _, d in g for i in d.image.iloc[np.sort(np.random.default_rng(0).permutation(len(d))[:limit])]]
+        gt = gt[gt.image.isin(keep)].reset_index(drop=True)
     return BoxSet(name, learn, _items(root, gt), gt, Path(root), info)
 
 # ------------------------------------------------------------------------------------------------------------- the scores
@@ -337,11 +345,11 @@ def _f(v): return None if v is None or (isinstance(v, float) and not np.isfinite
 def main(a):
     if a.threads: torch.set_num_threads(a.threads)
     t_start, load0 = time.time(), os.getloadavg()[0]
-    out = Path(a.out or (REPO/'bench'/('out' if a.quick else 'results')))
+    out = Path(a.out or (REPO/'bench'/('out' if a.quick or a.limit else 'results')))
     res, sections, infos = {}, [], {}
     for name in a.sets:
         t0 = time.time()
-        s = load_set(name, a.quick)
+        s = load_set(name, a.quick, a.limit)
         infos[name] = dict(s.info, n_images=len(s.items), build_and_load_seconds=round(time.time() - t0))
         print(f"{name}: {len(s.items)} images ({time.time() - t0:.0f}s to build/load)", flush=True)
         if name == 'shapes':
@@ -379,7 +387,7 @@ def main(a):
              full_recall=get('full', 'all', 'chosen default', 'recall'), full_area_reduction=get('full', 'all', 'chosen default', 'area_reduction'),
              cost_vs_single_pass=_f(tot_def/tot_today) if tot_today else None, cost_by_set=cost,
              chosen_default=default_rule(),
-             quick=bool(a.quick), seconds=round(time.time() - t_start))
+             quick=bool(a.quick), limit=a.limit, seconds=round(time.time() - t_start))
     titles = {'shapes': 'Synthetic shapes (fine-tuned Lite0, predicted class)', 'photos_small_label': 'Photographs made small, true class',
               'photos_small_pred': 'Photographs made small, predicted class', 'full': 'Full-size dev photographs (224 px), predicted class'}
     for k, v in res.items():
@@ -438,6 +446,7 @@ def parse(args=None):
     p.add_argument('--quick', action='store_true', help=f'a smoke run: {QUICK_N} photographs a set, a tiny shapes set and learner; results in bench/out/')
     p.add_argument('--sets', nargs='+', default=['shapes', 'photos_small', 'full'], choices=['shapes', 'photos_small', 'full'])
     p.add_argument('--out', default=None, help='folder of small_objects.md/.json (default bench/results, --quick: bench/out)')
+    p.add_argument('--limit', type=int, default=None, help='a seeded subset of this many images a set (shapes: a bin); results in bench/out/')
     p.add_argument('--bs', type=int, default=32)
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: the default)')
     return p.parse_args(args)
