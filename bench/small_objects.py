@@ -12,24 +12,27 @@ Three sets, each with exact boxes; each built once (deterministic, seeded) under
   `item_tfms=Resize(224)`; boxes of the true class (`target='label'`) and of the predicted class;
 * `full`: the dev photographs themselves (224 px, as bench/localization.py), the same classifier, the predicted class.
 
-Each row is a rule: a dict of `box_pass` keyword arguments (`RULES`: today's behaviour, each lever alone, the chosen default `{}`,
-i.e. `box_pass`'s own defaults), plus two rows that are not rules: the oracle box (the box around the ground truth) and the best
+Each row is a rule: a dict of `box_pass` keyword arguments (`RULES`: today's behaviour `TODAY`, each lever of `LEVERS` alone, the
+floor with a zoom, the chosen default `{}`, i.e. `box_pass`'s own defaults), plus two rows that are not rules: the oracle box (the box around the ground truth) and the best
 centred box (one fixed centred size for the whole set). Columns, from the package's metrics (`evaluate_localization`, `box_accuracy`):
 recall, precision, IoU, area reduction at the default margin (0.95); the largest area reduction with recall >= 0.90 over the
-margins of one `box_pass` call (`MARGINS`) and the margin that gives it; on `full` MaxBoxAccV2 where the rule's map is at hand;
-seconds per image and the ratio to today's pass on the same images (one `box_pass` call, cache off). A rule whose keyword the
-installed `box_pass` lacks is left out with a note.
+margins of one `box_pass` call (`MARGINS`; a zoomed rule: up to 0.95, see `rule_margins`) and the margin that gives it; on `full`
+MaxBoxAccV2 of the rule's map as its boxes are cut from it (none for a zoomed rule); the classifier's accuracy on each group;
+seconds per image and the ratio to today's pass on the same images (one `box_pass` call, cache off; today's: the faster of two).
+A rule whose keyword the installed `box_pass` lacks is left out with a note.
 
-Writes bench/results/small_objects.md and .json (`--out`; `--quick`: bench/out/); the last printed line is one JSON object.
+Writes bench/results/small_objects.md and .json (`--out`; `--quick`, `--limit`: bench/out/); the last printed line is one JSON object.
 
     PYTHONPATH=. python bench/small_objects.py            # the full run
     PYTHONPATH=. python bench/small_objects.py --quick    # a smoke run: a few images a set, a tiny shapes learner
+    PYTHONPATH=. python bench/small_objects.py --sets photos_small full --limit 100   # a seeded subset of each set
+    SMALL_OBJECTS_CACHE=DIR ...                           # the sets and the shapes learner from another copy of the cache
 
 From Python (the sets and learners, to experiment with box rules):
 
     import sys; sys.path.insert(0, 'bench'); from small_objects import load_set, score_rule
     s = load_set('photos_small')          # or 'shapes', 'full'; quick=True for the small versions
-    bx = box_pass(s.learn, items=s.items, margins=MARGINS, target='label', cache=False)
+    bx = box_pass(s.learn, items=s.items, margins=MARGINS, target='label', cache=False, progress=False, floor=0.8)
     score_rule(bx, s)                     # recall, precision, IoU, area reduction per margin
 """
 import argparse, contextlib, io, datetime, hashlib, inspect, json, os, platform, subprocess, sys, time, warnings
