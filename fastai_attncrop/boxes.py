@@ -12,9 +12,9 @@ from scipy import ndimage
 from .data import mask_box
 
 # %% auto #0
-__all__ = ['FLOOR_MAX_AREA', 'fallback_maps', 'mass_edges', 'map_marginals', 'mass_box', 'remove_floor', 'component_boxes',
-           'threshold_box', 'check_adjust', 'adjust_boxes', 'flatten_tfms', 'InputFrame', 'threshold_masks',
-           'union_masks', 'graphcut_mask']
+__all__ = ['FLOOR_MAX_AREA', 'fallback_maps', 'mass_edges', 'map_marginals', 'mass_box', 'check_floor', 'remove_floor',
+           'component_boxes', 'threshold_box', 'check_adjust', 'adjust_boxes', 'flatten_tfms', 'InputFrame',
+           'threshold_masks', 'union_masks', 'graphcut_mask']
 
 # %% ../nbs/02_boxes.ipynb #2e75504c
 def _as_batch(maps):
@@ -83,9 +83,13 @@ def mass_box(maps, eps=0.025, size=None, upsample='bilinear'):
 # %% ../nbs/02_boxes.ipynb #83b2df75
 FLOOR_MAX_AREA = 0.1   # the floor is removed from maps whose share above half their maximum is below this (small objects)
 
+def check_floor(q):
+    "Raise a `ValueError` naming `floor` unless `q` is a quantile in [0, 1) (see `remove_floor`)."
+    if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0 <= q < 1: raise ValueError(f"`floor` must be a quantile in [0, 1), got {q!r}")
+
 def remove_floor(maps, q=0.8, max_area=FLOOR_MAX_AREA) -> torch.Tensor:
     "`maps` (B, H, W) or (H, W) minus each map's `q`-quantile, clamped at 0, where less than `max_area` of the map is above half its maximum (`q=0`: unchanged)."
-    if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0 <= q < 1: raise ValueError(f"`floor` must be a quantile in [0, 1), got {q!r}")
+    check_floor(q)
     if isinstance(max_area, bool) or not isinstance(max_area, numbers.Real) or not 0 <= max_area <= 1: raise ValueError(f"`max_area` must be in [0, 1], got {max_area!r}")
     m, single = _as_batch(maps)
     if q == 0 or m.numel() == 0: return maps if isinstance(maps, torch.Tensor) else m[0] if single else m

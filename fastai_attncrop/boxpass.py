@@ -22,7 +22,7 @@ from fasttransform import Transform, Pipeline
 import fastai_attncrop
 from .data import atomic_write, image_size, load_image, UnreadableImageError, error_reason, exif_orientation, turn_box
 from .saliency import saliency_maps, method_for, frozen_eval, upsample_maps, resolve_layers, model_input, dilated_last_stage
-from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, flatten_tfms, remove_floor
+from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, flatten_tfms, remove_floor, check_floor
 from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropItem, failed_rows,
                                   is_multi_label, split_labels, LABEL_DELIM, crop_prob_col, crop_box)
 
@@ -266,14 +266,17 @@ class OpenImage(Transform):
 # %% ../nbs/05b_boxpass.ipynb #1b182e5d
 def _image_sizes(paths):
     "(n, 2) array of the (width, height) of image files `paths` as a viewer shows them, from their headers; {position: reason} of those that fail; (n,) EXIF orientations."
-    sizes, errors, orient = np.zeros((len(paths), 2), dtype=int), {}, np.ones(len(paths), dtype=int)
+    raw, errors, orient = np.zeros((len(paths), 2), dtype=int), {}, np.ones(len(paths), dtype=int)
     for i, p in enumerate(paths):
         if (why := special_file(p)) is not None: errors[i] = why; continue
         try:
-            with Image.open(p) as im: (w, h), orient[i] = im.size, exif_orientation(im)   # as `image_size`, one header read
-            sizes[i] = (h, w) if orient[i] in (5, 6, 7, 8) else (w, h)
+            with Image.open(p) as im: raw[i], orient[i] = im.size, exif_orientation(im)   # as `image_size`, one header read
         except Exception as e: errors[i] = error_reason(e)
-    return sizes, errors, orient
+    return _turned_sizes(raw, orient), errors, orient
+
+def _turned_sizes(wh, orient) -> np.ndarray:
+    "Sizes `wh` (n, 2) with width and height swapped where EXIF orientation `orient` (n,) transposes the image (5-8): stored sizes to shown ones, and back."
+    return np.where(np.isin(np.asarray(orient), (5, 6, 7, 8))[:, None], wh[:, ::-1], wh)
 
 def paths_dl(learn, paths, bs=64, item_tfms=None, cls=None, **kwargs):
     "A DataLoader of the image files `paths` opened as the box pass opens them (`OpenImage(cls)`, `cls` default: the learner's image class), with the learner's validation transforms (item transforms: `item_tfms` if given)."
@@ -493,7 +496,7 @@ def _frame_boxes(frames, tfms, wh, bx, W, H) -> np.ndarray:
 def _model_sizes(wh, orient):
     "The (w, h) of the images the model is given (stored pixels: fastai's image classes do not turn them), and the EXIF orientations `orient` (None: none), from the displayed sizes `wh`."
     orient = np.ones(len(wh), int) if orient is None else np.asarray(orient)
-    return np.where(np.isin(orient, (5, 6, 7, 8))[:, None], wh[:, ::-1], wh), orient
+    return _turned_sizes(wh, orient), orient
 
 def _shown_boxes(bx, orient, mwh, whole=None) -> np.ndarray:
     "Boxes `bx` (n, M, 4) in the pixels of the images the model was given (sizes `mwh`), in the pixels a viewer shows (EXIF orientations `orient`); rows `whole`: the whole image."
@@ -502,7 +505,7 @@ def _shown_boxes(bx, orient, mwh, whole=None) -> np.ndarray:
         k = np.flatnonzero(orient == o)
         for j in k: out[j] = turn_box(out[j], o, mwh[j])
     if whole is not None and np.any(whole):
-        sw = np.where(np.isin(orient, (5, 6, 7, 8))[:, None], mwh[:, ::-1], mwh).astype(float)
+        sw = _turned_sizes(mwh, orient).astype(float)
         out[whole] = np.concatenate([np.zeros((int(np.sum(whole)), 2)), sw[whole]], 1)[:, None]
     return out
 
@@ -523,8 +526,7 @@ def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95
     if native is None:   # auto: the images larger than the learner's input at their own size (up to `max_side`), the others batched
         in_side = max(InputFrame.from_tfms(tfms, (64, 48)).input_wh)
         max_side = max_side or 2*in_side
-        big = [i for i in todo if max(wh[i]) > in_side]
-        todo = [i for i in todo if i not in set(big)]
+        big, todo = [i for i in todo if max(wh[i]) > in_side], [i for i in todo if max(wh[i]) <= in_side]
     else: big = todo if native else []
     if big:   # each image at its own size: a frame per original size, the batches by input size
         stride = stride or feature_stride(learn.model, getattr(method, 'layers', None))
@@ -592,7 +594,7 @@ def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95
     if multi_label: hit = [o and str(t) in split_labels(l) for t, l, o in zip(out['target'], out['label'], ok)]
     else: hit = out['label'].notna() & (out['label'].astype(str) == out['target'].astype(str)) & ok
     out['correct'] = np.asarray(hit, bool)
-    shown = np.where(np.isin(orient, (5, 6, 7, 8))[:, None], wh[:, ::-1], wh)     # the sizes a viewer sees
+    shown = _turned_sizes(wh, orient)     # the sizes a viewer sees
     out['width'], out['height'] = shown[pos, 0], shown[pos, 1]
     out['area_ratio'], out['zero'] = cat['area'].astype(float), cat['zero'].astype(bool)
     for j, m in enumerate(margins):
@@ -652,7 +654,7 @@ class BoxPlan:
         if native and frame is not None: raise ValueError("`frame` sets the batched input; `native=True` sizes each image itself: pass one of them")
         _check_native(max_side, stride)
         if native is False and (max_side, stride) != (None, None): raise ValueError("`max_side` and `stride` are for `native=True` (or None)")
-        remove_floor(torch.ones(1, 1), floor)   # a bad `floor` fails here, naming it
+        check_floor(floor)
         if isinstance(zoom, bool) or not isinstance(zoom, (int, np.integer)) or zoom < 0: raise ValueError(f"`zoom` must be an integer >= 0 (zoomed passes), got {zoom!r}")
         if isinstance(zoom_pad, bool) or not isinstance(zoom_pad, (int, float, np.integer, np.floating)) or not zoom_pad >= 0:
             raise ValueError(f"`zoom_pad` must be >= 0 (context around the first box, a share of its size per side), got {zoom_pad!r}")
