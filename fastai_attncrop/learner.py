@@ -183,7 +183,7 @@ def attention_crop(self:Learner,
                    native=None,               # box pass at each image's own size: None (images larger than the input), True, False (see `box_pass`)
                    max_side=None,             # native: longest side at most this many pixels
                    frame=None,                # batched box pass: item transform(s) in place of the learner's resizing ones
-                   floor=0.8,                 # the quantile of each map removed before the mass cut (0: the raw map)
+                   floor=0.8,                 # the quantile removed before the mass cut from maps of small objects (`remove_floor`; 0: the raw map)
                    zoom=0,                    # zoomed second looks at each item (see `zoom_boxes`)
                    zoom_pad=0.5,              # zoom: context around the first box, a share of its size per side
                    dilate=False,              # the box pass with the last stage dilated
