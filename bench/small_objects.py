@@ -46,7 +46,7 @@ from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, ColReader, 
 from fastai_attncrop.data import make_shapes, read_boxes_csv, write_csv_atomic, write_text_atomic, save_image_atomic
 from fastai_attncrop.models import pretrained_learner
 from fastai_attncrop.saliency import saliency_maps, dilated_last_stage
-from fastai_attncrop.boxes import remove_floor
+from fastai_attncrop.boxes import cut_maps
 from fastai_attncrop.metrics import evaluate_localization, score_boxes, box_accuracy, centred_box, centre_map
 from fastai_attncrop.crop import margin_cols
 from fastai_attncrop.boxpass import box_pass, load_batches
@@ -74,12 +74,13 @@ QUICK_N = 20   # --quick: photographs a set
 MARGIN = 0.95   # the default margin
 MARGINS = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.985, 0.99, 0.995, 0.999]
 MIN_RECALL = 0.90
-TODAY = dict(floor=0, zoom=0, dilate=False, native=False)   # today's behaviour (before issue 29)
-LEVERS = dict(floor=0.8, zoom=1, dilate=True, native=True)  # each lever's setting in its own row
+TODAY = dict(floor=0, zoom=0, dilate=False, native=False, upsample=1)   # today's behaviour (before issue 29)
+LEVERS = dict(floor=0.8, zoom=1, dilate=True, native=True, upsample=2)  # each lever's setting in its own row
 # a zoom alone looks again through a window around today's wide first box (padded by zoom_pad per side): mostly the whole
 # image; the row with the floor shows the zoom on a tight first box
 RULES = {'today': TODAY, **{f'{k}={v}': {**TODAY, k: v} for k, v in LEVERS.items()},
-         'floor=0.8, zoom=1': {**TODAY, 'floor': LEVERS['floor'], 'zoom': LEVERS['zoom']}, 'chosen default': {}}
+         'floor=0.8, zoom=1': {**TODAY, 'floor': LEVERS['floor'], 'zoom': LEVERS['zoom']},
+         'chosen default, upsample=1': {'upsample': 1}, 'chosen default': {}}
 ORACLE, CENTRED = 'oracle box (the true box)', 'best centred box'
 
 # ---------------------------------------------------------------------------------------------------------------- the sets
@@ -277,7 +278,7 @@ def baseline_rows(s:BoxSet, images) -> dict:
 
 def rule_maps(s:BoxSet, rule, target=None, bs=32) -> dict | None:
     """{image: map} of `rule` on the set's images, for MaxBoxAccV2: Grad-CAM of the learner's own input (`dilate`: the last stage
-    dilated, `dilated_last_stage`), less its `floor` quantile (`remove_floor`), as `box_pass` cuts it; None for a rule with `zoom` (the
+    dilated, `dilated_last_stage`), upsampled and less its `floor` quantile (`cut_maps`), as `box_pass` cuts it; None for a rule with `zoom` (the
     zoomed look's map covers only the window). Only for sets whose images are the learner's input size (the maps are then on the
     images' pixels, and `native` changes nothing): `full`."""
     rule = {**TODAY, **default_rule(), **rule}
@@ -290,7 +291,7 @@ def rule_maps(s:BoxSet, rule, target=None, bs=32) -> dict | None:
         t = None if target is None else [vocab.index(labels[p]) for p in pos]
         with dilated_last_stage(s.learn.model, xb) if rule['dilate'] else contextlib.nullcontext():
             sm = saliency_maps(s.learn, xb, 'gradcam', target=t)
-        m = remove_floor(sm.maps, rule['floor']).cpu()
+        m = cut_maps(sm.maps, rule['floor'], rule.get('upsample', 1)).cpu()
         for r in range(len(sm)): maps[keys[pos[int(sm.img_idx[r])]]] = m[r]
     return maps
 
@@ -427,7 +428,7 @@ area reduction whose recall is >= {MIN_RECALL} over the margins {MARGINS} (one `
 (a zoomed rule: the margins up to {MARGIN} only, since `zoom_boxes` windows each item at the call's largest margin's box);
 `s_per_image`: the whole `box_pass` call (cache off) over the set, `cost_vs_today` against the `today` row on the same images;
 MaxBoxAccV2 (`box_accuracy`, full set only): the rule's map as its boxes are cut from it (Grad-CAM, dilated or not, less its floor
-quantile: `remove_floor`), `nan` for a zoomed rule (its second map covers only the window);
+quantile, upsampled: `cut_maps`), `nan` for a zoomed rule (its second map covers only the window);
 the best centred box's is the centre map's (every centred size).
 
 {''.join(s + chr(10) for s in sections)}

@@ -13,8 +13,8 @@ from .data import mask_box
 
 # %% auto #0
 __all__ = ['FLOOR_MAX_AREA', 'fallback_maps', 'mass_edges', 'map_marginals', 'mass_box', 'check_floor', 'remove_floor',
-           'component_boxes', 'threshold_box', 'check_adjust', 'adjust_boxes', 'flatten_tfms', 'InputFrame',
-           'threshold_masks', 'union_masks', 'graphcut_mask']
+           'check_upsample', 'cut_maps', 'component_boxes', 'threshold_box', 'check_adjust', 'adjust_boxes',
+           'flatten_tfms', 'InputFrame', 'threshold_masks', 'union_masks', 'graphcut_mask']
 
 # %% ../nbs/02_boxes.ipynb #2e75504c
 def _as_batch(maps):
@@ -99,6 +99,21 @@ def remove_floor(maps, q=0.8, max_area=FLOOR_MAX_AREA) -> torch.Tensor:
     out = (w - cut).clamp(min=0).to(m.dtype if m.is_floating_point() else torch.get_default_dtype())
     flat = fallback_maps(m)   # a map that was flat or empty stays one (its box: the whole image)
     out = torch.where(flat[:, None, None], m.to(out.dtype), out)
+    return out[0] if single else out
+
+# %% ../nbs/02_boxes.ipynb #ea46d069
+def check_upsample(f):
+    "Raise a `ValueError` naming `upsample` unless `f` is an integer >= 1 (see `cut_maps`)."
+    if isinstance(f, bool) or not isinstance(f, numbers.Integral) or f < 1:
+        raise ValueError(f"`upsample` must be an integer >= 1 (how many times finer the map the cut sees is), got {f!r}")
+
+def cut_maps(maps, floor=0.8, upsample=2, max_area=FLOOR_MAX_AREA) -> torch.Tensor:
+    "What the mass cut sees: `maps` (B, h, w) or (h, w) bilinearly upsampled `upsample` times, then `remove_floor(floor, max_area)`."
+    check_floor(floor); check_upsample(upsample)
+    m, single = _as_batch(maps)
+    if upsample > 1 and m.numel():
+        m = F.interpolate(m[:, None].to(_work_dtype(m.device)), scale_factor=int(upsample), mode='bilinear', align_corners=False)[:, 0]
+    out = remove_floor(m, floor, max_area)
     return out[0] if single else out
 
 # %% ../nbs/02_boxes.ipynb #cfec68ac

@@ -22,7 +22,7 @@ from fasttransform import Transform, Pipeline
 import fastai_attncrop
 from .data import atomic_write, image_size, load_image, UnreadableImageError, error_reason, exif_orientation, turn_box
 from .saliency import saliency_maps, method_for, frozen_eval, upsample_maps, resolve_layers, model_input, dilated_last_stage
-from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, flatten_tfms, remove_floor, check_floor
+from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, flatten_tfms, remove_floor, check_floor, cut_maps, check_upsample
 from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropItem, failed_rows,
                                   is_multi_label, split_labels, LABEL_DELIM, crop_prob_col, crop_box)
 
@@ -431,7 +431,7 @@ def zoom_windows(boxes, wh, pad=0.5, aspect=None) -> np.ndarray:
 ZOOM_MARGIN = 0.95   # the margin of the first box a zoomed look's window is cut around
 
 def zoom_boxes(learn, paths, wh, boxes, target, method='gradcam', margins=(0.95, 0.8, 0.6), floor=0., pad=0.5, bs=64,
-               tfms=None, keep=None, dilate=False) -> np.ndarray:
+               tfms=None, keep=None, dilate=False, upsample=1) -> np.ndarray:
     "Boxes (n, M, 4) of `margins` from a second look at the images `paths` (sizes `wh`) through windows around `boxes` (n, M, 4, original pixels; the box of margin `ZOOM_MARGIN`, which `margins` must hold), for class `target[i]`."
     margins = check_margins(margins)
     w = [j for j, m in enumerate(margins) if math.isclose(m, ZOOM_MARGIN)]
@@ -450,7 +450,8 @@ def zoom_boxes(learn, paths, wh, boxes, target, method='gradcam', margins=(0.95,
         pos = np.asarray(pos)
         with _dilated(learn, xz, dilate): sm = saliency_maps(learn, xz, method, target=target[pos].tolist())
         H, W = sm.input_size
-        bz = torch.stack([mass_box(remove_floor(sm.maps, floor), margin_eps(m), size=(W, H)) for m in margins], 1).double().cpu()
+        cm = cut_maps(sm.maps, floor, upsample)
+        bz = torch.stack([mass_box(cm, margin_eps(m), size=(W, H)) for m in margins], 1).double().cpu()
         flat = fallback_maps(sm.maps).cpu().numpy()
         for j, i in enumerate(pos):
             if flat[j]: continue                                        # nothing seen in the window: the first box stands
@@ -512,7 +513,7 @@ def _shown_boxes(bx, orient, mwh, whole=None) -> np.ndarray:
 def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5,
               bs=64, on_error='report', sizes=None, frames:dict=None, tick=None, k=1, multi_label=False, thresh=0.75,
               max_k=20, trust=False, auc_steps=0, native=None, max_side=None, stride=None, frame=None, floor=0.8,
-              zoom=0, zoom_pad=0.5, dilate=False) -> pd.DataFrame:
+              zoom=0, zoom_pad=0.5, dilate=False, upsample=2) -> pd.DataFrame:
     "Rows of the boxes table (see `box_pass`) for the items of `chunk` (columns `item`, `split`, `label`)."
     margins, vocab, tfms = check_margins(margins), getattr(learn.dls, 'vocab', None), frame_tfms(learn, frame)
     paths = chunk['item'].astype(str).tolist()
@@ -547,13 +548,14 @@ def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95
         H, W = sm.input_size
         ii = sm.img_idx.cpu().numpy()
         ms = margins + [ZOOM_MARGIN] if zoom else margins   # a zoomed look's window: the box at `ZOOM_MARGIN`, whatever the margins asked
-        bx = torch.stack([mass_box(remove_floor(sm.maps, floor), margin_eps(m), size=(W, H)) for m in ms], 1).double().cpu()  # (rows, M, 4)
+        cm = cut_maps(sm.maps, floor, upsample)   # what the cut sees: finer than the map, its floor removed
+        bx = torch.stack([mass_box(cm, margin_eps(m), size=(W, H)) for m in ms], 1).double().cpu()  # (rows, M, 4)
         R = len(ii)
         zero = fallback_maps(sm.maps).cpu().numpy()
         ob = _frame_boxes(frames, tfms, wh[pos[ii]], bx, W, H)              # (rows, M, 4) in the original images' pixels
         for _ in range(zoom):
             ob = zoom_boxes(learn, [paths[i] for i in pos[ii]], wh[pos[ii]], ob, sm.target.cpu().numpy(), method, ms,
-                            floor, zoom_pad, bs, tfms, keep=zero, dilate=dilate)
+                            floor, zoom_pad, bs, tfms, keep=zero, dilate=dilate, upsample=upsample)
         ob, bx = ob[:, :M], bx[:, :M]
         if zoom and trust and R:   # the trust crops are those of the final boxes, on the first pass's input
             bx = torch.as_tensor(np.stack([frames[tuple(s)].to_input(b).numpy() for s, b in zip(wh[pos[ii]].tolist(), ob)]))
@@ -628,7 +630,7 @@ class BoxPlan:
     def make(cls, learn, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5, bs=None,
              cache=True, chunk_batches=8, on_error='report', k=1, multi_label=None, thresh=0.75, max_k=20, trust=False,
              auc_steps=0, native=None, max_side=None, stride=None, frame=None, floor=0.8, zoom=0, zoom_pad=0.5,
-             dilate=False) -> BoxPlan:
+             dilate=False, upsample=2) -> BoxPlan:
         "The plan of `box_pass(learn, items, ...)` (same arguments, but `progress`): every argument checked before any work."
         margins = check_margins(margins)
         if on_error not in ('report', 'raise'): raise ValueError(f"`on_error` must be 'report' or 'raise', got {on_error!r}")
@@ -654,7 +656,7 @@ class BoxPlan:
         if native and frame is not None: raise ValueError("`frame` sets the batched input; `native=True` sizes each image itself: pass one of them")
         _check_native(max_side, stride)
         if native is False and (max_side, stride) != (None, None): raise ValueError("`max_side` and `stride` are for `native=True` (or None)")
-        check_floor(floor)
+        check_floor(floor); check_upsample(upsample)
         if isinstance(zoom, bool) or not isinstance(zoom, (int, np.integer)) or zoom < 0: raise ValueError(f"`zoom` must be an integer >= 0 (zoomed passes), got {zoom!r}")
         if isinstance(zoom_pad, bool) or not isinstance(zoom_pad, (int, float, np.integer, np.floating)) or not zoom_pad >= 0:
             raise ValueError(f"`zoom_pad` must be >= 0 (context around the first box, a share of its size per side), got {zoom_pad!r}")
@@ -673,7 +675,7 @@ class BoxPlan:
                       after_batch=repr(learn.dls.valid.after_batch), version=fastai_attncrop.__version__,
                       **({'native': (max_side, stride)} if native else {}), **({'auto': (max_side, stride)} if native is None else {}),
                       **{n: v for n, v in (('floor', floor), ('zoom', zoom), ('dilate', dilate)) if v},
-                      **({'zoom_pad': zoom_pad} if zoom else {}))   # a pass with the old settings keeps its old key
+                      **({'zoom_pad': zoom_pad} if zoom else {}), **({'upsample': upsample} if upsample != 1 else {}))   # a pass with the old settings keeps its old key
         cdir = _cache_dir(learn, cache)
         final = parts = None
         if cdir is not None:
@@ -682,7 +684,7 @@ class BoxPlan:
         return cls(df, [df.iloc[s:s+cs] for s in range(0, len(df), cs)], bs, meth, margins, target, area_tau, on_error, final, parts,
                    dict(k=k, multi_label=multi_label, thresh=thresh, max_k=max_k, trust=bool(trust), auc_steps=auc_steps,
                         native=native, max_side=max_side, stride=stride, frame=frame, floor=floor, zoom=zoom, zoom_pad=zoom_pad,
-                        dilate=dilate))
+                        dilate=dilate, upsample=upsample))
 
     def cached(self) -> pd.DataFrame | None:
         "The finished table from the cache, or None."
@@ -780,10 +782,12 @@ def box_pass(learn:Learner,
              zoom=0,                  # zoomed second looks (`zoom_boxes`): each item's box padded, cut from the file, explained again
              zoom_pad=0.5,            # zoom: the context around the first box, a share of its size per side
              dilate=False,            # the last stage dilated (`dilated_last_stage`): maps at twice the resolution
+             upsample=2,              # the cut sees each map this many times finer (`cut_maps`: bilinear, before the floor); 1: as computed
             ) -> pd.DataFrame:
     "Boxes DataFrame (see the table above) of `items` (default: the learner's training and validation items)."
     plan = BoxPlan.make(learn, items, method, margins, target, area_tau, bs, cache, chunk_batches, on_error, k, multi_label,
-                        thresh, max_k, trust, auc_steps, native, max_side, stride, frame, floor, zoom, zoom_pad, dilate)
+                        thresh, max_k, trust, auc_steps, native, max_side, stride, frame, floor, zoom, zoom_pad, dilate,
+                        upsample)
     if (out := plan.cached()) is not None: return plan.checked(out)
     done = plan.saved()
     for c, rows in plan.run(learn, plan.todo(done), progress): done[c] = plan.save(c, rows)

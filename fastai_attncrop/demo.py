@@ -30,7 +30,7 @@ __all__ = ['METHODS', 'CLASSIC', 'run_demo', 'main']
 # %% ../nbs/90_demo.ipynb #83a95ed7
 METHODS = {'Grad-CAM': 'gradcam', 'Grad-CAM++': 'gradcampp', 'DDT': 'ddt'}   # 'ddt': a `DDT` fitted once on the learner's training set
 
-CLASSIC = dict(native=False, floor=0.)   # the box rule before the tight default: the learner's input, the raw map
+CLASSIC = dict(native=False, floor=0., upsample=1)   # the box rule before the tight default: the learner's input, the raw map
 
 def _table_preds(boxes, root, margin=0.95) -> pd.DataFrame:
     "Predicted boxes (image under `root`, xmin, ymin, xmax, ymax, fallback) of a boxes table's rows at `margin`."

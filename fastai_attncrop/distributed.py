@@ -113,14 +113,14 @@ def distrib_fit(learn:Learner, *args, fit='fit_one_cycle', sync_bn:bool=None, **
 def distrib_attention_crop(self:Learner, epochs=3, lr=None, margins=(0.95, 0.8, 0.6), valid_margin=None,
                            method='gradcam', target=None, cache=True, bs=None, fit='fit_one_cycle', progress=True,
                            chunk_batches=8, native=None, max_side=None, frame=None, floor=0.8, zoom=0, zoom_pad=0.5, dilate=False,
-                           **kwargs):
+                           upsample=2, **kwargs):
     "`learn.attention_crop` with the box pass sharded over the process group and fastai's distributed re-fit."
+    rule = dict(native=native, max_side=max_side, frame=frame, floor=floor, zoom=zoom, zoom_pad=zoom_pad, dilate=dilate, upsample=upsample)
     boxes = distrib_box_pass(self, method=method, margins=box_margins(margins, valid_margin), target=target, bs=bs,
-                             cache=cache, chunk_batches=chunk_batches, progress=progress and _world()[0] == 0, native=native,
-                             max_side=max_side, frame=frame, floor=floor, zoom=zoom, zoom_pad=zoom_pad, dilate=dilate)
+                             cache=cache, chunk_batches=chunk_batches, progress=progress and _world()[0] == 0, **rule)
     fit_fn = partial(distrib_fit, fit=fit) if _world()[1] > 1 else fit
     return self.attention_crop(epochs, lr, margins=margins, valid_margin=valid_margin, method=method, target=target,
-                               cache=cache, bs=bs, fit=fit_fn, progress=progress, boxes=boxes, **kwargs)
+                               cache=cache, bs=bs, fit=fit_fn, progress=progress, boxes=boxes, **rule, **kwargs)
 
 # %% ../nbs/08_distributed.ipynb #7970a5f8
 def _learner(data, arch, size, bs, seed, device):

@@ -256,6 +256,7 @@ def attention_crop(self:Learner,
                    zoom=0,                    # zoomed second looks at each item (see `zoom_boxes`)
                    zoom_pad=0.5,              # zoom: context around the first box, a share of its size per side
                    dilate=False,              # the box pass with the last stage dilated
+                   upsample=2,                # the cut sees each map this many times finer (`cut_maps`); 1: as computed
                    zoom_valid=True,           # also report look-then-zoom prediction's error (`zoom_predict`) before and after (single-label)
                    **fit_kwargs               # passed on to the fitting method
                   ) -> AttentionCropResult:
@@ -269,7 +270,8 @@ def attention_crop(self:Learner,
     if boxes is not None: _check_boxes_cover(self, boxes)
     valid0 = _uncropped_valid(self.dls)   # a second call after one with `crop_valid=True` still compares uncropped images
     before = _metrics(self, valid0)
-    rule = dict(method=method, native=native, max_side=max_side, frame=frame, floor=floor, zoom=zoom, zoom_pad=zoom_pad, dilate=dilate)
+    rule = dict(method=method, native=native, max_side=max_side, frame=frame, floor=floor, zoom=zoom, zoom_pad=zoom_pad, dilate=dilate,
+                upsample=upsample)
     if boxes is None:
         boxes = box_pass(self, margins=grid, target=target, bs=bs, cache=cache, progress=progress, on_error=on_error,
                          k=k, thresh=thresh, max_k=max_k, **rule)
