@@ -296,13 +296,14 @@ def test_native_cap_on_the_longest_side(setup, tmp_path, monkeypatch):
     rect = (120, 10, 160, 40)
     paths = [_bright_box(tmp_path/'wide.png', (200, 60), rect), _bright_box(tmp_path/'tall.png', (60, 200), (10, 120, 40, 160))]
     seen = _shapes(monkeypatch)
-    full = box_pass(learn, paths, margins=(1,), cache=False, progress=False, native=True, method=Brightness())
-    cap = box_pass(learn, paths, margins=(1,), cache=False, progress=False, native=True, max_side=100, method=Brightness())
+    geo = dict(upsample=1)   # the geometry of the native frames: the map's own cells (a finer cut's bilinear halo widens a margin-1 box)
+    full = box_pass(learn, paths, margins=(1,), cache=False, progress=False, native=True, method=Brightness(), **geo)
+    cap = box_pass(learn, paths, margins=(1,), cache=False, progress=False, native=True, max_side=100, method=Brightness(), **geo)
     assert [s for s, _ in seen] == [(64, 200), (200, 64), (32, 96), (96, 32)]           # the cap: longest side <= 100, stride 8
     np.testing.assert_allclose(full[margin_cols(1)].to_numpy()[0], rect, atol=1.5)
     np.testing.assert_allclose(cap[margin_cols(1)].to_numpy()[0], rect, atol=3.5)      # coarser input, same original pixels
     np.testing.assert_allclose(cap[margin_cols(1)].to_numpy()[1], (10, 120, 40, 160), atol=3.5)
-    pad = box_pass(learn, paths, margins=(1,), cache=False, progress=False, method=Brightness(),
+    pad = box_pass(learn, paths, margins=(1,), cache=False, progress=False, method=Brightness(), **geo,
                    frame=_Resize(100, method='pad', pad_mode='zeros'))                 # a batched frame with the aspect kept
     np.testing.assert_allclose(pad[margin_cols(1)].to_numpy()[0], rect, atol=3.5)
 
