@@ -74,6 +74,7 @@ class MapLayout:
         raise ValueError("a custom `reshape` cannot be undone: this method (it changes the layer's output) needs a layer "
                          "whose output is (N, C, h, w), (N, h, w, C) or tokens, without `reshape`")
 
+# %% ../nbs/01a_layers.ipynb #82064036
 def _stride_spread(h, w, H, W):
     "How far apart the strides of an h x w grid over an H x W input are (1: equal), or None if it cannot be its positions."
     if not (1 <= h <= H and 1 <= w <= W): return None
@@ -99,6 +100,7 @@ def _token_grids(tm, T, H, W):
         s = math.isqrt(T - p)
         if s*s==T - p: yield p, (s, s)
 
+# %% ../nbs/01a_layers.ipynb #6710b5c0
 def _attention_weights(out) -> bool:
     "Whether a 4-D output reads as attention weights (batch, heads, tokens, tokens): square in its last two dimensions, each row a softmax."
     if out.shape[-1] != out.shape[-2] or out.shape[-1] < 2: return False
@@ -163,6 +165,7 @@ def _module_info(model) -> dict:
     walk(model, '', None, None)
     return info
 
+# %% ../nbs/01a_layers.ipynb #354a11f3
 def _transformer_layer(model):
     "The target layer of a timm transformer found in `model` (see the text), or None for other models."
     for m in model.modules():
@@ -206,6 +209,7 @@ def find_target_layer(model:nn.Module, xb:torch.Tensor=None, reshape:Callable=No
                                 "saliency maps need a convolutional feature map; pass `layers` explicitly")
     return seen[ok[-1]][0]
 
+# %% ../nbs/01a_layers.ipynb #95e99124
 def resolve_layers(model:nn.Module, layers=None, xb=None, reshape=None) -> list:
     "`layers` (None, a module, a dotted name, or a list of those) as a list of modules of `model`."
     if layers is None: return [find_target_layer(model, xb, reshape)]
