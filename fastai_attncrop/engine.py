@@ -140,6 +140,62 @@ def _check_token_grads(model, layer, lay, g):
                          "(class) token(s) only, so its maps are zero: with class-token pooling, map a layer before the last "
                          "attention, e.g. `layers='blocks.11.norm1'` for a 12-block timm ViT (the default for timm models)")
 
+# %% ../nbs/01c_engine.ipynb #2ae540b9
+@dataclass
+class _Recorded:
+    "What one forward pass recorded: the module, its input and scores, the target layers, their outputs and layouts, the rows."
+    model: nn.Module
+    xb: torch.Tensor
+    out: torch.Tensor
+    lays: list                # the target layers ([] on the input)
+    layouts: list             # a `MapLayout` per target layer
+    raw: list                 # each target layer's output (or the input)
+    rows: tuple               # (img_idx, target, rank) of the maps to make
+    def __post_init__(self): self.acts = [lay(a) for lay, a in zip(self.layouts, self.raw)]   # as (N, C, h, w) maps
+
+def _head_maps(meth, p:_Recorded, batch_size=None) -> list:
+    "`needs='head'` (CAM): the body's map weighed by the head's class weights of the rows, no backward pass."
+    if not is_fastai_vision(p.model) or p.lays!=[p.model[0]]:
+        raise ValueError("CAM weighs the body's last feature map by the head's linear layer: it needs a fastai vision "
+                         "model (body, head) and `layers=None`; use method='gradcam' for other models or layers")
+    img_idx, tgt, _ = p.rows
+    return [combine_maps(meth, p.acts[0][img_idx].detach(), cam_head_weights(p.model[1])[tgt])]
+
+def _gradient_free_maps(meth, p:_Recorded, batch_size=64) -> list:
+    "`needs='acts'` or `'scores'`: each layer's maps from its activations alone, or with a `Rescore` of the rows."
+    img_idx, tgt, _ = p.rows
+    per_layer = []
+    for l, lay, a, r in zip(p.lays, p.layouts, p.acts, p.raw):
+        score = (Rescore(p.model, p.xb[img_idx], tgt, l, lay, r.detach()[img_idx], p.out.detach()[img_idx, tgt].float(), batch_size)
+                 if meth.needs=='scores' else None)
+        with torch.no_grad(): per_layer.append(combine_maps(meth, a.detach()[img_idx], score))
+    return per_layer
+
+# %% ../nbs/01c_engine.ipynb #f518af7a
+def _gradient_maps(meth, p:_Recorded, batch_size=None) -> list:
+    "`needs='grads'`: one backward pass per target rank, from the rows' scores to the target layers (or the input) only."
+    img_idx, tgt, rank = p.rows
+    if not p.out.requires_grad or not all(a.requires_grad for a in p.raw): raise ValueError(_NO_GRAD)
+    per_layer = [torch.zeros((len(tgt),) + tuple(a.shape[-2:]), device=p.xb.device) for a in p.acts]
+    K = int(rank.max()) + 1 if len(rank) else 0
+    with torch.enable_grad():
+        for r in range(K):
+            rows = (rank==r).nonzero().squeeze(1)
+            score = p.out[img_idx[rows], tgt[rows]].sum()
+            grads = torch.autograd.grad(score, p.raw, retain_graph=r < K-1, allow_unused=True)
+            for li, (lay, a, g) in enumerate(zip(p.layouts, p.acts, grads)):
+                if g is None: raise ValueError(_NO_GRAD)
+                if not meth.on_input: _check_token_grads(p.model, p.lays[li], lay, g)
+                ii = img_idx[rows]
+                per_layer[li][rows] = combine_maps(meth, a[ii].detach(), lay(g)[ii])
+    return per_layer
+
+def _layer_maps(model, lays, per_layer) -> dict:
+    "Each target layer's maps by its dotted name, when there are several layers (else {})."
+    if len(lays) <= 1: return {}
+    names = {id(m): n for n, m in model.named_modules()}
+    return {names.get(id(l), str(i)): m for i, (l, m) in enumerate(zip(lays, per_layer))}
+
 # %% ../nbs/01c_engine.ipynb #775e6351
 def saliency_maps(model,                  # a fastai Learner, or an nn.Module returning (N, n_classes) scores
                   xb:torch.Tensor,        # the image batch (N, C, H, W); moved to the model's device and dtype
@@ -161,7 +217,7 @@ def saliency_maps(model,                  # a fastai Learner, or an nn.Module re
         extra = {} if reshape is None else {'reshape': reshape}   # makers written before `reshape` existed still work
         return meth(model, xb, target=target, layers=layers, k=k, multi_label=multi_label, thresh=thresh, max_k=max_k,
                       vocab=vocab, channels_last=channels_last, **extra)
-    model, vocab, device, xb = pass_input(model, xb, vocab, channels_last)
+    model, vocab, _, xb = pass_input(model, xb, vocab, channels_last)
     lays = [] if meth.on_input else resolve_layers(model, layers, xb, reshape)
     guide = guided_relus(model) if meth.guided else contextlib.nullcontext()
     grads_needed = meth.on_input or meth.needs=='grads'
@@ -171,38 +227,10 @@ def saliency_maps(model,                  # a fastai Learner, or an nn.Module re
             out = model(x)
         _check_scores(out)
         raw, layouts = ([x], [MapLayout()]) if meth.on_input else feature_maps(model, lays, cut, xb.shape[-2:], reshape)
-        acts = [lay(a) for lay, a in zip(layouts, raw)]
         img_idx, tgt, rank, prob = pass_targets(out, target, k, multi_label, thresh, max_k, vocab)
-        if meth.needs=='head':
-            if not is_fastai_vision(model) or lays!=[model[0]]:
-                raise ValueError("CAM weighs the body's last feature map by the head's linear layer: it needs a fastai vision "
-                                 "model (body, head) and `layers=None`; use method='gradcam' for other models or layers")
-            per_layer = [combine_maps(meth, acts[0][img_idx].detach(), cam_head_weights(model[1])[tgt])]
-        elif not grads_needed:
-            per_layer = []
-            for l, lay, a, r in zip(lays, layouts, acts, raw):
-                score = (Rescore(model, xb[img_idx], tgt, l, lay, r.detach()[img_idx], out.detach()[img_idx, tgt].float(), batch_size)
-                         if meth.needs=='scores' else None)
-                with torch.no_grad(): per_layer.append(combine_maps(meth, a.detach()[img_idx], score))
-        else:
-            if not out.requires_grad or not all(a.requires_grad for a in raw): raise ValueError(_NO_GRAD)
-            per_layer = [torch.zeros((len(tgt),) + tuple(a.shape[-2:]), device=device) for a in acts]
-            K = int(rank.max()) + 1 if len(rank) else 0
-            with torch.enable_grad():
-                for r in range(K):
-                    rows = (rank==r).nonzero().squeeze(1)
-                    score = out[img_idx[rows], tgt[rows]].sum()
-                    grads = torch.autograd.grad(score, raw, retain_graph=r < K-1, allow_unused=True)
-                    for li, (lay, a, g) in enumerate(zip(layouts, acts, grads)):
-                        if g is None: raise ValueError(_NO_GRAD)
-                        if not meth.on_input: _check_token_grads(model, lays[li], lay, g)
-                        ii = img_idx[rows]
-                        per_layer[li][rows] = combine_maps(meth, a[ii].detach(), lay(g)[ii])
+        step = _head_maps if meth.needs=='head' else _gradient_maps if grads_needed else _gradient_free_maps
+        per_layer = step(meth, _Recorded(model, xb, out, lays, layouts, raw, (img_idx, tgt, rank)), batch_size)
     cleaned = [sanitize_maps(m) for m in per_layer]
     per_layer, bad = [c[0] for c in cleaned], torch.stack([c[1] for c in cleaned]).any(0)
     maps = per_layer[0] if len(per_layer)==1 else _fuse(per_layer)
-    layer_maps = {}
-    if len(lays) > 1:
-        names = {id(m): n for n, m in model.named_modules()}
-        layer_maps = {names.get(id(l), str(i)): m for i, (l, m) in enumerate(zip(lays, per_layer))}
-    return SaliencyMaps(maps, img_idx, tgt, prob, rank, tuple(xb.shape[-2:]), meth.name, bad, layer_maps)
+    return SaliencyMaps(maps, img_idx, tgt, prob, rank, tuple(xb.shape[-2:]), meth.name, bad, _layer_maps(model, lays, per_layer))
