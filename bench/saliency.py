@@ -32,7 +32,8 @@ warnings.filterwarnings('ignore')
 import psutil, torch, torch.nn as nn
 from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, resnet18, resnet34
 from fastai_attncrop.data import make_shapes
-from fastai_attncrop.saliency import saliency_maps, normalize_maps, _use_channels_last, find_target_layer
+from fastai_attncrop.saliency import saliency_maps, normalize_maps, find_target_layer
+from fastai_attncrop.engine import _use_channels_last
 
 REPS = {1: (1, 5), 16: (1, 3), 64: (1, 2)}   # (warm-up rounds, timed rounds) per batch size
 

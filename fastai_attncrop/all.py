@@ -5,6 +5,9 @@ Not generated: this file is written by hand (nbdev exports the modules it import
 needs Accelerate, and the demo are imported by name. Imported after `fastai.vision.all`, the package's `load_image`
 and `image_size` (EXIF orientation applied, `UnreadableImageError` naming the file) stand in for fastai's."""
 from .data import *
+from .layers import *
+from .methods import *
+from .engine import *
 from .saliency import *
 from .boxes import *
 from .metrics import *

@@ -107,7 +107,7 @@ def boxes(learner:str,                 # the exported learner: the file `learn.e
           margin:float=0.95,           # the retention margin of the boxes exported, cropped and reviewed
           crops:bool=False,            # also write the crops at --margin into OUT/crops (with the manifest crops.csv)
           review:bool=False,           # also write the review sheet into OUT/review (least trusted boxes first)
-          method:str='gradcam',        # the saliency method: gradcam, gradcampp, xgradcam, hirescam, layercam, eigencam, cam, scorecam, ...
+          method:str='gradcam',        # the saliency method: a name of the registry `fastai_attncrop.saliency.METHODS` (a wrong name lists them)
           bs:int=None,                 # batch size of the box pass (default: the learner's)
           cache:str=None,              # the box pass's cache folder (default: OUT/cache); a killed run resumes from it
           cls:str='pred',              # the class exported: pred (the model's), label (the known label, else the prediction) or both; new images have no label: the prediction

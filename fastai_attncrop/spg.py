@@ -17,7 +17,7 @@ from fastai.layers import ConvLayer
 from fastai.learner import Metric
 from fastai.optimizer import OptimWrapper
 from fastai.torch_core import norm_bias_params
-from .saliency import frozen_eval, get_method, resolve_layers, combine_maps, cam_head_weights, is_fastai_vision
+from .saliency import frozen_eval, Method, get_method, resolve_layers, combine_maps, cam_head_weights, is_fastai_vision
 
 # %% auto #0
 __all__ = ['FG', 'BG', 'IGNORE', 'tri_state_mask', 'masked_bce', 'head_attention', 'spg_losses', 'stage_ends', 'spg_layers',
@@ -48,7 +48,8 @@ def _plain(t:torch.Tensor) -> torch.Tensor:
 def head_attention(head:nn.Module, feats:torch.Tensor, target:torch.Tensor, method='gradcam') -> torch.Tensor:
     "Attention maps (N, h, w) for classes `target` from the body's output `feats`, through `head` only; detached float32."
     meth = get_method(method)
-    if meth.on_input or meth.needs not in ('grads', 'head'): raise ValueError(f"`attention` must be a layer method with gradients (e.g. 'gradcam', 'cam'), not {meth.name!r}")
+    if not isinstance(meth, Method) or meth.on_input or meth.needs not in ('grads', 'head'):
+        raise ValueError(f"`attention` must be a layer method with gradients (e.g. 'gradcam', 'cam'), not {getattr(meth, 'name', meth)!r}")
     feats, target = _plain(feats), _plain(target).long().reshape(-1)
     if meth.needs == 'head': return combine_maps(meth, feats.detach(), cam_head_weights(head)[target])   # CAM: the head's class weights
     p = next(head.parameters(), None)
@@ -146,7 +147,7 @@ class SPGCallback(Callback):
         for th, name in ((deep_th, 'deep_th'), (shallow_th, 'shallow_th'), (fused_th, 'fused_th')): _check_thresholds(th, name)
         try: meth = get_method(attention)
         except ValueError as e: raise ValueError(f"`attention`: {e}") from None
-        if meth.on_input or meth.needs not in ('grads', 'head'):
+        if not isinstance(meth, Method) or meth.on_input or meth.needs not in ('grads', 'head'):
             raise ValueError(f"`attention` must be a layer method with gradients such as 'gradcam' or 'cam', got {attention!r}")
         if not 0 <= start < 1: raise ValueError(f"`start` must be in [0, 1), got {start!r}")
         self.layers, self.width, self.weights, self.attention, self.start = layers, width, tuple(weights), attention, start

@@ -12,7 +12,8 @@ from fastai.vision.all import (ImageDataLoaders, Resize, vision_learner, resnet1
 from fastai_attncrop.data import make_shapes
 from fastai_attncrop.saliency import (saliency_maps, METHODS, Method, SmoothGrad, DDT, GuidedReLU, find_target_layer,
                                       resolve_layers, normalize_maps, upsample_maps, gradcampp_weights, get_method,
-                                      _use_channels_last, maps_by_item)
+                                      maps_by_item)
+from fastai_attncrop.engine import _use_channels_last
 
 CAM_METHODS = ['gradcam', 'gradcampp', 'xgradcam', 'hirescam', 'layercam']
 SIZE = 96          # 3x3 feature maps for resnet/vgg/densenet bodies

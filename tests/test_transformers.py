@@ -7,8 +7,8 @@ from fastai.vision.all import ImageDataLoaders, Resize, Learner, vision_learner,
 from functools import partial
 from fastai_attncrop.data import make_shapes
 from fastai_attncrop.models import small_cnn
-from fastai_attncrop.saliency import (saliency_maps, find_target_layer, MapLayout, SmoothGrad, DDT, Method, METHODS,
-                                      _layout_or_reason)
+from fastai_attncrop.saliency import saliency_maps, find_target_layer, MapLayout, SmoothGrad, DDT, Method, METHODS
+from fastai_attncrop.layers import _layout_or_reason
 from test_saliency import _minmax, _as_pgc, _perturb_head, nontrivial, n_hooks, _state, Boom
 
 timm = pytest.importorskip('timm')
