@@ -21,7 +21,7 @@ from fastai.data.core import Datasets
 from fasttransform import Transform, Pipeline
 import fastai_attncrop
 from .data import atomic_write, image_size, load_image, UnreadableImageError, error_reason, exif_orientation, turn_box
-from .saliency import saliency_maps, method_for, frozen_eval, upsample_maps, resolve_layers, model_input, dilated_last_stage
+from .saliency import saliency_maps, get_method, frozen_eval, upsample_maps, resolve_layers, model_input, dilated_last_stage
 from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, flatten_tfms, remove_floor, check_floor, cut_maps, check_upsample
 from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropItem, failed_rows,
                                   is_multi_label, split_labels, LABEL_DELIM, crop_prob_col, crop_box)
@@ -641,7 +641,7 @@ class BoxPlan:
         for v, name, lo in ((k, 'k', 1), (max_k, 'max_k', 1), (auc_steps, 'auc_steps', 0)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo: raise ValueError(f"`{name}` must be an integer >= {lo}, got {v!r}")
         if not 0 <= thresh <= 1: raise ValueError(f"`thresh` must be in [0, 1], got {thresh!r}")
-        meth = method_for(method, learn)   # a name, a `Method` or a `MapMaker`; 'ddt': fitted on the training set once
+        meth = get_method(method, learn)   # a name, a `Method` or a `MapMaker`; 'ddt': fitted on the training set once
         check_vision_learner(learn)
         df = _as_items(learn, items)
         vocab = getattr(learn.dls, 'vocab', None)
