@@ -20,7 +20,7 @@ from fastai.learner import Learner
 from fastai.data.core import Datasets
 from fasttransform import Transform, Pipeline
 import fastai_attncrop
-from .data import atomic_write, image_size, load_image, UnreadableImageError, error_reason, exif_orientation, turn_box
+from .data import atomic_write, shown_size, shown_image, UnreadableImageError, error_reason, exif_orientation, turn_box
 from .saliency import saliency_maps, get_method, frozen_eval, upsample_maps, resolve_layers, model_input, dilated_last_stage
 from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, flatten_tfms, remove_floor, check_floor, cut_maps, check_upsample
 from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropItem, failed_rows,
@@ -270,7 +270,7 @@ def _image_sizes(paths):
     for i, p in enumerate(paths):
         if (why := special_file(p)) is not None: errors[i] = why; continue
         try:
-            with Image.open(p) as im: raw[i], orient[i] = im.size, exif_orientation(im)   # as `image_size`, one header read
+            with Image.open(p) as im: raw[i], orient[i] = im.size, exif_orientation(im)   # as `shown_size`, one header read
         except Exception as e: errors[i] = error_reason(e)
     return _turned_sizes(raw, orient), errors, orient
 

@@ -15,7 +15,7 @@ from PIL import Image
 from fastprogress.fastprogress import progress_bar
 from fastai.vision.all import (PILImage, RandTransform, DataBlock, ImageBlock, CategoryBlock, MultiCategoryBlock, MultiCategorize,
                                FuncSplitter, ToTensor, IntToFloatTensor, DataLoaders)
-from .data import (save_image_atomic, load_image, image_size, write_csv_atomic, UnreadableImageError,
+from .data import (save_image_atomic, shown_image, shown_size, write_csv_atomic, UnreadableImageError,
                                   exif_orientation, turn_box, error_reason)
 from .boxes import adjust_boxes, check_adjust
 from .metrics import box_scores, box_area, intersect_boxes
@@ -350,7 +350,7 @@ def export_crops(boxes:pd.DataFrame,      # a boxes DataFrame (`box_pass`): `ite
             p, b, err, target = src[i], bxs[i], errors[i], dest/rels[i]
             wh = None
             if err is None:
-                try: wh = tuple(int(v) for v in sizes[i]) if sizes is not None and np.isfinite(sizes[i]).all() else image_size(p)
+                try: wh = tuple(int(v) for v in sizes[i]) if sizes is not None and np.isfinite(sizes[i]).all() else shown_size(p)
                 except UnreadableImageError as e: err = e.reason
             if err is None: err = box_problems(b, wh)[0]
             if err is None:
@@ -359,7 +359,7 @@ def export_crops(boxes:pd.DataFrame,      # a boxes DataFrame (`box_pass`): `ite
                 same = (prev is not None and str(prev['item']) == str(p) and
                         [float(prev[k]) for k in ('x0', 'y0', 'x1', 'y1')] == [float(v) for v in c])
                 if overwrite or not (same and target.exists()):   # a new crop, or one whose box changed: cut it (again)
-                    try: img = load_image(p, mode=None)   # as stored (mode, depth), EXIF orientation applied
+                    try: img = shown_image(p, mode=None)   # as stored (mode, depth), EXIF orientation applied
                     except UnreadableImageError as e: err = e.reason
                     else:
                         if img.size != wh: err = f"image is {img.size[0]}x{img.size[1]}, the table says {wh[0]}x{wh[1]}"

@@ -15,8 +15,8 @@ from fastprogress.fastprogress import progress_bar
 
 # %% auto #0
 __all__ = ['SHAPES', 'BACKGROUNDS', 'PATTERNS', 'GT_COLUMNS', 'atomic_write', 'save_image_atomic', 'write_text_atomic',
-           'write_csv_atomic', 'UnreadableImageError', 'exif_orientation', 'turn_box', 'error_reason', 'load_image',
-           'image_size', 'fill_pattern', 'shape_mask', 'draw_sample', 'mask_box', 'show_box', 'make_shapes',
+           'write_csv_atomic', 'UnreadableImageError', 'exif_orientation', 'turn_box', 'error_reason', 'shown_image',
+           'shown_size', 'fill_pattern', 'shape_mask', 'draw_sample', 'mask_box', 'show_box', 'make_shapes',
            'read_boxes_csv', 'read_voc', 'read_coco', 'segmentation_mask', 'read_instance_mask']
 
 # %% ../nbs/00_data.ipynb #0a101265
@@ -80,7 +80,7 @@ _TURN = {   # (x0, y0, x1, y1) in the stored w x h pixels -> in the pixels shown
     8: lambda x0, y0, x1, y1, w, h: (y0, w-x1, y1, w-x0)}
 
 def turn_box(box, o:int, wh, inverse=False) -> np.ndarray:
-    "Box(es) `box` (..., 4: x0, y0, x1, y1) in the stored pixels (`wh`: their width, height) of an image of EXIF orientation `o`, in the pixels `load_image` shows; `inverse`: from shown pixels (`wh` the shown size) back to stored ones."
+    "Box(es) `box` (..., 4: x0, y0, x1, y1) in the stored pixels (`wh`: their width, height) of an image of EXIF orientation `o`, in the pixels `shown_image` shows; `inverse`: from shown pixels (`wh` the shown size) back to stored ones."
     b = np.asarray(box, dtype=float)
     if o not in _TURN: return b.copy()
     if inverse and o in (6, 8): o = 14 - o            # the inverse of a quarter turn is the other one; the rest undo themselves
@@ -104,7 +104,7 @@ def _convert(im:Image.Image, mode) -> Image.Image:
     if im.mode.startswith('I') or im.mode == 'F': im = _to_8bit(im)
     return im.convert(mode)
 
-def load_image(path, mode='RGB') -> Image.Image:
+def shown_image(path, mode='RGB') -> Image.Image:
     "Decode image file `path` in `mode` (None: as stored), EXIF orientation applied; `UnreadableImageError` if it cannot be read."
     try:
         with Image.open(path) as im:
@@ -116,12 +116,15 @@ def load_image(path, mode='RGB') -> Image.Image:
     if out.size != header: raise UnreadableImageError(path, f"decoded size {out.size} differs from the header's {header}")
     return out.transpose(_TRANSPOSE[o]) if o != 1 else out
 
-def image_size(path) -> tuple:
-    "(width, height) of image file `path` as `load_image` returns it, from the header; `UnreadableImageError` if it cannot be opened."
+def shown_size(path) -> tuple:
+    "(width, height) of image file `path` as `shown_image` returns it, from the header; `UnreadableImageError` if it cannot be opened."
     try:
         with Image.open(path) as im: (w, h), o = im.size, exif_orientation(im)
     except Exception as e: raise UnreadableImageError(path, error_reason(e)) from e
     return (h, w) if o in (5, 6, 7, 8) else (w, h)
+
+# %% ../nbs/00_data.ipynb #130bcf15
+load_image, image_size = shown_image, shown_size   # the names of earlier versions (explicit imports only)
 
 # %% ../nbs/00_data.ipynb #7c02367b
 def _star(n=5, inner=0.45):

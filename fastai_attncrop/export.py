@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, parse_qs
 import numpy as np, pandas as pd
 from fastprogress.fastprogress import progress_bar
-from .data import atomic_write, write_text_atomic, write_csv_atomic, image_size, GT_COLUMNS
+from .data import atomic_write, write_text_atomic, write_csv_atomic, shown_size, GT_COLUMNS
 from .crop import (margin_cols, df_margins, failed_rows, trust_score, crop_prob_col, split_labels,
     item_paths, box_problems, unique_names, MANIFEST_COLUMNS, SKIPPED_COLUMNS)
 
@@ -326,7 +326,7 @@ def read_yolo(dest, images=None, classes=None) -> pd.DataFrame:
         img = next((imdir/rel.with_suffix(s) for s in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES)
                     if (imdir/rel.with_suffix(s)).exists()), None)
         if img is None: raise FileNotFoundError(f"{f}: no image {rel}.* under {imdir}")
-        W, H = image_size(img)
+        W, H = shown_size(img)
         name = img.relative_to(imdir).as_posix()
         for n, line in enumerate(f.read_text().splitlines(), start=1):
             if not line.strip(): continue

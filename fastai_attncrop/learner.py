@@ -22,7 +22,7 @@ from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
 from fastai.metrics import error_rate
-from .data import load_image, image_size, show_box, exif_orientation, turn_box
+from .data import shown_image, shown_size, show_box, exif_orientation, turn_box
 from .saliency import saliency_maps, show_saliency, frozen_eval
 from .boxes import InputFrame, check_adjust
 from .crop import check_margins, margin_eps, margin_cols, df_margins, CropItem, attention_dls, crop_image, crop_box, failed_rows
@@ -142,7 +142,7 @@ class AttentionCropResult:
         fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (3*ncols, 3*nrows), squeeze=False)
         for ax in axs.flat: ax.axis('off')
         for ax, r in zip(axs.flat, df.itertuples()):
-            ax.imshow(load_image(r.item)); show_box(ax, [getattr(r, c) for c in margin_cols(margin)], 'red', lw=2)
+            ax.imshow(shown_image(r.item)); show_box(ax, [getattr(r, c) for c in margin_cols(margin)], 'red', lw=2)
             ax.set_title(f"{r.target} {r.prob:.2f}", fontsize=9)
         k = next(iter(self.metrics_before))
         fig.suptitle(f"boxes at margin {margin:g}; {k} {self.metrics_before[k]:.4f} -> {self.metrics_after[k]:.4f}", fontsize=10)
@@ -327,7 +327,7 @@ def show_attention(self:Learner, items=None, n=8, method='gradcam', margin=0.95,
     by_image = {} if gt is None else {k: g for k, g in gt.groupby('image')}
     tfms = frame_tfms(self)
     for ax, p, b in zip(axs, paths, rows[margin_cols(margin)].to_numpy(float)):
-        frame = InputFrame.from_tfms(tfms, image_size(p))   # the boxes in the original image's pixels, drawn on the input
+        frame = InputFrame.from_tfms(tfms, shown_size(p))   # the boxes in the original image's pixels, drawn on the input
         if np.isfinite(b).all(): show_box(ax, frame.to_input(b).tolist(), 'red', lw=2)
         try: key = Path(p).resolve().relative_to(root.resolve()).as_posix()
         except ValueError: key = p
@@ -354,7 +354,7 @@ def show_projection(self:Learner, boxes:pd.DataFrame, margin=0.8, split='valid',
     paths, bx = df['item'].astype(str).tolist(), df[margin_cols(margin)].to_numpy(np.float64)
     crops = []
     for p, b in zip(paths, bx):
-        crops.append(crop_image(load_image(p), b))
+        crops.append(crop_image(shown_image(p), b))
     bs = bs or self.dls.valid.bs
     f = [penultimate_features(self, dl) for dl in (paths_dl(self, paths, bs), _test_dl(self, crops, bs))]
     X = torch.cat(f)

@@ -11,7 +11,7 @@ from fastai.vision.all import (ImageDataLoaders, Resize, vision_learner, accurac
 from fasttransform import Transform
 import fastai_attncrop.learner as L, fastai_attncrop.boxpass as BP
 import fastai_attncrop.crop as crop_mod
-from fastai_attncrop.data import make_shapes, load_image, image_size, UnreadableImageError, atomic_write
+from fastai_attncrop.data import make_shapes, shown_image, shown_size, UnreadableImageError, atomic_write
 from fastai_attncrop.models import small_cnn
 from fastai_attncrop.boxes import mass_box, threshold_box, fallback_maps
 from fastai_attncrop.saliency import saliency_maps, SmoothGrad, frozen_eval
@@ -128,8 +128,8 @@ def test_every_mode_loads_and_is_boxed(setup, tmp_path):
     paths = _mode_files(tmp_path/'modes', src)
     grey = np.asarray(Image.open(src).convert('L'), float)
     for p in paths:
-        im = load_image(p)
-        assert im.mode == 'RGB' and im.size == image_size(p) == (48, 48), p
+        im = shown_image(p)
+        assert im.mode == 'RGB' and im.size == shown_size(p) == (48, 48), p
         if any(k in p for k in ('I16', 'I32', 'F.tif')):    # 16-bit and float: scaled to 8 bits, not clipped to white
             assert np.abs(np.asarray(im, float)[..., 0] - grey).max() <= 1, p
     res = box_pass(learn, paths, margins=(0.95,), cache=False, progress=False)
@@ -152,7 +152,7 @@ def test_exif_rotated_boxes_land_where_the_user_sees_the_object(setup, tmp_path)
         ex = Image.Exif(); ex[0x0112] = o
         _orient(shown, o).save(tmp_path/'src'/f'o{o}.png', exif=ex); paths.append(str(tmp_path/'src'/f'o{o}.png'))
         _orient(shown, o).save(tmp_path/f'raw{o}.png'); raws.append(str(tmp_path/f'raw{o}.png'))   # the same pixels, no EXIF
-        assert image_size(paths[-1]) == (48, 40) and np.array_equal(np.asarray(load_image(paths[-1])), np.asarray(shown))
+        assert shown_size(paths[-1]) == (48, 40) and np.array_equal(np.asarray(shown_image(paths[-1])), np.asarray(shown))
     res = box_pass(learn, paths, margins=(0.95, 0.6), cache=False, progress=False)
     assert (res.width == 48).all() and (res.height == 40).all()
     # the model is given the stored pixels, as fastai's loader gives them (issue #30); the boxes are turned to where a viewer sees them

@@ -315,7 +315,7 @@ def test_name_clashes_stay_distinct_rows(setup, tmp_path):
 def test_mixed_dls_open_files_as_the_learner_and_crop_exif_files_where_the_box_is(setup, tmp_path):
     from fastai.vision.all import PILImage
     from fastai_attncrop.crop import CropImage, CropItem, AttentionCrop
-    from fastai_attncrop.data import load_image
+    from fastai_attncrop.data import shown_image
     tmp, root, learn = setup
     src = _valid(learn)[0]
     a = np.asarray(Image.open(src).convert('RGB').crop((0, 0, 48, 36))).copy(); a[5:9, 30:40] = (255, 0, 0)   # a red mark
@@ -327,7 +327,7 @@ def test_mixed_dls_open_files_as_the_learner_and_crop_exif_files_where_the_box_i
     for f in files + [str(d16)]:     # uncropped: the very pixels fastai's loader gives the learner
         assert np.array_equal(np.asarray(CropImage.create(CropItem(f, 'x'))), np.asarray(PILImage.create(f)))
     for f in files:                  # a box in shown pixels around the mark crops the mark, in the stored orientation
-        shown = np.asarray(load_image(f))
+        shown = np.asarray(shown_image(f))
         ys, xs = np.nonzero((shown == (255, 0, 0)).all(-1))
         box = [xs.min(), ys.min(), xs.max()+1, ys.max()+1]
         bx = pd.DataFrame({'item': [f], 'instance': [f + '#x'], 'area_ratio': [0.1], **dict(zip(margin_cols(0.95), box))})

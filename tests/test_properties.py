@@ -11,7 +11,7 @@ from fastai.vision.augment import Resize, RandomResizedCrop, CropPad
 from fastai_attncrop.boxes import mass_box, threshold_box, component_boxes, adjust_boxes, fallback_maps, InputFrame, threshold_masks
 from fastai_attncrop.metrics import box_scores, box_iou, union_area, box_area
 from fastai_attncrop.crop import crop_box, check_margins, margin_eps
-from fastai_attncrop.data import load_image, image_size, UnreadableImageError
+from fastai_attncrop.data import shown_image, shown_size, UnreadableImageError
 
 warnings.filterwarnings('ignore')
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -152,10 +152,10 @@ def _write(data, suffix):
 def test_loader_random_modes_sizes_orientations(f, mode):
     data, suffix, wh, orient = f
     p = _write(data, suffix)
-    try: im = load_image(p, mode)
+    try: im = shown_image(p, mode)
     except UnreadableImageError as e:   # Pillow turns some TIFFs on load and garbles them: refused, not silently wrong
         assert suffix == '.tif' and orient in (5, 6, 7, 8) and 'differs from the header' in e.reason; return
-    assert im.size == image_size(p) == wh
+    assert im.size == shown_size(p) == wh
     if mode: assert im.mode == mode
     if mode == 'RGB': assert np.asarray(im).shape == (wh[1], wh[0], 3)
 
@@ -165,15 +165,15 @@ def test_loader_truncated_files(f, data):
     raw, suffix, wh, _ = f
     cut = data.draw(st.integers(0, len(raw)))
     p = _write(raw[:cut], suffix)
-    try: im = load_image(p)
+    try: im = shown_image(p)
     except UnreadableImageError as e: assert e.path == str(p) and e.reason; return
-    assert im.mode == 'RGB' and im.size == image_size(p)
+    assert im.mode == 'RGB' and im.size == shown_size(p)
 
 @SETTINGS
 @given(st.binary(max_size=2000), st.sampled_from(['.png', '.jpg', '.gif', '.tif', '.txt', '']))
 def test_loader_random_bytes(raw, suffix):
     p = _write(raw, suffix)
-    for f in (load_image, image_size):
+    for f in (shown_image, shown_size):
         try: out = f(p)
         except UnreadableImageError as e: assert str(p) in str(e) and e.reason
-        else: assert (out.size if f is load_image else out) == image_size(p)
+        else: assert (out.size if f is shown_image else out) == shown_size(p)
