@@ -130,3 +130,15 @@ def test_gt_recall_keys_through_boxes_as_preds(shapes):
     r = gt_recall(pd.concat([bx.assign(error=None), bad], ignore_index=True), gt, root)
     assert np.isnan(r[-1]) and np.allclose(r[:-1], 1)
     with pytest.raises(ValueError, match='is not under `root`'): gt_recall(bx.iloc[:1].assign(item='/elsewhere/x.png'), gt, root)
+
+def test_boxes_as_preds_keys(tmp_path):
+    "`boxes_as_preds` keys each item by its path under `root` as listed, else resolved (a `root` reached through a symlink)."
+    from fastai_attncrop.boxtable import boxes_as_preds, check_boxes
+    real = tmp_path/'real'; (real/'sub').mkdir(parents=True); (tmp_path/'link').symlink_to(real)
+    bx = pd.DataFrame({'item': [str(real/'sub'/'a.png'), str(tmp_path/'link'/'b.png')], 'fallback': [None, 'zero_map'],
+                       **dict(zip(margin_cols(0.95), [[0., 1], [0., 1], [4., 5], [4., 5]]))})
+    for root in (real, tmp_path/'link'):
+        p = boxes_as_preds(bx, root)
+        assert p.image.tolist() == ['sub/a.png', 'b.png'] and p.fallback.tolist() == [False, True], (root, p)
+    with pytest.raises(ValueError, match='no box columns'): check_boxes(bx[['item']])
+    with pytest.raises(ValueError, match=r'no boxes for margin\(s\) \[0.6\]'): boxes_as_preds(bx, real, 0.6)
