@@ -89,7 +89,7 @@ def check_boxes(df, margins=None) -> list:
     if margins is not None:
         missing = [m for m in check_margins(margins) if not any(math.isclose(m, h) for h in have)]
         if missing: raise ValueError(f"`boxes` has no boxes for margin(s) {missing}; it holds {have}")
-        gone = [c for m in check_margins(margins) for c in margin_cols(m) if c not in df.columns]
+        gone = [c for m in check_margins(margins) if margin_cols(m)[0] in df.columns for c in margin_cols(m) if c not in df.columns]
         if gone: raise ValueError(f"`boxes` has no column(s) {gone}; it holds margins {have}")
     return have
 
