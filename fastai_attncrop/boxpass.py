@@ -780,7 +780,7 @@ def box_pass(learn:Learner,
              dilate=False,            # the last stage dilated (`dilated_last_stage`): maps at twice the resolution
              upsample=2,              # the cut sees each map this many times finer (`cut_maps`: bilinear, before the floor); 1: as computed
             ) -> pd.DataFrame:
-    "Boxes DataFrame (see the table above) of `items` (default: the learner's training and validation items)."
+    "Boxes DataFrame (its columns: `fastai_attncrop.boxtable.BOX_COLUMNS`) of `items` (default: the learner's training and validation items)."
     plan = BoxPlan.make(learn, items, method, margins, target, area_tau, bs, cache, chunk_batches, on_error, k, multi_label,
                         thresh, max_k, trust, auc_steps, native, max_side, stride, frame, floor, zoom, zoom_pad, dilate,
                         upsample)
