@@ -4,6 +4,7 @@ Modules:
 
 - `fastai_attncrop.all`: One import for notebooks, as fastai's `from fastai.vision.all import *`: every public name of the package's modules, and the `Learner` methods they patch (`attention_crop`, `show_attention`, `show_projection`).
 - `fastai_attncrop.boxpass`: Saliency boxes for the training and validation items of a fastai `Learner`: batched (or at each image's own size), cut into chunks that are cached and resumed, broken files reported, every box in the original image's pixels.
+- `fastai_attncrop.boxtable`: The contract between the box pass, the crops, the exports and their users: the columns of the boxes DataFrame that `box_pass` writes, one check, the accessors every stage reads it with, and its one join to ground truth.
 - `fastai_attncrop.cli`: `attncrop boxes LEARNER.pkl IMAGES... --out DIR`: the box pass of an exported learner on a folder of new images, resumable, and everything a labelling team needs from it (the boxes table, pre-annotations, crops, a review sheet) in one folder.
 - `fastai_attncrop.crop`: Crop images to their saliency boxes: on the fly in a DataBlock that mixes uncropped items and cropped copies, or once, into a new folder that mirrors the source tree.
 - `fastai_attncrop.demo`: `make demo` (or `python -m fastai_attncrop.demo`): small objects in generated images → a pretrained EfficientNet-Lite0 fine-tuned → Grad-CAM boxes scored against the known boxes → `learn.attention_crop()` → validation error before and after, beside the same budget without crops → figures, crops and a JSON summary.

@@ -12,6 +12,7 @@ from .saliency import *
 from .boxes import *
 from .metrics import *
 from .models import *
+from .boxtable import *
 from .crop import *
 from .boxpass import *
 from .learner import *

@@ -13,7 +13,7 @@ from .data import mask_box
 
 # %% auto #0
 __all__ = ['FLOOR_MAX_AREA', 'fallback_maps', 'mass_edges', 'map_marginals', 'mass_box', 'check_floor', 'remove_floor',
-           'check_upsample', 'cut_maps', 'component_boxes', 'threshold_box', 'check_adjust', 'adjust_boxes',
+           'check_upsample', 'cut_maps', 'component_boxes', 'threshold_box', 'check_adjust', 'adjust_boxes', 'crop_box',
            'flatten_tfms', 'InputFrame', 'threshold_masks', 'union_masks', 'graphcut_mask']
 
 # %% ../nbs/02_boxes.ipynb #2e75504c
@@ -178,6 +178,15 @@ def adjust_boxes(boxes, img_wh, pad=0., pad_rel=0., min_size=0., aspect=None):
     lo, hi = (lo + shift).clamp(min=0), torch.minimum(hi + shift, wh)
     out = torch.cat([lo, hi], 1)
     return out[0] if single else out
+
+# %% ../nbs/02_boxes.ipynb #a98d9c20
+def crop_box(box, img_wh, pad_rel=0., aspect=None) -> tuple:
+    "Integer pixel box `(x0, y0, x1, y1)` holding `box` padded by `pad_rel` (shape `aspect`), inside a `img_wh` image, at least 1x1."
+    W, H = img_wh
+    b = adjust_boxes(np.asarray(box, np.float64).reshape(4), (W, H), pad_rel=pad_rel, aspect=aspect).tolist()
+    x0, y0 = min(int(math.floor(b[0])), W-1), min(int(math.floor(b[1])), H-1)
+    x1, y1 = max(int(math.ceil(b[2])), x0+1), max(int(math.ceil(b[3])), y0+1)
+    return (max(x0, 0), max(y0, 0), min(x1, W), min(y1, H))
 
 # %% ../nbs/02_boxes.ipynb #8dee3153
 def _tfm_window(tfm, wh):

@@ -22,22 +22,18 @@ from fasttransform import Transform, Pipeline
 import fastai_attncrop
 from .data import atomic_write, shown_size, shown_image, UnreadableImageError, error_reason, exif_orientation, turn_box
 from .saliency import saliency_maps, get_method, frozen_eval, upsample_maps, resolve_layers, model_input, dilated_last_stage
-from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, flatten_tfms, remove_floor, check_floor, cut_maps, check_upsample
-from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropItem, failed_rows,
-                                  is_multi_label, split_labels, LABEL_DELIM, crop_prob_col, crop_box)
+from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, flatten_tfms, remove_floor, check_floor, cut_maps, check_upsample, crop_box
+from .boxtable import (check_margins, margin_eps, margin_cols, CropItem, item_path, failed_rows, is_multi_label,
+                                      split_labels, LABEL_DELIM, crop_prob_col)
 
 
 # %% auto #0
-__all__ = ['ZOOM_MARGIN', 'item_path', 'dataset_paths', 'learner_items', 'user_cache_dir', 'frame_tfms', 'check_batch_tfms',
-           'image_class', 'check_vision_learner', 'learner_task', 'special_file', 'ZoomItem', 'OpenImage', 'paths_dl',
-           'load_batches', 'feature_stride', 'native_size', 'native_buckets', 'native_batches', 'crop_batch',
-           'deletion_insertion', 'zoom_windows', 'zoom_boxes', 'box_chunk', 'BoxPlan', 'box_pass']
+__all__ = ['ZOOM_MARGIN', 'dataset_paths', 'learner_items', 'user_cache_dir', 'frame_tfms', 'check_batch_tfms', 'image_class',
+           'check_vision_learner', 'learner_task', 'special_file', 'ZoomItem', 'OpenImage', 'paths_dl', 'load_batches',
+           'feature_stride', 'native_size', 'native_buckets', 'native_batches', 'crop_batch', 'deletion_insertion',
+           'zoom_windows', 'zoom_boxes', 'box_chunk', 'BoxPlan', 'box_pass']
 
 # %% ../nbs/05b_boxpass.ipynb #b5396abf
-def item_path(o):
-    "The image path of a learner's item: a path, or the `path` of a `CropItem` (the mixed DataLoaders' items)."
-    return o.path if isinstance(o, CropItem) else o
-
 def _labels(ds, vocab):
     "Label names of the items of a `Datasets` (multi-label: joined by `LABEL_DELIM`), or None when they are not categories."
     if isinstance(getattr(ds, 'items', None), (list, tuple)) and ds.items and isinstance(ds.items[0], CropItem):
@@ -115,7 +111,7 @@ def _write_pickle(df, path): return atomic_write(path, lambda tmp: df.to_pickle(
 
 def frame_tfms(learn, frame=None) -> list:
     "The validation item transforms that shape the model input (without `AttentionCrop`, which leaves uncropped items alone); `frame`: item transform(s) in place of its resizing ones."
-    tfms = [t for t in learn.dls.valid.after_item.fs if not isinstance(t, AttentionCrop)]
+    tfms = [t for t in learn.dls.valid.after_item.fs if getattr(type(t), 'crops_items', False) is not True]   # `AttentionCrop` says so
     return tfms if frame is None else _with_frame(tfms, frame)
 
 def check_batch_tfms(learn, input_wh):
@@ -784,7 +780,7 @@ def box_pass(learn:Learner,
              dilate=False,            # the last stage dilated (`dilated_last_stage`): maps at twice the resolution
              upsample=2,              # the cut sees each map this many times finer (`cut_maps`: bilinear, before the floor); 1: as computed
             ) -> pd.DataFrame:
-    "Boxes DataFrame (see the table above) of `items` (default: the learner's training and validation items)."
+    "Boxes DataFrame (its columns: `fastai_attncrop.boxtable.BOX_COLUMNS`) of `items` (default: the learner's training and validation items)."
     plan = BoxPlan.make(learn, items, method, margins, target, area_tau, bs, cache, chunk_batches, on_error, k, multi_label,
                         thresh, max_k, trust, auc_steps, native, max_side, stride, frame, floor, zoom, zoom_pad, dilate,
                         upsample)

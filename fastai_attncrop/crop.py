@@ -9,52 +9,24 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/crop.html.md"""
 from __future__ import annotations
 import math, os, random, re
 from pathlib import Path
-from typing import NamedTuple
 import numpy as np, pandas as pd
 from PIL import Image
 from fastprogress.fastprogress import progress_bar
-from fastai.vision.all import (PILImage, RandTransform, DataBlock, ImageBlock, CategoryBlock, MultiCategoryBlock, MultiCategorize,
+from fastai.vision.all import (PILImage, RandTransform, DataBlock, ImageBlock, CategoryBlock, MultiCategoryBlock,
                                FuncSplitter, ToTensor, IntToFloatTensor, DataLoaders)
 from .data import (save_image_atomic, shown_image, shown_size, write_csv_atomic, UnreadableImageError,
                                   exif_orientation, turn_box, error_reason)
-from .boxes import adjust_boxes, check_adjust
+from .boxes import adjust_boxes, check_adjust, crop_box
+# the boxes table's accessors, at home in `boxtable`; imported here by name so that `from fastai_attncrop.crop import margin_cols` (...) keeps working
+from .boxtable import (check_margins, margin_eps, margin_cols, df_margins, failed_rows, fallback_rows, row_keys, crop_prob_col,
+                       FALLBACKS, LABEL_DELIM, split_labels, is_multi_label, CropItem, item_path, check_boxes, boxes_as_preds)
 from .metrics import box_scores, box_area, intersect_boxes
 
 # %% auto #0
-__all__ = ['LABEL_DELIM', 'MANIFEST_COLUMNS', 'SKIPPED_COLUMNS', 'FALLBACKS', 'check_margins', 'margin_eps', 'margin_cols',
-           'df_margins', 'failed_rows', 'adaptive_margin', 'crop_box', 'crop_image', 'CropItem', 'crop_item_label',
-           'crop_item_is_valid', 'split_labels', 'crop_item_labels', 'CropImage', 'gt_recall', 'row_keys',
-           'AttentionCrop', 'inside_share', 'is_multi_label', 'crop_rows', 'mixed_items', 'attention_dls', 'item_paths',
-           'box_problems', 'unique_names', 'merge_rows', 'export_crops', 'crop_prob_col', 'trust_score',
+__all__ = ['MANIFEST_COLUMNS', 'SKIPPED_COLUMNS', 'adaptive_margin', 'crop_image', 'crop_item_label', 'crop_item_is_valid',
+           'crop_item_labels', 'CropImage', 'gt_recall', 'AttentionCrop', 'inside_share', 'crop_rows', 'mixed_items',
+           'attention_dls', 'item_paths', 'box_problems', 'unique_names', 'merge_rows', 'export_crops', 'trust_score',
            'trust_summary', 'trust_margin']
-
-# %% ../nbs/05_crop.ipynb #51002cd2
-def check_margins(margins) -> list:
-    "`margins` (one number or a list) as a list of floats in (0, 1], or a `ValueError`."
-    ms = [margins] if isinstance(margins, (int, float)) else list(margins)
-    if not ms: raise ValueError("`margins` must hold at least one retention margin in (0, 1]")
-    for m in ms:
-        if isinstance(m, bool) or not isinstance(m, (int, float, np.floating, np.integer)) or not 0 < m <= 1:
-            raise ValueError(f"`margins` must be retention margins in (0, 1] (the share of the saliency mass a box keeps "
-                             f"along x and y), got {m!r}")
-    return [float(m) for m in ms]
-
-def margin_eps(m) -> float:
-    "The mass cut from each side of a box of retention margin `m`: `(1 - m) / 2` (just below 0.5 for a tiny `m`)."
-    return min((1 - check_margins(m)[0]) / 2, math.nextafter(0.5, 0))
-
-def margin_cols(m) -> list:
-    "Column names `[x0_<m>, y0_<m>, x1_<m>, y1_<m>]` of the box of margin `m` (in percent) in a boxes DataFrame."
-    tag = f"{check_margins(m)[0]*100:g}"
-    return [f"{c}_{tag}" for c in ('x0', 'y0', 'x1', 'y1')]
-
-def df_margins(df:pd.DataFrame) -> list:
-    "The margins whose boxes a boxes DataFrame holds, in column order."
-    return [float(c[3:])/100 for c in df.columns if c.startswith('x0_')]
-
-def failed_rows(df:pd.DataFrame) -> np.ndarray:
-    "Bool flags: rows of a boxes DataFrame whose image could not be read (their `error` column says why; no boxes)."
-    return df['error'].notna().to_numpy() if 'error' in df.columns else np.zeros(len(df), bool)
 
 # %% ../nbs/05_crop.ipynb #993d733b
 def adaptive_margin(area_ratio, margins) -> np.ndarray:
@@ -65,36 +37,14 @@ def adaptive_margin(area_ratio, margins) -> np.ndarray:
     return ms[np.abs(want[..., None] - ms).argmin(-1)]
 
 # %% ../nbs/05_crop.ipynb #cf7e490d
-def crop_box(box, img_wh, pad_rel=0., aspect=None) -> tuple:
-    "Integer pixel box `(x0, y0, x1, y1)` holding `box` padded by `pad_rel` (shape `aspect`), inside a `img_wh` image, at least 1x1."
-    W, H = img_wh
-    b = adjust_boxes(np.asarray(box, np.float64).reshape(4), (W, H), pad_rel=pad_rel, aspect=aspect).tolist()
-    x0, y0 = min(int(math.floor(b[0])), W-1), min(int(math.floor(b[1])), H-1)
-    x1, y1 = max(int(math.ceil(b[2])), x0+1), max(int(math.ceil(b[3])), y0+1)
-    return (max(x0, 0), max(y0, 0), min(x1, W), min(y1, H))
-
 def crop_image(img:Image.Image, box, pad_rel=0., aspect=None) -> Image.Image:
     "`img` cropped to `box` (original pixels) rounded outwards, see `crop_box`; keeps the image's type."
     out = img.crop(crop_box(box, img.size, pad_rel, aspect))
     return type(img)(out) if isinstance(img, PILImage) else out
 
 # %% ../nbs/05_crop.ipynb #36d7004c
-class CropItem(NamedTuple):
-    "One item of a mixed dataset: an image path, its label(s), whether this copy is cropped, whether it is a validation item, its box row."
-    path: str
-    label: str
-    crop: bool = False
-    valid: bool = False
-    key: str = None      # the `instance` of the boxes row whose box crops this copy (None: the item's first row)
-
 def crop_item_label(o:CropItem): return o.label
 def crop_item_is_valid(o:CropItem): return o.valid
-
-LABEL_DELIM = ' '
-
-def split_labels(label) -> list:
-    "The class names of a multi-label `label` string (joined by `LABEL_DELIM`, as `ImageDataLoaders.from_df(label_delim=' ')` reads them)."
-    return [] if label is None or (isinstance(label, float) and math.isnan(label)) else [s for s in str(label).split(LABEL_DELIM) if s]
 
 def crop_item_labels(o:CropItem) -> list: return split_labels(o.label)
 
@@ -116,35 +66,28 @@ class CropImage(PILImage):
 # %% ../nbs/05_crop.ipynb #8d10b34a
 def gt_recall(boxes:pd.DataFrame, gt:pd.DataFrame, root, margin=0.95) -> np.ndarray:
     "Per item of `boxes`, the share of its ground-truth boxes (union) inside its box at `margin` (NaN for unreadable images)."
-    root = Path(root).resolve()
     by_image = {k: g[['xmin', 'ymin', 'xmax', 'ymax']].to_numpy(float) for k, g in gt.groupby('image')}
-    out = []
-    for p, b, w, h, bad in zip(boxes['item'], boxes[margin_cols(margin)].to_numpy(float), boxes['width'], boxes['height'], failed_rows(boxes)):
-        if bad: out.append(np.nan); continue   # an unreadable image has no box
-        key = Path(p).resolve().relative_to(root).as_posix()
+    ok = ~failed_rows(boxes)                          # an unreadable image has no box: NaN
+    preds = boxes_as_preds(boxes[ok], root, margin)   # the boxes keyed like `gt`
+    wh, out = boxes[['width', 'height']].to_numpy()[ok], np.full(len(boxes), np.nan)
+    for i, key, b, (w, h) in zip(np.flatnonzero(ok), preds['image'], preds[['xmin', 'ymin', 'xmax', 'ymax']].to_numpy(float), wh):
         if key not in by_image: raise KeyError(f"no ground truth for {key!r} in `gt`")
-        out.append(box_scores(b, by_image[key], (w, h))['recall'])
-    return np.array(out)
+        out[i] = box_scores(b, by_image[key], (w, h))['recall']
+    return out
 
 # %% ../nbs/05_crop.ipynb #a2d2cf52
-def row_keys(boxes:pd.DataFrame) -> list:
-    "The key of each row of a boxes DataFrame: its `instance` (one row per item and class explained), else its `item` path."
-    col = 'instance' if 'instance' in boxes.columns else 'item'
-    return [str(k) for k in boxes[col]]
-
 class AttentionCrop(RandTransform):
     "Item transform: crop a `CropImage` flagged for cropping to its box in `boxes` at a random (training) or fixed margin."
     split_idx, order = None, 0
+    crops_items = True   # the box pass leaves transforms with this flag out of the frame it maps boxes through
     def __init__(self, boxes:pd.DataFrame, margins=(0.95, 0.8, 0.6), valid_margin=None, pad_rel=0., aspect=None):
         super().__init__()
         check_adjust(pad_rel=pad_rel, aspect=aspect)   # clear errors for bad `pad_rel` / `aspect` now, not per item
-        have = df_margins(boxes)
-        if 'item' not in boxes.columns or not have: raise ValueError("`boxes` must be a boxes DataFrame with an `item` column and box columns such as `x0_95`")
+        have = check_boxes(boxes)
         self.adaptive = isinstance(margins, str)
         if self.adaptive and margins != 'adaptive': raise ValueError(f"`margins` must be a list of margins in (0, 1] or 'adaptive', got {margins!r}")
         ms = have if self.adaptive else check_margins(margins)
-        missing = [m for m in ms if not any(math.isclose(m, h) for h in have)]
-        if missing: raise ValueError(f"`boxes` has no boxes for margin(s) {missing}; it holds {have}")
+        check_boxes(boxes, ms)
         self.margins, self.pad_rel, self.aspect = ms, pad_rel, aspect
         self.valid_margin = max(ms) if valid_margin is None else check_margins(valid_margin)[0]
         cols = {m: i for i, m in enumerate(have)}
@@ -182,11 +125,6 @@ def inside_share(a, b) -> np.ndarray:
     inter = box_area(intersect_boxes(b, a))
     area = box_area(a)
     return np.where(area > 0, inter / np.where(area > 0, area, 1), 1.)
-
-def is_multi_label(dls) -> bool:
-    "Whether the targets of `dls` are multi-label (a `MultiCategoryBlock`: `MultiCategorize` in the label pipeline)."
-    tls = getattr(getattr(dls, 'train_ds', None), 'tls', None)
-    return bool(tls) and len(tls) > 1 and any(isinstance(t, MultiCategorize) for t in tls[1].tfms.fs)
 
 def crop_rows(boxes:pd.DataFrame, multi_label=False, label_margin=None, inside=0.5) -> pd.DataFrame:
     "The crops a re-fit draws from the training rows of `boxes`: `item`, `key` (the row's box) and `label` (the crop's label(s))."
@@ -308,9 +246,8 @@ def export_crops(boxes:pd.DataFrame,      # a boxes DataFrame (`box_pass`): `ite
                  **save_kwargs             # passed on to `PIL.Image.save` (e.g. `quality=90`)
                 ) -> pd.DataFrame:
     "Write each row of `boxes` cropped at `margin` into `dest`, mirroring its path under `root`; keeps crops already cut from the same pixels; merges the crop manifest."
+    check_boxes(boxes, margin)
     cols = margin_cols(margin)
-    missing = [c for c in ['item'] + cols if c not in boxes.columns]
-    if missing: raise ValueError(f"`boxes` has no column(s) {missing}; it holds margins {df_margins(boxes)}")
     src = item_paths(boxes['item'])    # as listed: a symlinked item keeps its own name (no blob names), a symlink loop is no crash
     root = Path(os.path.commonpath([str(p.parent) for p in src]) if root is None else os.path.abspath(root))
     dest = Path(os.path.abspath(dest))
@@ -380,26 +317,16 @@ def export_crops(boxes:pd.DataFrame,      # a boxes DataFrame (`box_pass`): `ite
     return res
 
 # %% ../nbs/05_crop.ipynb #3ef51742
-FALLBACKS = ('zero_map', 'low_confidence', 'unreadable')
-
-def crop_prob_col(m) -> str:
-    "Column name `prob_crop_<m>` of the class probability on the crop at margin `m` (in percent, as `margin_cols`)."
-    return f"prob_crop_{check_margins(m)[0]*100:g}"
-
-def _fallback(boxes) -> np.ndarray:
-    f = boxes['fallback'].notna().to_numpy() if 'fallback' in boxes.columns else np.zeros(len(boxes), bool)
-    return f | failed_rows(boxes)
-
 def trust_score(boxes:pd.DataFrame, margin=0.95) -> np.ndarray:
     "Per row: min(`prob`, `prob_crop_<margin>`) (`prob` alone without crop probabilities); 0 for whole-image fallbacks and unreadable files."
     p = boxes['prob'].to_numpy(float)
     col = crop_prob_col(margin)
     if col in boxes.columns: p = np.minimum(p, boxes[col].to_numpy(float))
-    return np.where(_fallback(boxes), 0., np.nan_to_num(p, nan=0.))
+    return np.where(fallback_rows(boxes), 0., np.nan_to_num(p, nan=0.))
 
 def trust_summary(boxes:pd.DataFrame) -> pd.DataFrame:
     "Per margin of `boxes` with crop probabilities: `n`, `average_drop` and `increase_in_confidence` (%), mean `deletion_auc` and `insertion_auc`."
-    ok = boxes[~_fallback(boxes)]
+    ok = boxes[~fallback_rows(boxes)]
     rows = []
     for m in df_margins(boxes):
         col = crop_prob_col(m)

@@ -20,7 +20,8 @@ from .data import make_shapes, read_boxes_csv, show_box, write_csv_atomic, write
 from .models import small_cnn, pretrained_learner
 from .saliency import maps_by_item, upsample_maps, normalize_maps
 from .metrics import evaluate_localization, eps_curve, plot_eps_curve
-from .crop import export_crops, margin_cols
+from .crop import export_crops
+from .boxtable import boxes_as_preds
 from .boxpass import box_pass
 import fastai_attncrop.learner  # noqa: F401 (adds Learner.attention_crop)
 
@@ -31,12 +32,6 @@ __all__ = ['METHODS', 'CLASSIC', 'run_demo', 'main']
 METHODS = {'Grad-CAM': 'gradcam', 'Grad-CAM++': 'gradcampp', 'DDT': 'ddt'}   # 'ddt': a `DDT` fitted once on the learner's training set
 
 CLASSIC = dict(native=False, floor=0., upsample=1)   # the box rule before the tight default: the learner's input, the raw map
-
-def _table_preds(boxes, root, margin=0.95) -> pd.DataFrame:
-    "Predicted boxes (image under `root`, xmin, ymin, xmax, ymax, fallback) of a boxes table's rows at `margin`."
-    b = boxes[margin_cols(margin)].to_numpy(float)
-    return pd.DataFrame(dict(image=[Path(p).relative_to(root).as_posix() for p in boxes['item']], xmin=b[:, 0], ymin=b[:, 1],
-                             xmax=b[:, 2], ymax=b[:, 3], fallback=boxes['fallback'].notna().to_numpy()))
 
 def _valid_maps(learn, root, dls):
     "Saliency maps of every validation image for each method in `METHODS`, keyed by the image's path under `root`."
@@ -97,10 +92,10 @@ def run_demo(out='demo_out',                # folder for the dataset, tables, fi
     maps = _valid_maps(learn, root, dls)
     boxes = box_pass(learn, cache=out/'box_cache', progress=False)       # every item, the package's default box rule
     vitems = boxes[boxes.split=='valid'][['item', 'split', 'label']]
-    rule = {name: _table_preds(boxes[boxes.split=='valid'] if m == 'gradcam' else
+    rule = {name: boxes_as_preds(boxes[boxes.split=='valid'] if m == 'gradcam' else
                                box_pass(learn, vitems, method=m, margins=(0.95,), cache=out/'box_cache', progress=False), root)
             for name, m in METHODS.items()}
-    classic = _table_preds(box_pass(learn, vitems, margins=(0.95,), cache=out/'box_cache', progress=False, **CLASSIC), root)
+    classic = boxes_as_preds(box_pass(learn, vitems, margins=(0.95,), cache=out/'box_cache', progress=False, **CLASSIC), root)
     preds = pd.concat([rule[name].assign(method=name) for name in METHODS] + [classic.assign(method='Grad-CAM, classic rule')],
                       ignore_index=True)
     print("4/6 localization metrics against the known boxes (means over images; baselines by the same code)")

@@ -13,8 +13,8 @@ from urllib.parse import quote, unquote, urlsplit, parse_qs
 import numpy as np, pandas as pd
 from fastprogress.fastprogress import progress_bar
 from .data import atomic_write, write_text_atomic, write_csv_atomic, shown_size, GT_COLUMNS
-from .crop import (margin_cols, df_margins, failed_rows, trust_score, crop_prob_col, split_labels,
-    item_paths, box_problems, unique_names, MANIFEST_COLUMNS, SKIPPED_COLUMNS)
+from .boxtable import margin_cols, df_margins, failed_rows, fallback_rows, crop_prob_col, split_labels
+from .crop import trust_score, item_paths, box_problems, unique_names, MANIFEST_COLUMNS, SKIPPED_COLUMNS
 
 # %% auto #0
 __all__ = ['EXPORT_FORMATS', 'CLASS_CHOICES', 'LS_LOCAL_FILES', 'LS_ROOT_VARS', 'IMAGE_SUFFIXES', 'export_table',
@@ -59,7 +59,7 @@ def export_table(boxes:pd.DataFrame, margin=0.95, root=None, score=None, keep_fa
     paths = item_paths(boxes['item'])    # resolved once: absolute, as the user named them (symlinks not followed)
     root = Path(os.path.commonpath([str(p.parent) for p in paths]) if root is None else os.path.abspath(root))
     bad = failed_rows(boxes)
-    fb = (boxes['fallback'].notna().to_numpy() if 'fallback' in boxes.columns else np.zeros(len(boxes), bool)) & ~bad
+    fb = fallback_rows(boxes) & ~bad   # a whole-image box (an unreadable image has none: reported as failed)
     err = boxes['error'].tolist() if 'error' in boxes.columns else [None]*len(boxes)
     keys = boxes['instance'].astype(str).tolist() if 'instance' in boxes.columns else [str(p) for p in paths]
     split = boxes['split'].tolist() if 'split' in boxes.columns else [None]*len(boxes)

@@ -109,3 +109,36 @@ def test_df_margins_and_errors(shapes):
     assert df_margins(bx) == [0.95, 0.6]
     with pytest.raises(ValueError, match='no boxes for margin'): AttentionCrop(bx, [0.8])
     with pytest.raises(ValueError, match='crop_share'): mixed_items(bx, crop_share=-0.1)
+
+MOVED = ['check_margins', 'margin_eps', 'margin_cols', 'df_margins', 'failed_rows', 'row_keys', 'crop_prob_col', 'FALLBACKS',
+         'LABEL_DELIM', 'split_labels', 'is_multi_label', 'CropItem']
+
+def test_moved_names_stay_importable():
+    "The boxes table's accessors moved to `boxtable` (and `crop_box` to `boxes`); outside code imports them from `crop` as before: the same objects."
+    import fastai_attncrop.boxtable as bt, fastai_attncrop.boxes as bxs, fastai_attncrop.all as everything
+    for n in MOVED:
+        assert getattr(crop_mod, n) is getattr(bt, n), n
+        assert getattr(everything, n) is getattr(bt, n), n
+    assert crop_mod.crop_box is bxs.crop_box
+    from fastai_attncrop.boxpass import item_path, CropItem as C2   # the box pass's names too
+    assert item_path is bt.item_path and C2 is bt.CropItem
+
+def test_gt_recall_keys_through_boxes_as_preds(shapes):
+    "`gt_recall` joins through `boxes_as_preds`: an unreadable row (NaN) need not lie under `root`; an item outside `root` is named."
+    root, gt, bx = shapes
+    bad = bx.iloc[:1].assign(item='/elsewhere/x.png', error='OSError: gone')
+    r = gt_recall(pd.concat([bx.assign(error=None), bad], ignore_index=True), gt, root)
+    assert np.isnan(r[-1]) and np.allclose(r[:-1], 1)
+    with pytest.raises(ValueError, match='is not under `root`'): gt_recall(bx.iloc[:1].assign(item='/elsewhere/x.png'), gt, root)
+
+def test_boxes_as_preds_keys(tmp_path):
+    "`boxes_as_preds` keys each item by its path under `root` as listed, else resolved (a `root` reached through a symlink)."
+    from fastai_attncrop.boxtable import boxes_as_preds, check_boxes
+    real = tmp_path/'real'; (real/'sub').mkdir(parents=True); (tmp_path/'link').symlink_to(real)
+    bx = pd.DataFrame({'item': [str(real/'sub'/'a.png'), str(tmp_path/'link'/'b.png')], 'fallback': [None, 'zero_map'],
+                       **dict(zip(margin_cols(0.95), [[0., 1], [0., 1], [4., 5], [4., 5]]))})
+    for root in (real, tmp_path/'link'):
+        p = boxes_as_preds(bx, root)
+        assert p.image.tolist() == ['sub/a.png', 'b.png'] and p.fallback.tolist() == [False, True], (root, p)
+    with pytest.raises(ValueError, match='no box columns'): check_boxes(bx[['item']])
+    with pytest.raises(ValueError, match=r'no boxes for margin\(s\) \[0.6\]'): boxes_as_preds(bx, real, 0.6)
