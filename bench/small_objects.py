@@ -48,7 +48,7 @@ from fastai_attncrop.models import pretrained_learner
 from fastai_attncrop.saliency import saliency_maps, dilated_last_stage
 from fastai_attncrop.boxes import cut_maps
 from fastai_attncrop.metrics import evaluate_localization, score_boxes, box_accuracy, centred_box, centre_map
-from fastai_attncrop.crop import margin_cols
+from fastai_attncrop.boxtable import margin_cols, boxes_as_preds
 from fastai_attncrop.boxpass import box_pass, load_batches
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from localization import imagenet_head, box_set, LITE_STATS, ARCH   # noqa: E402  (the ImageNet classifier cut to the 10 classes)
@@ -231,10 +231,7 @@ def rule_margins(rule) -> list:
 
 def boxes_at(bx, s:BoxSet, m) -> pd.DataFrame:
     "The boxes of margin `m` of a `box_pass` table as `evaluate_localization` predictions (image keys relative to the set's root)."
-    root = s.root.resolve()
-    xy = bx[margin_cols(m)].to_numpy(float)
-    return pd.DataFrame(dict(image=[Path(p).resolve().relative_to(root).as_posix() for p in bx['item']], xmin=xy[:, 0], ymin=xy[:, 1],
-                             xmax=xy[:, 2], ymax=xy[:, 3], fallback=bx['fallback'].notna().to_numpy()))
+    return boxes_as_preds(bx, s.root, m)
 
 def score_rule(bx, s:BoxSet, images=None, margins=MARGINS) -> pd.DataFrame:
     "Recall, precision, IoU, area reduction (means, `evaluate_localization`) of the boxes of each margin, over `images` (default all)."
