@@ -18,4 +18,4 @@ Modules:
 - `fastai_attncrop.saliency`: Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM, CAM, Eigen-CAM, Score-CAM, Ablation-CAM, vanilla gradients, guided backprop, SmoothGrad and DDT for any fastai vision Learner or plain `nn.Module`, CNN or transformer (timm's ViT, DeiT, Swin), batched, the gradient methods at about the cost of inference.
 - `fastai_attncrop.spg`: Train any `vision_learner` CNN with its own attention as extra supervision (Zhang et al., ECCV 2018): auxiliary heads on intermediate stages learn foreground and background from the final attention, and their fused mask trains the features the attention is made of. The heads live in the callback, never in the model."""
 
-__version__ = "0.0.1"
+__version__ = "0.0.2"

@@ -364,3 +364,22 @@ def test_zoom_predict_refuses_what_it_cannot_do(setup, multi):
         learn.zoom_predict(margin=0.8, boxes=box_pass(learn, learn.dls.valid_ds.items, margins=(0.95,), cache=False, progress=False))
     with pytest.raises(ValueError, match='no row for'):
         learn.zoom_predict(boxes=box_pass(learn, learn.dls.valid_ds.items[:2], margins=(0.95,), cache=False, progress=False))
+
+def test_box_pass_cache_is_keyed_by_the_package_version(setup, monkeypatch, tmp_path):
+    "A table cached by another version of the package (another box rule, other decoding) is not returned."
+    import fastai_attncrop
+    tmp, root, learn, gt = setup
+    items = [str(p) for p in learn.dls.valid_ds.items][:4]
+    calls = _counting(monkeypatch)
+    box_pass(learn, items, margins=(0.95,), cache=tmp_path, progress=False)
+    n = calls[0]
+    box_pass(learn, items, margins=(0.95,), cache=tmp_path, progress=False)
+    assert calls[0] == n                                              # the same version: a cache hit
+    monkeypatch.setattr(fastai_attncrop, '__version__', fastai_attncrop.__version__ + '.other')
+    box_pass(learn, items, margins=(0.95,), cache=tmp_path, progress=False)
+    assert calls[0] == 2*n                                            # another version: computed again
+
+def test_version_is_bumped_past_the_exif_and_upsample_changes():
+    "0.0.1's caches hold boxes of files decoded without EXIF orientation and cut without the finer map: a later version must not read them."
+    import fastai_attncrop
+    assert tuple(int(v) for v in fastai_attncrop.__version__.split('.')[:3]) > (0, 0, 1)
