@@ -306,7 +306,8 @@ def grid_table(rows, grid) -> list:
 # ------------------------------------------------------------------ the run
 def config(setting, d, tr, zoom, split, grid) -> dict:
     "Everything a seed's result depends on (its cache key)."
-    return dict(setting=setting, data=d, train=tr, zoom=zoom, split=split, grid=grid, image=IMAGE, size=SIZE, version=VERSION)
+    return dict(setting=setting, data=d, train=tr, zoom=zoom, split=split, grid=grid, image=IMAGE, size=SIZE, version=VERSION,
+                zoom_predict=hasattr(Learner, 'zoom_predict'))
 
 def main(a):
     if a.threads: torch.set_num_threads(a.threads)
