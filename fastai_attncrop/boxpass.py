@@ -28,10 +28,10 @@ from .crop import (check_margins, margin_eps, margin_cols, AttentionCrop, CropIt
 
 
 # %% auto #0
-__all__ = ['ZOOM_MARGIN', 'item_path', 'learner_items', 'user_cache_dir', 'frame_tfms', 'check_batch_tfms', 'image_class',
-           'check_vision_learner', 'learner_task', 'special_file', 'ZoomItem', 'OpenImage', 'paths_dl', 'load_batches',
-           'feature_stride', 'native_size', 'native_buckets', 'native_batches', 'crop_batch', 'deletion_insertion',
-           'zoom_windows', 'zoom_boxes', 'box_chunk', 'BoxPlan', 'box_pass']
+__all__ = ['ZOOM_MARGIN', 'item_path', 'dataset_paths', 'learner_items', 'user_cache_dir', 'frame_tfms', 'check_batch_tfms',
+           'image_class', 'check_vision_learner', 'learner_task', 'special_file', 'ZoomItem', 'OpenImage', 'paths_dl',
+           'load_batches', 'feature_stride', 'native_size', 'native_buckets', 'native_batches', 'crop_batch',
+           'deletion_insertion', 'zoom_windows', 'zoom_boxes', 'box_chunk', 'BoxPlan', 'box_pass']
 
 # %% ../nbs/05b_boxpass.ipynb #b5396abf
 def item_path(o):
@@ -51,7 +51,7 @@ def _labels(ds, vocab):
     if ys and getattr(ys[0], 'ndim', 0) != 0: return None
     return [str(vocab[int(y)]) for y in ys]
 
-def _item_paths(ds) -> list:
+def dataset_paths(ds) -> list:
     "The image path of each item of a `Datasets`; items in a DataFrame (`from_df`) are read by the input pipeline's getters (`ColReader`)."
     items = ds.items
     if not isinstance(items, pd.DataFrame): return [str(item_path(o)) for o in items]
@@ -65,7 +65,7 @@ def learner_items(learn) -> pd.DataFrame:
         items = getattr(ds, 'items', None)
         if items is None: raise ValueError("the learner's datasets have no `items`: pass `items` (a list of image paths) explicitly")
         labels = _labels(ds, vocab)
-        df = pd.DataFrame({'item': _item_paths(ds), 'split': split,
+        df = pd.DataFrame({'item': dataset_paths(ds), 'split': split,
                            'label': labels if labels is not None else None})
         frames.append(df.drop_duplicates('item'))
     return pd.concat(frames, ignore_index=True)

@@ -15,7 +15,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 from PIL import Image
 from fastcore.script import call_parse
-from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, set_seed
+from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, error_rate, set_seed
 from .data import make_shapes, read_boxes_csv, show_box, write_csv_atomic, write_text_atomic
 from .models import small_cnn, pretrained_learner
 from .saliency import maps_by_item, upsample_maps, normalize_maps
@@ -111,12 +111,14 @@ def run_demo(out='demo_out',                # folder for the dataset, tables, fi
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         res = learn.attention_crop(epochs=refit_epochs, cache=out/'box_cache', boxes=boxes)
-        base_err = None
+        base_err = base_zoom = None
         if baseline:   # the same start, the plain images, as many images seen as the mixed set gives
             learn.dls = dls; learn.model.load_state_dict(start); learn.opt = None
             learn.fit_one_cycle(2*refit_epochs)
             base_err = 1 - float(learn.validate()[1])
+            base_zoom = float(error_rate(*learn.zoom_predict(dls.valid, cache=out/'box_cache', progress=False)))
     before, after = 1 - res.metrics_before['accuracy'], 1 - res.metrics_after['accuracy']
+    zoom_before, zoom_after = res.zoom_before['error_rate'], res.zoom_after['error_rate']   # look-then-zoom prediction (`zoom_predict`)
     print("6/6 files, figures and crops")
     write_csv_atomic(summary.reset_index(), out/'summary.csv')
     write_csv_atomic(per_image, out/'per_image.csv')
@@ -130,6 +132,8 @@ def run_demo(out='demo_out',                # folder for the dataset, tables, fi
     g, gpp, gc = summary.loc['Grad-CAM'], summary.loc['Grad-CAM++'], summary.loc['Grad-CAM, classic rule']
     result = dict(pretrained=pretrained, backbone=backbone, input_size=input_size,
                   val_error_before=round(before, 4), val_error_after=round(after, 4), baseline_val_error=None if base_err is None else round(base_err, 4),
+                  val_error_zoom=round(zoom_after, 4), val_error_zoom_before=round(zoom_before, 4),
+                  baseline_val_error_zoom=None if base_zoom is None else round(base_zoom, 4),
                   gradcam_recall=round(g.Recall, 4), gradcam_area_reduction=round(g['Image Area Reduction'], 4),
                   gradcam_iou=round(g.IoU, 4), gradcam_precision=round(g.Precision, 4), gradcam_maxboxacc_v2=round(g.MaxBoxAccV2, 4),
                   classic_recall=round(gc.Recall, 4), classic_area_reduction=round(gc['Image Area Reduction'], 4), classic_iou=round(gc.IoU, 4),
@@ -139,7 +143,9 @@ def run_demo(out='demo_out',                # folder for the dataset, tables, fi
     with pd.option_context('display.width', 160, 'display.max_columns', 20):
         print(summary[['Recall', 'Precision', 'IoU', 'Image Area Reduction', 'MaxBoxAccV2', 'Fallback']].round(3).to_string())
     print(f"\nvalidation error {before:.3f} -> {after:.3f} after attention_crop"
-          + (f" ({base_err:.3f} with the same budget on plain images)" if baseline else '') + f"; {int(crops.written.sum())} crops; {time.time()-t0:.0f}s")
+          + (f" ({base_err:.3f} with the same budget on plain images)" if baseline else '')
+          + f"; with look-then-zoom prediction (learn.zoom_predict) {zoom_before:.3f} -> {zoom_after:.3f}"
+          + (f" ({base_zoom:.3f} for the plain-budget model)" if baseline else '') + f"; {int(crops.written.sum())} crops; {time.time()-t0:.0f}s")
     for f in ['summary.md', 'summary.csv', 'per_image.csv', 'boxes.csv', 'overlays.png', 'recall_vs_area.png', 'crops/', 'result.json']:
         print(f"wrote {out/f}")
     print(json.dumps(result))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn
+from PIL import Image
 import matplotlib.pyplot as plt
 from fastcore.basics import patch
 from fastcore.meta import delegates
@@ -20,11 +21,13 @@ from fastai.callback.hook import Hooks
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
-from .data import load_image, image_size, show_box
+from fastai.metrics import error_rate
+from .data import load_image, image_size, show_box, exif_orientation, turn_box
 from .saliency import saliency_maps, show_saliency, frozen_eval
 from .boxes import InputFrame, check_adjust
-from .crop import check_margins, margin_eps, margin_cols, df_margins, CropItem, attention_dls, crop_image, failed_rows
+from .crop import check_margins, margin_eps, margin_cols, df_margins, CropItem, attention_dls, crop_image, crop_box, failed_rows
 from .boxpass import box_pass, check_vision_learner, frame_tfms, item_path, paths_dl, learner_items
+from .boxpass import dataset_paths, learner_task, ZoomItem
 
 
 # %% auto #0
@@ -50,6 +53,63 @@ def _readable_rows(boxes:pd.DataFrame, split=None, n=None) -> pd.DataFrame:
     return (df[df['split']==split] if split is not None else df).iloc[:n]
 
 
+# %% ../nbs/06_learner.ipynb #6dfca46e
+def _file_paths(dl) -> list:
+    "The image file of each item of `dl`'s dataset, in order; a clear error for items that are not files (look-then-zoom cuts its crops from them)."
+    if getattr(dl.dataset, 'items', None) is None: raise ValueError("the DataLoader's dataset has no `items`: give `zoom_predict` a DataLoader of image files (learn.dls.test_dl(files))")
+    paths = dataset_paths(dl.dataset)
+    for i, p in enumerate(paths):
+        if not Path(p).is_file():
+            raise ValueError(f"item {i} of the DataLoader is not an image file ({p[:80]!r}): `zoom_predict` cuts each crop from the "
+                             "item's file; build the DataLoader from files (learn.dls.test_dl(files))")
+    return paths
+
+def _crop_windows(paths, boxes:pd.DataFrame, margin=0.95, pad_rel=0.) -> list:
+    "For each image file of `paths`, the window (x0, y0, x1, y1, in its pixels as the learner opens it) of its first row's box at `margin` in `boxes`, grown by `pad_rel`; an item whose box is missing (unreadable at box time) is seen whole."
+    cols = margin_cols(margin)
+    if not set(cols) <= set(boxes.columns): raise ValueError(f"`boxes` holds no box at margin {margin!r} (it holds {df_margins(boxes)})")
+    first = boxes[boxes['rank'] == 0] if 'rank' in boxes.columns else boxes
+    by = {str(p): (b, (w, h)) for p, b, w, h in zip(first['item'], first[cols].to_numpy(float), first['width'], first['height'])}
+    out = []
+    for p in paths:
+        if str(p) not in by: raise ValueError(f"`boxes` has no row for {str(p)!r}: pass boxes of every item (box_pass(learn, items=...)) or boxes=None")
+        box, shown = by[str(p)]
+        with Image.open(p) as im: o, wh = exif_orientation(im), im.size
+        if not np.isfinite(box).all(): out.append((0, 0, *wh)); continue
+        if o != 1: box = turn_box(box, o, shown, inverse=True)   # the box is in the pixels a viewer shows; the learner opens stored ones
+        out.append(crop_box(box, wh, pad_rel))
+    return out
+
+@patch
+@delegates(box_pass, but=['learn', 'items', 'margins', 'cache', 'progress', 'bs', 'target', 'k', 'multi_label', 'thresh', 'max_k',
+                          'trust', 'auc_steps', 'chunk_batches'])
+def zoom_predict(self:Learner,
+                 dl=None,           # a DataLoader of image files (`dls.test_dl(files)`, `dls.valid`); default: the uncropped validation set
+                 margin=0.95,       # the margin of the box each crop is cut at
+                 pad_rel=0.,        # grow each crop by this share of its size per side
+                 weight=0.5,        # the crop view's weight in the combined probabilities (0: plain prediction, 1: the crop alone)
+                 boxes=None,        # boxes of the items (`box_pass`) at `margin`: skips the box pass
+                 bs=None,           # batch size of the box pass and the crop predictions (default: the DataLoader's)
+                 cache=False,       # the box pass's cache (see `box_pass`)
+                 progress=True,     # progress bars
+                 with_views=False,  # also return the two views' probabilities
+                 **kwargs):
+    "Look, then zoom: predict on each image, box the predicted class (`box_pass`'s rule), predict on the crop, and average the two views' probabilities; returns what `get_preds` returns."
+    if learner_task(self) != 'single-label': raise ValueError(f"`zoom_predict` is for single-label classifiers; this learner is {learner_task(self)}")
+    if not 0 <= weight <= 1: raise ValueError(f"`weight` must be in [0, 1], got {weight!r}")
+    check_margins(margin); check_adjust(pad_rel=pad_rel)
+    dl = _uncropped_valid(self.dls) if dl is None else dl
+    if dl.shuffle or dl.drop_last: dl = dl.new(shuffle=False, drop_last=False)   # the predictions in the items' order, every item
+    paths = _file_paths(dl)
+    bs = bs or dl.bs
+    with (contextlib.nullcontext() if progress else self.no_bar()): plain, targs = self.get_preds(dl=dl)
+    if boxes is None: boxes = box_pass(self, paths, margins=(margin,), cache=cache, progress=progress, bs=bs, **kwargs)
+    wins = _crop_windows(paths, boxes, margin, pad_rel)
+    cdl = paths_dl(self, [ZoomItem(p, tuple(w)) for p, w in zip(paths, wins)], bs)
+    with (contextlib.nullcontext() if progress else self.no_bar()): crop = self.get_preds(dl=cdl)[0]
+    probs = torch.lerp(plain, crop, weight)
+    return (probs, targs, plain, crop) if with_views else (probs, targs)
+
 # %% ../nbs/06_learner.ipynb #ac8a935c
 ADAPTIVE_MARGINS = (0.95, 0.9, 0.8, 0.7, 0.6)
 
@@ -62,9 +122,13 @@ class AttentionCropResult:
     metrics_before: dict                 # validation metrics on the uncropped validation images, before
     metrics_after: dict                  # ... and after the re-fit
     metrics_after_cropped: dict = None   # with `crop_valid=True`: after the re-fit, on the cropped validation set
+    zoom_before: dict = None             # with `zoom_valid=True`: the error of look-then-zoom prediction (`zoom_predict`) before...
+    zoom_after: dict = None              # ... and after the re-fit, on the same uncropped validation images
     def __repr__(self):
         keys = list(self.metrics_before)
         rows = [f"  {k:<14} {self.metrics_before[k]:.4f} -> {self.metrics_after[k]:.4f}" for k in keys]
+        if self.zoom_before is not None:
+            rows += [f"  {k + ' (zoom)':<14} {self.zoom_before[k]:.4f} -> {self.zoom_after[k]:.4f}" for k in self.zoom_before]
         n = len(self.dls.train_ds); nc = sum(o.crop for o in self.dls.train_ds.items)
         return (f"AttentionCropResult: {len(self.boxes)} items boxed, {nc} of {n} training items cropped\n" + '\n'.join(rows))
     def show(self, n=8, split='valid', margin=None, ncols=4, figsize=None):
@@ -84,6 +148,11 @@ class AttentionCropResult:
         fig.suptitle(f"boxes at margin {margin:g}; {k} {self.metrics_before[k]:.4f} -> {self.metrics_after[k]:.4f}", fontsize=10)
         plt.tight_layout()
         return axs
+
+def _zoom_metrics(learn, dl, boxes=None, **kwargs) -> dict:
+    "The error of look-then-zoom prediction (`learn.zoom_predict(dl, ...)`) on `dl`."
+    probs, targs = learn.zoom_predict(dl, boxes=boxes, **kwargs)
+    return {'error_rate': float(error_rate(probs, targs))}
 
 def _metrics(learn, dl) -> dict:
     "Validation loss and metrics of `learn` on `dl`, by name."
@@ -187,6 +256,7 @@ def attention_crop(self:Learner,
                    zoom=0,                    # zoomed second looks at each item (see `zoom_boxes`)
                    zoom_pad=0.5,              # zoom: context around the first box, a share of its size per side
                    dilate=False,              # the box pass with the last stage dilated
+                   zoom_valid=True,           # also report look-then-zoom prediction's error (`zoom_predict`) before and after (single-label)
                    **fit_kwargs               # passed on to the fitting method
                   ) -> AttentionCropResult:
     "Box the learner's items with saliency maps, mix crops into its DataLoaders and re-fit; metrics before and after."
@@ -199,10 +269,13 @@ def attention_crop(self:Learner,
     if boxes is not None: _check_boxes_cover(self, boxes)
     valid0 = _uncropped_valid(self.dls)   # a second call after one with `crop_valid=True` still compares uncropped images
     before = _metrics(self, valid0)
+    rule = dict(method=method, native=native, max_side=max_side, frame=frame, floor=floor, zoom=zoom, zoom_pad=zoom_pad, dilate=dilate)
     if boxes is None:
-        boxes = box_pass(self, method=method, margins=grid, target=target, bs=bs, cache=cache, progress=progress, on_error=on_error,
-                         k=k, thresh=thresh, max_k=max_k, native=native, max_side=max_side, frame=frame,
-                         floor=floor, zoom=zoom, zoom_pad=zoom_pad, dilate=dilate)
+        boxes = box_pass(self, margins=grid, target=target, bs=bs, cache=cache, progress=progress, on_error=on_error,
+                         k=k, thresh=thresh, max_k=max_k, **rule)
+    zoom_valid = zoom_valid and learner_task(self) == 'single-label'
+    zkw = dict(margin=max(grid), pad_rel=pad_rel, bs=bs, progress=progress, **rule)   # the predicted class's box, as the re-fit's crops
+    zb = _zoom_metrics(self, valid0, boxes if target is None else None, **zkw) if zoom_valid else None
     set_seed(seed)   # the crops drawn, a fresh model's weights and the shuffling: the same call gives the same result
     dls = attention_dls(self.dls, boxes, margins, crop_share=crop_share, crop_valid=crop_valid, valid_margin=valid_margin,
                         pad_rel=pad_rel, aspect=aspect, item_tfms=item_tfms, batch_tfms=batch_tfms, bs=bs, seed=seed,
@@ -215,7 +288,8 @@ def attention_crop(self:Learner,
         else:
             with learn.no_bar(), learn.no_logging(): fit_fn(epochs, *([] if lr is None else [lr]), **fit_kwargs)
     return AttentionCropResult(boxes, dls, learn, before, _metrics(learn, valid0),
-                               _metrics(learn, dls.valid) if crop_valid else None)
+                               _metrics(learn, dls.valid) if crop_valid else None,
+                               zb, _zoom_metrics(learn, valid0, **zkw) if zoom_valid else None)
 
 # %% ../nbs/06_learner.ipynb #5c9913c1
 class AttentionCropCallback(Callback):

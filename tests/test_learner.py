@@ -4,6 +4,8 @@ import time, warnings
 from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch
+from PIL import Image
+from conftest import exif_shown_box
 import matplotlib; matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, set_seed
@@ -317,3 +319,47 @@ def test_native_argument_errors_and_attention_crop_passes_it_on(setup, monkeypat
     assert e.value.args[0]['native'] is True and e.value.args[0]['max_side'] == 96
     with pytest.raises(Called) as e: learn.attention_crop(floor=0.5, zoom=1, zoom_pad=0.25, dilate=True, cache=False, progress=False)
     assert {k: e.value.args[0][k] for k in ('floor', 'zoom', 'zoom_pad', 'dilate')} == dict(floor=0.5, zoom=1, zoom_pad=0.25, dilate=True)
+
+# --- look-then-zoom prediction --------------------------------------------------------------------------------------
+def test_zoom_predict_on_files_and_on_an_exported_learner(setup, tmp_path):
+    "`zoom_predict` on `test_dl(files)` equals it on the validation set, in the items' order, and a `load_learner` learner gives the same."
+    from fastai.learner import load_learner
+    tmp, root, learn, gt = setup
+    files = [str(p) for p in learn.dls.valid_ds.items]
+    p_valid, t_valid = learn.zoom_predict(progress=False)
+    p_files, t_files = learn.zoom_predict(learn.dls.test_dl(files), progress=False)
+    assert t_files is None and torch.allclose(p_valid, p_files, atol=1e-5)
+    assert t_valid.tolist() == [learn.dls.vocab.o2i[Path(f).parent.name] for f in files]
+    learn.export(tmp_path/'export.pkl')
+    loaded = load_learner(tmp_path/'export.pkl')
+    p_loaded, _ = loaded.zoom_predict(loaded.dls.test_dl(files), progress=False)
+    assert torch.allclose(p_valid, p_loaded, atol=1e-5)
+    shuffled = learn.dls.train                                # a shuffled DataLoader: predictions still in the items' order
+    _, t_train = learn.zoom_predict(shuffled, progress=False, weight=0.)
+    assert t_train.tolist() == [learn.dls.vocab.o2i[Path(f).parent.name] for f in learn.dls.train_ds.items]
+
+def test_zoom_predict_crops_exif_files_where_the_box_is(setup, tmp_path):
+    "A file with EXIF orientation: the box (shown pixels) is turned back to the pixels the learner opens before the crop."
+    from fastai.vision.all import PILImage
+    tmp, root, learn, gt = setup
+    src = Image.open(learn.dls.valid_ds.items[0]).convert('RGB').resize((60, 40))
+    stored_box = (6, 4, 30, 28)
+    for o in (3, 6, 8):
+        f = tmp_path/f'o{o}.jpg'
+        ex = Image.Exif(); ex[0x0112] = o
+        src.save(f, exif=ex, quality=95)
+        shown = exif_shown_box(stored_box, o, 60, 40)
+        W, H = (40, 60) if o in (6, 8) else (60, 40)
+        boxes = pd.DataFrame({'item': [str(f)], 'rank': [0], 'width': [W], 'height': [H]})
+        boxes[margin_cols(0.95)] = np.array([shown], float)
+        _, _, _, zoom = learn.zoom_predict(learn.dls.test_dl([str(f)]), boxes=boxes, progress=False, with_views=True)
+        want = learn.get_preds(dl=learn.dls.test_dl([PILImage.create(f).crop(stored_box)]))[0]
+        assert torch.allclose(zoom, want, atol=1e-5), o
+
+def test_zoom_predict_refuses_what_it_cannot_do(setup, multi):
+    tmp, root, learn, gt = setup
+    with pytest.raises(ValueError, match='single-label'): multi[2].zoom_predict(progress=False)
+    with pytest.raises(ValueError, match='no box at margin 0.8'):
+        learn.zoom_predict(margin=0.8, boxes=box_pass(learn, learn.dls.valid_ds.items, margins=(0.95,), cache=False, progress=False))
+    with pytest.raises(ValueError, match='no row for'):
+        learn.zoom_predict(boxes=box_pass(learn, learn.dls.valid_ds.items[:2], margins=(0.95,), cache=False, progress=False))
