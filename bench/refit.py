@@ -35,12 +35,12 @@ printed line is one JSON object.
     PYTHONPATH=. python bench/refit.py --settings photos --first-seed 3 --seeds 2   # some seeds of one setting
     PYTHONPATH=. python bench/refit.py --report-only               # the tables of the cached seeds
 """
-import argparse, copy, datetime, hashlib, inspect, json, os, platform, shutil, sys, time, warnings
+import argparse, copy, datetime, hashlib, json, os, platform, shutil, sys, time, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
 from PIL import Image, ImageFilter
-from fastai.vision.all import ImageDataLoaders, Learner, Resize, error_rate, set_seed
+from fastai.vision.all import ImageDataLoaders, Resize, error_rate, set_seed
 from fastai_attncrop.data import make_shapes, write_text_atomic
 from fastai_attncrop.models import pretrained_learner
 from fastai_attncrop.crop import margin_cols, gt_recall
@@ -152,12 +152,6 @@ def box_quality(bx, root, gt, margin) -> tuple:
     keep = (c[:, 2] - c[:, 0])*(c[:, 3] - c[:, 1])/(bx['width']*bx['height']).to_numpy(float)
     return float(np.nanmean(rec)), float(np.nanmean(keep))
 
-def _zoom_predict(learn, dl, **kwargs):
-    "TEMPORARY stand-in until `Learner.zoom_predict` lands: plain predictions for every view."
-    if hasattr(learn, 'zoom_predict'): return learn.zoom_predict(dl=dl, **kwargs)
-    with learn.no_bar(): p, t = learn.get_preds(dl=dl)
-    return p, t, p, p
-
 def zoom_scores(learn, dl, root, gt, zoom:dict, grid:dict=None, boxes=None) -> dict:
     """Plain and look-then-zoom errors of `learn` on `dl` (one `zoom_predict(..., with_views=True)` call), after a box pass
     with `box_pass`'s defaults over `dl`'s files (or `boxes`); the boxes' recall and kept area; with `grid`, the errors of
@@ -167,14 +161,14 @@ def zoom_scores(learn, dl, root, gt, zoom:dict, grid:dict=None, boxes=None) -> d
     if boxes is None: boxes = box_pass(learn, items=_paths(dl), margins=margins, cache=False, progress=False)
     r = dict(t_box=time.time() - t)
     r['recall'], r['kept'] = box_quality(boxes, root, gt, zoom['margin'])
-    probs, targs, plain, crop = _zoom_predict(learn, dl=dl, boxes=boxes, with_views=True, progress=False, **zoom)
+    probs, targs, plain, crop = learn.zoom_predict(dl=dl, boxes=boxes, with_views=True, progress=False, **zoom)
     r.update(plain=_error(plain, targs), zoom=_error(probs, targs), crop=_error(crop, targs))
     if grid:
         r['grid'] = {}
         for m in grid['margin']:
             r['grid'][f"recall_{m:g}"], r['grid'][f"kept_{m:g}"] = box_quality(boxes, root, gt, m)
             for p in grid['pad_rel']:
-                _, _, pl, cr = _zoom_predict(learn, dl=dl, boxes=boxes, margin=m, pad_rel=p, with_views=True, progress=False)
+                _, _, pl, cr = learn.zoom_predict(dl=dl, boxes=boxes, margin=m, pad_rel=p, with_views=True, progress=False)
                 for w in grid['weight']: r['grid'][f"{m:g}_{p:g}_{w:g}"] = _error(torch.lerp(pl, cr, w), targs)
     r['t_zoom'] = time.time() - t
     return r
@@ -205,9 +199,8 @@ def run_seed(root, split, seed, tr:dict, zoom:dict, grid:dict=None) -> dict:
     r['train_recall'], r['train_kept'] = box_quality(boxes[boxes['split']=='train'], root, gt, zoom['margin'])
     # attncrop: attention_crop with its defaults (zoom_valid off: its zoom numbers are computed below for every arm alike)
     t = time.time()
-    kw = dict(zoom_valid=False) if 'zoom_valid' in inspect.signature(Learner.attention_crop).parameters else {}
     res = _quiet(learn, learn.attention_crop, boxes=boxes, epochs=tr['refit_epochs'], crop_share=tr['crop_share'], cache=False,
-                 progress=False, seed=seed, **kw)
+                 progress=False, seed=seed, zoom_valid=False)
     r['t_refit'] = time.time() - t
     r['n_mixed'] = len(res.dls.train_ds)
     learn.dls = dls   # scored on the same uncropped validation DataLoader as the other models
@@ -306,8 +299,7 @@ def grid_table(rows, grid) -> list:
 # ------------------------------------------------------------------ the run
 def config(setting, d, tr, zoom, split, grid) -> dict:
     "Everything a seed's result depends on (its cache key)."
-    return dict(setting=setting, data=d, train=tr, zoom=zoom, split=split, grid=grid, image=IMAGE, size=SIZE, version=VERSION,
-                zoom_predict=hasattr(Learner, 'zoom_predict'))
+    return dict(setting=setting, data=d, train=tr, zoom=zoom, split=split, grid=grid, image=IMAGE, size=SIZE, version=VERSION, zoom_predict=True)
 
 def main(a):
     if a.threads: torch.set_num_threads(a.threads)
