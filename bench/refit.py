@@ -387,7 +387,8 @@ def write_report(path, a, tr, zoom, grid, descs, res, seeds, t_start, load0):
         if setting not in res: lines += ['(no seed finished)', '']; continue
         rows, s, d = res[setting]
         lines += [f"{s['n_train']} training images ({s['n_mixed']} in the mixed set), {s['n_valid']} scored images, "
-                  f"{s['seeds']} seeds.", ""] + table(rows, s) + ["", "Goals (issue 32):", ""] + goals(s, 1 - 1/d['classes']) + [""]
+                  f"{s['seeds']} seeds; load average at each seed's end: " + ', '.join(f"{r['load']:.1f}" for r in rows)
+                  + f" ({rows[0]['threads']} torch thread a process).", ""] + table(rows, s) + ["", "Goals (issue 32):", ""] + goals(s, 1 - 1/d['classes']) + [""]
         if grid and all('grid' in r['baseline'] for r in rows): lines += ["### zoom_predict settings on the dev images", ""] + grid_table(rows, grid)
     if not a.quick and a.split == 'valid' and NOTES.exists(): lines += [NOTES.read_text().rstrip(), ""]
     path.parent.mkdir(parents=True, exist_ok=True)
