@@ -361,8 +361,8 @@ def write_report(path, a, tr, zoom, grid, descs, res, seeds, t_start, load0):
     lines = [f"# Does the classifier gain from the zoom? `attention_crop` and look-then-zoom prediction ({'dev split' if a.split == 'dev' else 'validation sets'})", "",
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} CPU cores shared with other jobs (load average {load0:.1f} at the start of this invocation, "
-             f"{os.getloadavg()[0]:.1f} at its end; each seed's load at its end is in the JSON cache), torch {torch.__version__}, "
-             f"{torch.get_num_threads()} torch thread(s); this invocation {time.time() - t_start:.0f} s (seeds read from "
+             f"{os.getloadavg()[0]:.1f} at its end; each seed's load at its end is in the JSON cache), torch {torch.__version__}; "
+             f"this invocation {time.time() - t_start:.0f} s (seeds read from "
              f"bench/cache/refit/ cost nothing here). Command: `{cmd}`. Seeds: {', '.join(map(str, seeds))}.", "",
              f"Protocol, per seed: `pretrained_learner(dls, metrics=error_rate)` (EfficientNet-Lite0, ImageNet weights), "
              f"`ImageDataLoaders.from_folder(..., item_tfms=Resize({SIZE}), bs={tr['bs']})` ({IMAGE} px scenes squashed to {SIZE} px), "
