@@ -244,8 +244,9 @@ def goals(s:dict, chance:float) -> list:
     "Markdown bullets: issue 32's goals in this setting, met or not."
     rel = s['zoom_gain']/s['baseline_error'] if s['baseline_error'] else float('nan')
     two = lambda g, se: np.isfinite(se) and g >= 2*se
-    return [f"* first model: error {s['first_error']:.3f} (chance {chance:.3f}): "
-            + ('clearly better than chance' if s['first_error'] < 0.6*chance else 'NOT clearly better than chance'),
+    z = (chance - s['first_error'])/np.sqrt(chance*(1 - chance)/s['n_valid'])   # binomial standard errors below chance
+    return [f"* first model: error {s['first_error']:.3f} against chance {chance:.3f}, {z:.1f} binomial standard errors of "
+            f"{s['n_valid']} images below it: " + ('clearly better than chance' if z >= 3 else 'NOT clearly better than chance'),
             f"* look-then-zoom cuts plain prediction's error by >= 25% with a gain >= 2 SE (plain-epochs model): relative cut "
             f"{rel:.0%}, gain {s['zoom_gain']:+.3f} ± {s['zoom_gain_se']:.3f}: " + ('**met**' if rel >= 0.25 and two(s['zoom_gain'], s['zoom_gain_se']) else '**not met**'),
             f"* attention_crop + look-then-zoom beats plain epochs + plain prediction by >= 2 SE: {s['combined_gain']:+.3f} ± "
