@@ -1,480 +1,418 @@
-"""Benchmark (not a timed test): does re-fitting on attention crops beat the same budget without them?
+"""Benchmark (issue 32, items 2-3): does the classifier gain from the zoom, in training (`attention_crop`) and at prediction
+time (`learn.zoom_predict`, look then zoom)?
 
-Default run (`--backbone tf_efficientnet_lite0`): the product's claim from a real ImageNet-pretrained backbone, run
-the way a fastai user runs it, in two data settings (`--settings shapes photos`), over `--seeds` seeds:
-* shapes: synthetic small objects (`--obj-frac`, 5-10% of the area) in `--image-size` (256) px images squashed to
-  the `--size` (128) px network input, where the squash loses the object's detail (the logo-in-a-corner regime);
-* photos: Imagenette photographs (`../shared/data/imagenette224`, `--photo-root`) shrunk to `--photo-frac` (5-15%) of
-  a `--image-size` px scene and pasted at random on a background (`--photo-bg`: `mosaic`, tiles of photographs of the
-  other classes shuffled into a texture; `photo`, a whole photograph of another class); the label is the pasted
-  photograph's class; the validation composites are built from `imagenette224/valid` only.
-Per seed, one `pretrained_learner(dls)` (EfficientNet-Lite0, ImageNet weights, offline) runs `fine_tune(--epochs1,
---lr)`; from those same weights (and optimizer state):
-* attncrop: `box_pass` with `attention_crop`'s defaults, then `learn.attention_crop(boxes=..., epochs=R)`: R epochs of
-  the mixed set, which is 1/(1 - crop_share) times the plain set;
-* baseline: `fit_one_cycle(R/(1 - crop_share))` on the plain (uncropped) images: the same images seen, the same schedule.
-Both are scored on the same uncropped validation images; each also on the validation images cropped with its own
-boxes (the labelling-time view: the first model's boxes for attncrop, a box pass of the baseline model for the
-baseline), and the baseline on attncrop's crops. Reported per seed (as soon as it is done; cached in bench/cache/, so
-a cut run resumes) and as means with the paired gain (baseline - attncrop) and its standard error; the tables go to
-bench/results/refit.md (`--results`), the last printed line is one JSON object.
+Two settings, each one folder of `train/`, `dev/` and `valid/` scenes of `IMAGE` (384) px with exact object boxes, built once
+(seeded) under the git-ignored `bench/cache/refit/`:
+* `shapes`: synthetic shapes (`fastai_attncrop.data.make_shapes`) of 2-8% of the image; `train/` and `valid/` from one
+  `make_shapes` set (seed 0), `dev/` the validation images of another (seed 1);
+* `photos`: Imagenette photographs (`../shared/data/imagenette224/`, `--photo-root`) of the first `classes` classes, each
+  shrunk to 3-10% of the scene and pasted at a random place on a blurred photograph of one of the other classes;
+  `train/` and `dev/` scenes from disjoint photographs of `imagenette224/train`, `valid/` scenes from `imagenette224/valid`.
+The network sees every scene squashed to `SIZE` (192) px (`Resize`); the package's default box rule boxes the 384 px files
+at their own size.
 
-    python bench/refit.py                       # the default run (both settings, 5 seeds)
-    python bench/refit.py --quick               # a 1-seed smoke run at a tiny scale (results: bench/out/refit_quick.md)
-    python bench/refit.py --settings photos --seeds 8 --threads 1
+Per seed: `pretrained_learner(dls)` (EfficientNet-Lite0, ImageNet weights, offline), `fine_tune(epochs1, lr)`: the first
+model. Its box pass (`box_pass` defaults) over the training and validation items. From the same weights and optimizer state,
+two arms with the same images seen and the same schedule:
+* attncrop: `learn.attention_crop(boxes=..., epochs=R)` (every other argument its default): R epochs of the mixed set,
+  1/(1 - crop_share) times the plain set;
+* baseline: `learn.fit_one_cycle(R/(1 - crop_share))` on the plain images.
+Each arm (and the first model) is scored on the same uncropped validation images with plain prediction and with
+look-then-zoom prediction (`learn.zoom_predict(..., with_views=True)`, its defaults unless `--zoom-*`), after a box pass of
+that model over the validation images (its boxes' recall and kept area against the ground truth are reported).
+Gains are paired per seed: paired_gain = baseline - attncrop (plain prediction); zoom_gain = baseline plain - baseline zoom;
+combined_gain = baseline plain - attncrop zoom; each with the standard error of its per-seed differences.
 
-`--backbone small_cnn` runs the earlier benchmark (below), with its own defaults:
-On a synthetic set whose objects cover `--obj-frac` (default 5-10%) of the image, over `--seeds` seeds:
-* baseline: `fit_one_cycle(E)` from scratch (or, with `--pretrain N`, both arms from a body pretrained on other shapes);
-* attncrop: the same budget of training images seen: `fit_one_cycle(E1)`, then `learn.attention_crop` for the rest,
-  whose mixed training set is 1/(1 - crop_share) times larger, so it gets (E - E1)*(1 - crop_share) epochs.
-With `--design continue` the two arms share their start instead (the user's workflow: `attention_crop` right after
-`fine_tune`): one model is fit for `--epochs1` epochs (default E // 2), then
-* baseline: goes on with `fit_one_cycle(E - E1, lr2)` on the plain training set;
-* attncrop: `attention_crop` from the same weights, (E - E1)*(1 - crop_share) epochs of the mixed set,
-so both see the same number of training images after the shared start, with the same schedule; only the crops differ.
-Both are scored on the same uncropped validation images; with `--crop-valid` the re-fitted model is also scored on
-the validation images cropped with the first model's boxes (at `--valid-margin`), as a labelling tool would show them,
-and so is the baseline model (can a model trained on whole images read the crops?).
-`--boxes gt` replaces every box by the ground-truth box: the upper bound that perfect localization would give.
-The table also gives the quality of the validation boxes (share of the object inside, share of the image kept).
-Prints a table, then as the last line one JSON object {"baseline_error": a, "attncrop_error": b} (mean validation
-error over the seeds).
+`--split dev` runs the same protocol with `dev/` as the validation set, and scores a grid of zoom_predict's margin, pad_rel
+and weight: every setting of this script was chosen there (see bench/refit_notes.md), never on `valid/`.
+Per-seed results are cached (bench/cache/refit/), so a cut run resumes and `--report-only` writes the tables of the
+cached seeds. Writes bench/results/refit.md and .json (`--split dev`: refit_dev.*; `--quick`: bench/out/); the last
+printed line is one JSON object.
 
-    python bench/refit.py --backbone small_cnn              # full scale
-    python bench/refit.py --backbone small_cnn --n-train 60 --epochs 6 --seeds 3 # reduced scale
-    python bench/refit.py --backbone small_cnn --method ddt                      # boxes from a DDT fitted on the first model's training set
-    python bench/refit.py --backbone small_cnn --design continue --epochs 30 --epochs1 20
-    python bench/refit.py --backbone small_cnn --design continue --epochs 30 --epochs1 20 --image-size 128 --crop-valid \
-        --method gradcampp --margins 0.8 0.6 --valid-margin 0.6 --aspect 1
-    python bench/refit.py --backbone small_cnn --design continue --epochs 30 --epochs1 20 --image-size 128 --pretrain 15 # from a pretrained body
-    python bench/refit.py --backbone small_cnn --epochs 30 --epochs1 10 --lr2 3e-3 --image-size 128 --pretrain 15 --crop-valid \
-        --method gradcampp --margins 0.8 0.6 --valid-margin 0.6 --aspect 1 --seeds 12  # README's pretrained split run"""
-import argparse, copy, datetime, hashlib, json, os, platform, sys, tempfile, time, warnings
-from functools import partial
+    PYTHONPATH=. python bench/refit.py --threads 1                 # the full run (both settings, 5 seeds)
+    PYTHONPATH=. python bench/refit.py --quick                     # one seed at a tiny scale (bench/out/refit_quick.*)
+    PYTHONPATH=. python bench/refit.py --split dev --seeds 2       # the dev runs the settings were chosen on
+    PYTHONPATH=. python bench/refit.py --settings photos --first-seed 3 --seeds 2   # some seeds of one setting
+    PYTHONPATH=. python bench/refit.py --report-only               # the tables of the cached seeds
+"""
+import argparse, copy, datetime, hashlib, json, os, platform, shutil, sys, time, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import numpy as np, pandas as pd, torch
-from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, set_seed
-from fastai_attncrop.data import make_shapes, SHAPES
-from fastai_attncrop.models import small_cnn
-from fastai_attncrop.crop import margin_cols, gt_recall, attention_dls
-from fastai_attncrop.boxpass import box_pass, learner_items
+from PIL import Image, ImageFilter
+from fastai.vision.all import ImageDataLoaders, Resize, error_rate, set_seed
+from fastai_attncrop.data import make_shapes, write_text_atomic
+from fastai_attncrop.models import pretrained_learner
+from fastai_attncrop.crop import margin_cols, gt_recall
+from fastai_attncrop.boxpass import box_pass
 from fastai_attncrop.learner import box_margins
-from fastai_attncrop.saliency import DDT
-import fastai_attncrop.learner  # noqa: F401  (patches Learner.attention_crop)
+import fastai_attncrop.learner  # noqa: F401  (patches Learner.attention_crop, Learner.zoom_predict)
 
-def learner(root, size, bs, seed, body=None):
-    "A fresh `small_cnn` learner; with `body` (a state_dict), its body starts from those weights (our stand-in for pretrained ones)."
-    set_seed(seed, reproducible=True)
-    dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(size), bs=bs, num_workers=0, seed=seed)
-    learn = vision_learner(dls, small_cnn, pretrained=False, metrics=accuracy)
-    if body is not None: learn.model[0].load_state_dict(body)
-    return learn
+REPO = Path(__file__).resolve().parents[1]
+PHOTO_ROOT = REPO.parent/'shared'/'data'/'imagenette224'
+CACHE = REPO/'bench'/'cache'/'refit'
+IMAGE, SIZE = 384, 192       # scene side; the network's input (Resize)
+# per setting: classes, scenes a class in train/, valid/, dev/, the object's share of the scene; background blur (photos)
+SETTINGS = dict(shapes=dict(classes=4, n_train=75, n_valid=100, n_dev=50, obj_frac=(0.02, 0.08)),
+                photos=dict(classes=4, n_train=75, n_valid=100, n_dev=50, obj_frac=(0.03, 0.10), blur=6))
+QUICK_DATA = dict(classes=2, n_train=6, n_valid=5, n_dev=5)
+# the training budget: fine_tune(epochs1, lr) (one frozen epoch first), attention_crop(epochs=refit_epochs) with its
+# crop_share (the default 0.5: the mixed set is twice the plain one), the baseline fit_one_cycle(refit_epochs/(1 - crop_share))
+TRAIN = dict(epochs1=2, lr=3e-3, refit_epochs=1, crop_share=0.5, bs=16)
+ZOOM = dict(margin=0.95, pad_rel=0., weight=0.5)   # zoom_predict's defaults
+# --split dev: the grid of zoom_predict settings scored (one box pass at every margin, one crop prediction per margin x pad)
+GRID = dict(margin=(0.8, 0.95), pad_rel=(0., 0.25, 0.5), weight=(0.25, 0.5, 0.75, 1.))
+VERSION = 1   # of the data and the protocol (part of every cache key)
 
-def pretrained_body(a, img_size):
-    """Body weights of `small_cnn` trained for `a.pretrain` epochs on the shapes that are *not* the benchmark's classes,
-    with larger objects (10-40% of the area): a stand-in for the ImageNet weights a user would fine-tune (none exist
-    here). Cached in bench/cache/ (git-ignored)."""
-    cache = Path(__file__).parent/'cache'/f'refit_pretrain_{a.classes}_{img_size}_{a.size}_{a.pretrain}.pth'
-    if cache.exists(): return torch.load(cache)
-    others = list(SHAPES[a.classes:])
-    root = make_shapes(Path(tempfile.gettempdir())/f'attncrop_refit_pretrain_{a.classes}_{img_size}', n_train=a.n_train,
-                       n_valid=a.n_valid, classes=others, size=img_size, obj_frac=(0.1, 0.4), seed=1)
-    t0 = time.time()
-    learn = learner(root, a.size, a.bs, 0)
-    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(a.pretrain, a.lr)
-    print(f"pretrained on {len(others)} other shapes (10-40% of the area) for {a.pretrain} epochs: "
-          f"validation error {error(learn):.3f}, {time.time() - t0:.0f}s", flush=True)
-    body = learn.model[0].state_dict()
-    cache.parent.mkdir(exist_ok=True); torch.save(body, cache)
-    return body
+def _key(*args) -> str: return hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
-def gt_boxes(boxes, root, margins):
-    "`boxes` with the ground-truth box of each item in the columns of every margin: perfect localization."
-    gt = pd.read_csv(Path(root)/'boxes.csv')
-    by = gt.set_index(gt['image'].map(lambda r: str((Path(root)/r).resolve())))[['xmin', 'ymin', 'xmax', 'ymax']]
-    out = boxes.copy(); xy = by.loc[[str(Path(p).resolve()) for p in out['item']]].to_numpy(float)
-    for m in margins: out[margin_cols(m)] = xy
-    return out
+# ------------------------------------------------------------------ data: one folder a setting (train/, dev/, valid/)
+def _link(src:Path, dst:Path):
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try: os.link(src, dst)
+    except OSError: shutil.copyfile(src, dst)
 
-def error(learn, dl=None):
-    "Validation error of `learn` on `dl` (default: its own validation set)."
-    with learn.no_bar(): return 1 - float(learn.validate(dl=dl)[1])
-
-def main_small_cnn(a):
-    "The earlier benchmark (`--backbone small_cnn`): from scratch, or from the `--pretrain` stand-in body."
-    for k, v in SMALL_CNN_DEFAULTS.items():
-        if getattr(a, k) is None: setattr(a, k, v)
-    img_size = a.image_size or a.size
-    root = make_shapes(Path(tempfile.gettempdir())/f'attncrop_refit_{a.n_train}_{img_size}', n_train=a.n_train, n_valid=a.n_valid,
-                       classes=a.classes, size=img_size, obj_frac=tuple(a.obj_frac), seed=0)
-    margins = 'adaptive' if a.margins == ['adaptive'] else [float(m) for m in a.margins]
-    e1 = a.epochs1 if a.epochs1 is not None else a.epochs // 2
-    e2 = max(1, round((a.epochs - e1) * (1 - a.crop_share)))
-    body = pretrained_body(a, img_size) if a.pretrain else None
+def shapes_root(d:dict) -> Path:
+    "The shapes setting's folder: `train/`, `valid/` of a seed-0 `make_shapes` set, `dev/` the validation images of a seed-1 set."
+    dest = CACHE/f"shapes_{_key(d, VERSION)}"
+    if (dest/'boxes.csv').exists(): return dest
+    parts = CACHE/f"shapes_{_key(d, VERSION)}.parts"
+    kw = dict(classes=d['classes'], size=IMAGE, obj_frac=tuple(d['obj_frac']))
+    a = make_shapes(parts/'a', n_train=d['n_train'], n_valid=d['n_valid'], seed=0, **kw)
+    b = make_shapes(parts/'b', n_train=0, n_valid=d['n_dev'], seed=1, **kw)
     rows = []
-    for seed in range(a.first_seed, a.first_seed + a.seeds):
-        t0 = time.time()
-        ac = learner(root, a.size, a.bs, seed, body)   # each learner() sets the seed first: the order of the arms does not matter
-        with ac.no_bar(), ac.no_logging(): ac.fit_one_cycle(e1, a.lr)
-        base = learner(root, a.size, a.bs, seed, body)
-        if a.design == 'split': epochs, lr = a.epochs, a.lr
-        else:   # 'continue': from the attncrop arm's start, plain instead of cropped, the same images seen
-            base.model.load_state_dict(ac.model.state_dict())
-            set_seed(seed)
-            epochs, lr = a.epochs - e1, a.lr2
-        with base.no_bar(), base.no_logging(): base.fit_one_cycle(epochs, lr)
-        eb = error(base)
-        grid = box_margins(margins, a.valid_margin)
-        method = DDT().fit(ac) if a.method == 'ddt' else a.method   # ddt: fitted on the first model's training set
-        boxes = box_pass(ac, method=method, margins=grid, target=None if a.target == 'pred' else 'label', cache=False, progress=False)
-        if a.boxes == 'gt': boxes = gt_boxes(boxes, root, grid)
-        vm = a.valid_margin or (min(grid) if margins == 'adaptive' else max(margins))   # the validation crops' margin
-        q = box_stats(boxes, root, vm, 'valid')
-        res = ac.attention_crop(boxes=boxes, epochs=e2, lr=a.lr2, margins=margins, crop_share=a.crop_share, crop_valid=a.crop_valid,
-                                valid_margin=a.valid_margin, aspect=a.aspect,
-                                target=None if a.target == 'pred' else 'label', cache=False, progress=False, seed=seed)
-        ea = 1 - res.metrics_after['accuracy']
-        ec = 1 - res.metrics_after_cropped['accuracy'] if res.metrics_after_cropped else float('nan')
-        ebc = error(base, res.dls.valid) if a.crop_valid else float('nan')
-        rows.append((seed, eb, 1 - res.metrics_before['accuracy'], ea, ec, ebc, *q, time.time() - t0))
-    base_desc = (f"baseline {a.epochs} epochs" if a.design == 'split' else
-                 f"shared start {e1} epochs, then baseline {a.epochs - e1} more epochs on the plain set (lr {a.lr2})")
-    print(("" if not a.pretrain else f"body pretrained {a.pretrain} epochs on the {len(SHAPES) - a.classes} other shapes; ") +
-          f"objects {a.obj_frac} of the area, {a.classes} classes x {a.n_train} training images of {img_size}px, network input {a.size}px; "
-          f"design {a.design}: {base_desc}; attncrop {e1} epochs + attention_crop {e2} epochs on the mixed set "
-          f"(margins {margins}, crop_share {a.crop_share}, crop_valid {a.crop_valid}, valid_margin {a.valid_margin}, "
-          f"aspect {a.aspect}, method {a.method}, "
-          + ("ground-truth boxes: perfect localization)" if a.boxes == 'gt' else f"saliency boxes for the {a.target})"))
-    # the errors are on the uncropped validation images; 'cropped valid' is the re-fitted model on validation images
-    # cropped with its own boxes (only with --crop-valid), as they would be shown at labelling time; 'base cropped'
-    # is the baseline model on those same crops (does the re-fit matter, or only the crops?)
-    # box recall / kept: on the validation images, at the margin of the validation crops (adaptive: the tightest),
-    # the share of the object inside the box and the share of the image the box keeps
-    cols = [('baseline err', 13), ('before refit', 13), ('attncrop err', 13), ('cropped valid', 14), ('base cropped', 13),
-            ('box recall', 11), ('box kept', 9)]   # every row: seed, these columns, time
-    print(f"{'seed':>4} " + ' '.join(f"{n:>{w}}" for n, w in cols) + f" {'time (s)':>9}")
-    for r in rows: print(f"{r[0]:>4} " + ' '.join(f"{v:>{w}.3f}" for v, (_, w) in zip(r[1:-1], cols)) + f" {r[-1]:>9.0f}")
-    means = np.mean([r[1:-1] for r in rows], axis=0)
-    print(f"{'mean':>4} " + ' '.join(f"{m:>{w}.3f}" for m, (_, w) in zip(means, cols)))
-    b, c = float(means[0]), float(means[2])
-    print(json.dumps({'baseline_error': round(b, 4), 'attncrop_error': round(c, 4)}))
+    for src, split, new in ((a, 'train', 'train'), (a, 'valid', 'valid'), (b, 'valid', 'dev')):
+        gt = pd.read_csv(src/'boxes.csv')
+        gt = gt[gt['split']==split].copy()
+        for rel in gt['image'].unique(): _link(src/rel, dest/(new + rel[len(split):]))
+        gt['image'] = [new + r[len(split):] for r in gt['image']]
+        gt['split'] = new
+        rows.append(gt)
+    pd.concat(rows).to_csv(dest/'boxes.csv.tmp', index=False); os.replace(dest/'boxes.csv.tmp', dest/'boxes.csv')
+    shutil.rmtree(parts)
+    return dest
 
-# ------------------------------------------------------------------ the default run: a real ImageNet-pretrained backbone
-PHOTO_ROOT = Path(__file__).resolve().parents[2]/'shared'/'data'/'imagenette224'
-CACHE = Path(__file__).parent/'cache'
-SMALL_CNN_DEFAULTS = dict(n_train=300, n_valid=50, classes=4, size=64, image_size=None, obj_frac=[0.05, 0.1], epochs1=None,
-                          lr=3e-3, margins=['0.95', '0.8', '0.6'], bs=32, seeds=3, method='gradcam', crop_share=0.5)
-PRETRAINED_DEFAULTS = dict(n_train=40, n_valid=20, classes=4, size=128, image_size=256, obj_frac=[0.05, 0.1], epochs1=2,
-                           lr=3e-3, margins=['0.95', '0.8', '0.6'], bs=8, seeds=5, method='gradcam', crop_share=0.5,
-                           photo_classes=5)
-QUICK = dict(n_train=8, n_valid=4, classes=2, photo_classes=2, seeds=1, bs=4)
-
-def _mosaic(photos, size, tile, rng):
-    "A `size` px texture of `tile` px tiles taken at random places of the (size x size) arrays `photos`, shuffled."
-    out, n = np.zeros((size, size, 3), np.uint8), size // tile
-    for r in range(n):
-        for c in range(n):
-            src = photos[int(rng.integers(len(photos)))]
-            y, x = (int(v) for v in rng.integers(0, n, 2)*tile)
-            out[r*tile:(r+1)*tile, c*tile:(c+1)*tile] = src[y:y+tile, x:x+tile]
-    return out
-
-def photo_composites(dest, src=PHOTO_ROOT, classes=5, n_train=32, n_valid=16, size=256, obj_frac=(0.05, 0.15),
-                     background='mosaic', tile=32, n_bg=4, seed=0) -> Path:
-    """Scenes of `size` px, each with one Imagenette photograph of one of the first `classes` classes shrunk to
-    `obj_frac` of the area and pasted at a random place; the background is a `mosaic` of `tile` px tiles of `n_bg`
-    photographs of the other (Imagenette) classes, or one whole `photo` of another class. Training scenes come from
-    `src/train`, validation scenes from `src/valid`. Written as `split/wnid/*.jpg` with `boxes.csv` (the pasted box)."""
-    from PIL import Image
-    dest, src = Path(dest), Path(src)
-    meta = dict(classes=classes, n_train=n_train, n_valid=n_valid, size=size, obj_frac=list(obj_frac), background=background,
-                tile=tile, n_bg=n_bg, seed=seed, version=1)
-    if (dest/'meta.json').exists() and json.loads((dest/'meta.json').read_text()) == meta and (dest/'boxes.csv').exists(): return dest
-    if not (src/'train').is_dir(): raise FileNotFoundError(f"the photographs are missing: {src} (see ../shared/data/README.md)")
-    wnids = sorted(d.name for d in (src/'train').iterdir() if d.is_dir())
+def photos_root(d:dict, src=PHOTO_ROOT) -> Path:
+    """The photos setting's folder: per object class (the first `classes` wnids), `n_train` + `n_dev` disjoint photographs of
+    `src/train` (train/ and dev/ scenes) and `n_valid` of `src/valid` (valid/ scenes), each shrunk to `obj_frac` of an
+    `IMAGE` px scene (a square, the photographs are 224 x 224) and pasted at a random place on a photograph of one of the
+    other classes (of the same split of `src`), resized to the scene and blurred (Gaussian, radius `blur`)."""
+    src = Path(src)
+    if not (src/'train').is_dir() or not (src/'valid').is_dir():
+        raise FileNotFoundError(f"the Imagenette photographs are missing: {src}/train, {src}/valid (see ../shared/data/README.md)")
+    dest = CACHE/f"photos_{_key(d, VERSION)}"
+    if (dest/'boxes.csv').exists(): return dest
+    wnids = sorted(p.name for p in (src/'train').iterdir() if p.is_dir())
+    objs, bgs = wnids[:d['classes']], wnids[d['classes']:]
     rows = []
-    for split, n in (('train', n_train), ('valid', n_valid)):
-        pool = {w: sorted((src/split/w).glob('*.JPEG')) for w in wnids}
-        for ci, w in enumerate(wnids[:classes]):
-            rng = np.random.default_rng([seed, split == 'valid', ci])
-            others = [p for v in wnids if v != w for p in pool[v]]
-            for i, p in enumerate(rng.choice(pool[w], n, replace=False)):
-                bgs = [np.asarray(Image.open(others[int(k)]).convert('RGB').resize((size, size), Image.BILINEAR))
-                       for k in rng.choice(len(others), n_bg if background == 'mosaic' else 1, replace=False)]
-                scene = Image.fromarray(_mosaic(bgs, size, tile, rng) if background == 'mosaic' else bgs[0])
-                side = int(round(size*np.sqrt(rng.uniform(*obj_frac))))
-                x0, y0 = (int(v) for v in rng.integers(0, size - side + 1, 2))
+    for ci, w in enumerate(objs):
+        rng = np.random.default_rng([VERSION, ci])
+        train = list(rng.permutation(sorted((src/'train'/w).glob('*.JPEG'))))
+        valid = list(rng.permutation(sorted((src/'valid'/w).glob('*.JPEG'))))
+        if len(train) < d['n_train'] + d['n_dev'] or len(valid) < d['n_valid']:
+            raise ValueError(f"{src}/{w}: too few photographs for {d['n_train']} + {d['n_dev']} training and {d['n_valid']} validation scenes")
+        for split, photos, pool in (('train', train[d['n_dev']:d['n_dev'] + d['n_train']], 'train'), ('dev', train[:d['n_dev']], 'train'),
+                                    ('valid', valid[:d['n_valid']], 'valid')):
+            bg_pool = [p for v in bgs for p in sorted((src/pool/v).glob('*.JPEG'))]
+            for i, p in enumerate(photos):
+                bg = Image.open(bg_pool[int(rng.integers(len(bg_pool)))]).convert('RGB').resize((IMAGE, IMAGE), Image.BILINEAR)
+                scene = bg.filter(ImageFilter.GaussianBlur(d['blur']))
+                side = int(round(IMAGE*np.sqrt(rng.uniform(*d['obj_frac']))))
+                x0, y0 = (int(v) for v in rng.integers(0, IMAGE - side + 1, 2))
                 scene.paste(Image.open(p).convert('RGB').resize((side, side), Image.LANCZOS), (x0, y0))
                 rel = f"{split}/{w}/{w}_{i:04d}.jpg"
                 (dest/rel).parent.mkdir(parents=True, exist_ok=True)
                 scene.save(dest/rel, quality=92)
-                rows.append((rel, w, x0, y0, x0 + side, y0 + side, size, size, split, 1))
-    pd.DataFrame(rows, columns=['image', 'label', 'xmin', 'ymin', 'xmax', 'ymax', 'width', 'height', 'split', 'instance']
-                 ).to_csv(dest/'boxes.csv', index=False)
-    (dest/'meta.json').write_text(json.dumps(meta))
+                rows.append(dict(image=rel, label=w, xmin=x0, ymin=y0, xmax=x0 + side, ymax=y0 + side, width=IMAGE, height=IMAGE,
+                                 split=split, source=p.name))
+    pd.DataFrame(rows).to_csv(dest/'boxes.csv.tmp', index=False); os.replace(dest/'boxes.csv.tmp', dest/'boxes.csv')
     return dest
 
-def setting_data(a, setting) -> tuple:
-    "(root of the dataset, its description) of `setting`, generated once under the temporary folder."
-    tmp = Path(tempfile.gettempdir())
-    if setting == 'shapes':
-        root = make_shapes(tmp/f'attncrop_refit_pt_{a.classes}_{a.n_train}_{a.n_valid}_{a.image_size}', n_train=a.n_train,
-                           n_valid=a.n_valid, classes=a.classes, size=a.image_size, obj_frac=tuple(a.obj_frac), seed=0)
-        return root, (f"synthetic shapes (`make_shapes`): {a.classes} classes x {a.n_train} training + {a.n_valid} validation "
-                      f"images of {a.image_size} px, one object of {a.obj_frac[0]:g}-{a.obj_frac[1]:g} of the area")
-    root = photo_composites(tmp/f'attncrop_refit_photos_{a.photo_classes}_{a.n_train}_{a.n_valid}_{a.image_size}_{a.photo_bg}',
-                            a.photo_root, a.photo_classes, a.n_train, a.n_valid, a.image_size, tuple(a.photo_frac), a.photo_bg)
-    return root, (f"Imagenette photographs ({a.photo_classes} classes x {a.n_train} training + {a.n_valid} validation "
-                  f"scenes of {a.image_size} px), each one photograph shrunk to {a.photo_frac[0]:g}-{a.photo_frac[1]:g} "
-                  f"of the area and pasted at random on a {a.photo_bg} background of the other classes' photographs; "
-                  "validation scenes from imagenette224/valid")
+def setting_root(setting, d, a) -> Path:
+    return shapes_root(d) if setting == 'shapes' else photos_root(d, a.photo_root)
 
-def box_stats(boxes, root, margin, split) -> tuple:
-    "Mean share of the object inside the boxes of `split` at `margin`, and mean share of the image they keep."
-    va = boxes[boxes['split']==split]
-    rec = gt_recall(va, pd.read_csv(Path(root)/'boxes.csv'), root, margin)
-    c = va[margin_cols(margin)].to_numpy(float)
-    keep = (c[:, 2]-c[:, 0])*(c[:, 3]-c[:, 1])/(va['width']*va['height']).to_numpy(float)
+def describe(setting, d) -> str:
+    n = f"{d['classes']} classes x ({d['n_train']} train + {d['n_dev']} dev + {d['n_valid']} validation) scenes of {IMAGE} px"
+    if setting == 'shapes':
+        return (f"synthetic shapes (`make_shapes`, one object of {d['obj_frac'][0]:g}-{d['obj_frac'][1]:g} of the area, patterned "
+                f"fill, distractor strokes): {n}; train and validation from the seed-0 set, dev from a seed-1 set")
+    return (f"Imagenette photographs of the first {d['classes']} classes (by wnid) shrunk to {d['obj_frac'][0]:g}-{d['obj_frac'][1]:g} "
+            f"of the scene, pasted at random on a photograph of another class blurred with radius {d['blur']}: {n}; train and dev "
+            "scenes from disjoint photographs of imagenette224/train, validation scenes from imagenette224/valid")
+
+# ------------------------------------------------------------------ scoring
+def _error(probs, targs) -> float: return float((probs.argmax(1) != targs).float().mean())
+
+def _paths(dl) -> list: return [str(p) for p in dl.dataset.items]
+
+def box_quality(bx, root, gt, margin) -> tuple:
+    "Mean share of the object inside the boxes at `margin`, and mean share of the image they keep."
+    rec = gt_recall(bx, gt, root, margin)
+    c = bx[margin_cols(margin)].to_numpy(float)
+    keep = (c[:, 2] - c[:, 0])*(c[:, 3] - c[:, 1])/(bx['width']*bx['height']).to_numpy(float)
     return float(np.nanmean(rec)), float(np.nanmean(keep))
 
-def _quiet(fit, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return fit(*args, **kwargs)
+def zoom_scores(learn, dl, root, gt, zoom:dict, grid:dict=None, boxes=None) -> dict:
+    """Plain and look-then-zoom errors of `learn` on `dl` (one `zoom_predict(..., with_views=True)` call), after a box pass
+    with `box_pass`'s defaults over `dl`'s files (or `boxes`); the boxes' recall and kept area; with `grid`, the errors of
+    every (margin, pad_rel, weight) of it."""
+    t = time.time()
+    margins = sorted({zoom['margin'], *(grid['margin'] if grid else ())})
+    if boxes is None: boxes = box_pass(learn, items=_paths(dl), margins=margins, cache=False, progress=False)
+    r = dict(t_box=time.time() - t)
+    r['recall'], r['kept'] = box_quality(boxes, root, gt, zoom['margin'])
+    probs, targs, plain, crop = learn.zoom_predict(dl=dl, boxes=boxes, with_views=True, progress=False, **zoom)
+    r.update(plain=_error(plain, targs), zoom=_error(probs, targs), crop=_error(crop, targs))
+    if grid:
+        r['grid'] = {}
+        for m in grid['margin']:
+            r['grid'][f"recall_{m:g}"], r['grid'][f"kept_{m:g}"] = box_quality(boxes, root, gt, m)
+            for p in grid['pad_rel']:
+                _, _, pl, cr = learn.zoom_predict(dl=dl, boxes=boxes, margin=m, pad_rel=p, with_views=True, progress=False)
+                for w in grid['weight']: r['grid'][f"{m:g}_{p:g}_{w:g}"] = _error(torch.lerp(pl, cr, w), targs)
+    r['t_zoom'] = time.time() - t
+    return r
 
-def pretrained_seed(root, a, seed) -> dict:
-    """One seed of the default run: fine_tune, then from the same weights and optimizer state attncrop (box pass +
-    attention_crop) and baseline (plain epochs, as many images seen); errors, box quality and times."""
-    from fastai_attncrop.models import pretrained_learner
-    margins = 'adaptive' if a.margins == ['adaptive'] else [float(m) for m in a.margins]
-    grid = box_margins(margins)
-    vm = min(grid) if margins == 'adaptive' else max(margins)   # attention_crop's validation crops (valid_margin=None)
-    dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(a.size), bs=a.bs, num_workers=0, seed=seed)
+# ------------------------------------------------------------------ one seed
+def _quiet(learn, fn, *args, **kwargs):
+    with learn.no_bar(), learn.no_logging(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        return fn(*args, **kwargs)
+
+def run_seed(root, split, seed, tr:dict, zoom:dict, grid:dict=None) -> dict:
+    """One seed: fine_tune, the first model's box pass, then from the same weights and optimizer state the attncrop arm
+    (`attention_crop`) and the baseline (plain epochs, as many images seen); each model scored on the `split` folder with
+    plain and look-then-zoom prediction."""
+    gt = pd.read_csv(Path(root)/'boxes.csv')
+    dls = ImageDataLoaders.from_folder(root, train='train', valid=split, item_tfms=Resize(SIZE), bs=tr['bs'], num_workers=0, seed=seed)
     set_seed(seed, reproducible=True)
-    learn = pretrained_learner(dls, metrics=accuracy)
-    r, t = dict(seed=seed), time.time()
-    with learn.no_bar(), learn.no_logging(): _quiet(learn.fine_tune, a.epochs1, a.lr)
+    learn = pretrained_learner(dls, metrics=error_rate)
+    r, t = dict(seed=seed, n_train=len(dls.train_ds), n_valid=len(dls.valid_ds)), time.time()
+    _quiet(learn, learn.fine_tune, tr['epochs1'], tr['lr'])
     r['t_fine_tune'], t = time.time() - t, time.time()
+    print(f"  seed {seed}: fine_tune {r['t_fine_tune']:.0f}s", file=sys.stderr, flush=True)
     start, opt_state = copy.deepcopy(learn.model.state_dict()), copy.deepcopy(learn.opt.state_dict())
-    # attncrop: what `learn.attention_crop(epochs=R, crop_valid=True)` does, with its box pass timed apart
-    boxes = box_pass(learn, method=a.method, margins=grid, cache=False, progress=False)
-    r['t_box_pass'], t = time.time() - t, time.time()
-    r['recall_train'], r['kept_train'] = box_stats(boxes, root, vm, 'train')
-    r['recall_valid'], r['kept_valid'] = box_stats(boxes, root, vm, 'valid')
-    res = _quiet(learn.attention_crop, boxes=boxes, epochs=a.refit_epochs, margins=margins, crop_share=a.crop_share,
-                 crop_valid=True, method=a.method, cache=False, progress=False, seed=seed)
-    r['t_refit'], t = time.time() - t, time.time()
-    r['first_error'] = 1 - res.metrics_before['accuracy']
-    r['attncrop_error'] = 1 - res.metrics_after['accuracy']
-    r['attncrop_cropped_error'] = 1 - res.metrics_after_cropped['accuracy']
-    # baseline: the same weights and optimizer state, plain images, as many images seen as the mixed set gives
-    learn.dls = dls
+    # the first model's boxes of every item (what attention_crop would compute), timed apart and handed over
+    boxes = box_pass(learn, margins=box_margins(), cache=False, progress=False)
+    r['t_box_pass'] = time.time() - t
+    va = boxes[boxes['split']=='valid']
+    r['first'] = zoom_scores(learn, dls.valid, root, gt, zoom, boxes=va if zoom['margin'] in box_margins() else None)
+    r['train_recall'], r['train_kept'] = box_quality(boxes[boxes['split']=='train'], root, gt, zoom['margin'])
+    # attncrop: attention_crop with its defaults (zoom_valid off: its zoom numbers are computed below for every arm alike)
+    t = time.time()
+    res = _quiet(learn, learn.attention_crop, boxes=boxes, epochs=tr['refit_epochs'], crop_share=tr['crop_share'], cache=False,
+                 progress=False, seed=seed, zoom_valid=False)
+    r['t_refit'] = time.time() - t
+    r['n_mixed'] = len(res.dls.train_ds)
+    print(f"  seed {seed}: first model {r['first']['plain']:.3f}, re-fit {r['t_refit']:.0f}s", file=sys.stderr, flush=True)
+    learn.dls = dls   # scored on the same uncropped validation DataLoader as the other models
+    r['attncrop'] = zoom_scores(learn, dls.valid, root, gt, zoom, grid)
+    # baseline: the same start, plain images, as many images seen with the same schedule
     learn.model.load_state_dict(start); learn.opt.load_state_dict(opt_state)
     set_seed(seed)
-    with learn.no_bar(), learn.no_logging(): _quiet(learn.fit_one_cycle, round(a.refit_epochs/(1 - a.crop_share)))
+    t = time.time()
+    _quiet(learn, learn.fit_one_cycle, round(tr['refit_epochs']/(1 - tr['crop_share'])))
     r['t_baseline'] = time.time() - t
-    r['baseline_error'] = error(learn)
-    r['baseline_on_attncrop_crops_error'] = error(learn, res.dls.valid)
-    # the baseline's own boxes of the validation images (a box pass of the baseline model), and its error on those crops
-    items = learner_items(learn)
-    bb = box_pass(learn, items=items[items['split']=='valid'], method=a.method, margins=grid, cache=False, progress=False)
-    r['base_recall_valid'], r['base_kept_valid'] = box_stats(bb, root, vm, 'valid')
-    own = attention_dls(dls, pd.concat([boxes[boxes['split']=='train'], bb], ignore_index=True), margins,
-                        crop_share=a.crop_share, crop_valid=True, seed=seed)
-    r['baseline_cropped_error'] = error(learn, own.valid)
-    r['n_mixed'], r['n_plain'] = len(res.dls.train_ds), len(dls.train_ds)
+    r['baseline'] = zoom_scores(learn, dls.valid, root, gt, zoom, grid)
     r['threads'], r['load'] = torch.get_num_threads(), os.getloadavg()[0]
     return r
 
-COLS = [('first model', 'first_error'), ('baseline', 'baseline_error'), ('attncrop', 'attncrop_error'), ('gain', 'gain'),
-        ('attncrop on own crops', 'attncrop_cropped_error'), ('baseline on own crops', 'baseline_cropped_error'),
-        ('baseline on attncrop crops', 'baseline_on_attncrop_crops_error'), ('box recall', 'recall_valid'),
-        ('box kept', 'kept_valid'), ('train recall', 'recall_train'), ('train kept', 'kept_train'),
-        ('baseline box recall', 'base_recall_valid'), ('baseline box kept', 'base_kept_valid')]
-TIMES = [('fine_tune', 't_fine_tune'), ('box pass', 't_box_pass'), ('re-fit', 't_refit'), ('baseline', 't_baseline')]
+# ------------------------------------------------------------------ summaries
+def _mse(x) -> tuple:
+    x = np.asarray(x, float)
+    return float(x.mean()), (float(x.std(ddof=1)/np.sqrt(len(x))) if len(x) > 1 else float('nan'))
 
 def summarize(rows) -> dict:
-    "Means of every column, the paired gain (baseline - attncrop), its standard error and the seeds attncrop wins."
-    g = np.array([r['baseline_error'] - r['attncrop_error'] for r in rows])
-    out = {k: float(np.mean([r[k] for r in rows])) for _, k in COLS + TIMES if k != 'gain'}
-    out.update(seeds=len(rows), gain=float(g.mean()), gain_se=float(g.std(ddof=1)/np.sqrt(len(g))) if len(g) > 1 else float('nan'),
-               wins=int((g > 0).sum()), ties=int((g == 0).sum()))
-    return out
+    "Means of the errors, the three paired gains with their standard errors, box quality and times."
+    g = lambda f: [f(r) for r in rows]
+    s = dict(seeds=len(rows), first_error=np.mean(g(lambda r: r['first']['plain'])), first_zoom_error=np.mean(g(lambda r: r['first']['zoom'])),
+             baseline_error=np.mean(g(lambda r: r['baseline']['plain'])), attncrop_error=np.mean(g(lambda r: r['attncrop']['plain'])),
+             zoom_baseline_error=np.mean(g(lambda r: r['baseline']['zoom'])), zoom_attncrop_error=np.mean(g(lambda r: r['attncrop']['zoom'])),
+             crop_baseline_error=np.mean(g(lambda r: r['baseline']['crop'])), crop_attncrop_error=np.mean(g(lambda r: r['attncrop']['crop'])))
+    s['paired_gain'], s['paired_gain_se'] = _mse(g(lambda r: r['baseline']['plain'] - r['attncrop']['plain']))
+    s['zoom_gain'], s['zoom_gain_se'] = _mse(g(lambda r: r['baseline']['plain'] - r['baseline']['zoom']))
+    s['combined_gain'], s['combined_gain_se'] = _mse(g(lambda r: r['baseline']['plain'] - r['attncrop']['zoom']))
+    s['attncrop_zoom_gain'], s['attncrop_zoom_gain_se'] = _mse(g(lambda r: r['attncrop']['plain'] - r['attncrop']['zoom']))
+    for m in ('first', 'baseline', 'attncrop'):
+        s[f"{m}_recall"], s[f"{m}_kept"] = np.mean(g(lambda r: r[m]['recall'])), np.mean(g(lambda r: r[m]['kept']))
+    for k in ('t_fine_tune', 't_box_pass', 't_refit', 't_baseline'): s[k] = np.mean(g(lambda r: r[k]))
+    s['t_zoom'] = np.mean(g(lambda r: r['baseline']['t_zoom'] + r['attncrop']['t_zoom'] + r['first']['t_zoom']))
+    s['n_valid'], s['n_train'], s['n_mixed'] = rows[0]['n_valid'], rows[0]['n_train'], rows[0]['n_mixed']
+    return {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in s.items()}
+
+def goals(s:dict, chance:float) -> list:
+    "Markdown bullets: issue 32's goals in this setting, met or not."
+    rel = s['zoom_gain']/s['baseline_error'] if s['baseline_error'] else float('nan')
+    two = lambda g, se: np.isfinite(se) and g >= 2*se
+    z = (chance - s['first_error'])/np.sqrt(chance*(1 - chance)/s['n_valid'])   # binomial standard errors below chance
+    return [f"* first model: error {s['first_error']:.3f} against chance {chance:.3f}, {z:.1f} binomial standard errors of "
+            f"{s['n_valid']} images below it: " + ('clearly better than chance' if z >= 3 else 'NOT clearly better than chance'),
+            f"* look-then-zoom cuts plain prediction's error by >= 25% with a gain >= 2 SE (plain-epochs model): relative cut "
+            f"{rel:.0%}, gain {s['zoom_gain']:+.3f} ± {s['zoom_gain_se']:.3f}: " + ('**met**' if rel >= 0.25 and two(s['zoom_gain'], s['zoom_gain_se']) else '**not met**'),
+            f"* attention_crop + look-then-zoom beats plain epochs + plain prediction by >= 2 SE: {s['combined_gain']:+.3f} ± "
+            f"{s['combined_gain_se']:.3f}: " + ('**met**' if two(s['combined_gain'], s['combined_gain_se']) else '**not met**'),
+            f"* (the re-fit alone, plain prediction: paired gain {s['paired_gain']:+.3f} ± {s['paired_gain_se']:.3f}: "
+            + ('>= 2 SE' if two(s['paired_gain'], s['paired_gain_se']) else 'under 2 SE') + ")"]
+
+COLS = [('first', 'first', 'plain'), ('first zoom', 'first', 'zoom'), ('baseline', 'baseline', 'plain'), ('baseline zoom', 'baseline', 'zoom'),
+        ('attncrop', 'attncrop', 'plain'), ('attncrop zoom', 'attncrop', 'zoom'), ('baseline crop only', 'baseline', 'crop'),
+        ('attncrop crop only', 'attncrop', 'crop')]
+GAINS = [('paired gain', lambda r: r['baseline']['plain'] - r['attncrop']['plain']),
+         ('zoom gain', lambda r: r['baseline']['plain'] - r['baseline']['zoom']),
+         ('combined gain', lambda r: r['baseline']['plain'] - r['attncrop']['zoom'])]
+TIMES = [('fine_tune', 't_fine_tune'), ('box pass', 't_box_pass'), ('re-fit', 't_refit'), ('baseline', 't_baseline')]
 
 def table(rows, s) -> list:
-    "Markdown lines: one row per seed, the mean, the paired gain with its standard error."
-    head = ['seed'] + [n for n, _ in COLS] + [f"{n} (s)" for n, _ in TIMES]
-    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|'*len(head)]
-    val = lambda r, k: r['baseline_error'] - r['attncrop_error'] if k == 'gain' else r[k]
-    for r in rows: lines.append(f"| {r['seed']} | " + ' | '.join(f"{val(r, k):.3f}" for _, k in COLS) + ' | '
-                                + ' | '.join(f"{r[k]:.0f}" for _, k in TIMES) + ' |')
-    lines.append("| **mean** | " + ' | '.join(f"**{s['gain']:+.3f} ± {s['gain_se']:.3f}**" if k == 'gain' else f"{s[k]:.3f}"
-                                                for _, k in COLS) + ' | ' + ' | '.join(f"{s[k]:.0f}" for _, k in TIMES) + ' |')
-    verdict = ('holds' if s['gain'] >= 2*s['gain_se'] else 'does not hold') if s['seeds'] > 1 else 'untested (1 seed)'
-    lines += ['', f"Paired gain (baseline - attncrop) {s['gain']:+.3f} ± {s['gain_se']:.3f} (standard error over {s['seeds']} "
-              f"seeds); attncrop better on {s['wins']} of {s['seeds']} seeds ({s['ties']} ties). The claim (gain >= 2 SE) "
-              f"{verdict} in this setting."]
-    return lines
+    "Markdown lines: one row per seed (errors, gains, box quality, times), then the means and the gains ± SE."
+    head = (['seed'] + [n for n, *_ in COLS] + [n for n, _ in GAINS] + ['first box recall / kept', 'baseline box', 'attncrop box']
+            + [f"{n} (s)" for n, _ in TIMES] + ['zoom scoring (s)'])
+    out = ['| ' + ' | '.join(head) + ' |', '|' + '---|'*len(head)]
+    for r in rows:
+        out.append(f"| {r['seed']} | " + ' | '.join(f"{r[m][k]:.3f}" for _, m, k in COLS) + ' | '
+                   + ' | '.join(f"{f(r):+.3f}" for _, f in GAINS) + ' | '
+                   + ' | '.join(f"{r[m]['recall']:.2f} / {r[m]['kept']:.2f}" for m in ('first', 'baseline', 'attncrop')) + ' | '
+                   + ' | '.join(f"{r[k]:.0f}" for _, k in TIMES)
+                   + f" | {r['first']['t_zoom'] + r['baseline']['t_zoom'] + r['attncrop']['t_zoom']:.0f} |")
+    means = {('first', 'plain'): 'first_error', ('first', 'zoom'): 'first_zoom_error', ('baseline', 'plain'): 'baseline_error',
+             ('baseline', 'zoom'): 'zoom_baseline_error', ('attncrop', 'plain'): 'attncrop_error', ('attncrop', 'zoom'): 'zoom_attncrop_error',
+             ('baseline', 'crop'): 'crop_baseline_error', ('attncrop', 'crop'): 'crop_attncrop_error'}
+    out.append("| **mean** | " + ' | '.join(f"{s[means[m, k]]:.3f}" for _, m, k in COLS) + ' | '
+               + ' | '.join(f"**{s[k]:+.3f} ± {s[k + '_se']:.3f}**" for k in ('paired_gain', 'zoom_gain', 'combined_gain')) + ' | '
+               + ' | '.join(f"{s[m + '_recall']:.2f} / {s[m + '_kept']:.2f}" for m in ('first', 'baseline', 'attncrop')) + ' | '
+               + ' | '.join(f"{s[k]:.0f}" for _, k in TIMES) + f" | {s['t_zoom']:.0f} |")
+    return out
 
-def config(a, setting) -> dict:
-    "Everything a seed's result depends on (the cache key)."
-    keys = ['classes', 'n_train', 'n_valid', 'obj_frac'] if setting == 'shapes' else ['photo_classes', 'n_train', 'n_valid', 'photo_frac', 'photo_bg']
-    return dict(setting=setting, version=1, **{k: getattr(a, k) for k in keys + ['image_size', 'size', 'epochs1', 'refit_epochs',
-                'lr', 'margins', 'crop_share', 'method', 'bs']})
+def grid_table(rows, grid) -> list:
+    "Markdown lines (dev runs): the error of look-then-zoom for each (margin, pad_rel, weight), both arms, mean over the seeds."
+    out = []
+    for arm in ('baseline', 'attncrop'):
+        plain = np.mean([r[arm]['plain'] for r in rows])
+        out += [f"**{arm}** (plain prediction {plain:.3f}; rows: margin, pad_rel; columns: weight of the crop view; box recall / "
+                "kept at the margin; mean over the seeds)", "",
+                '| margin | pad_rel | recall / kept | ' + ' | '.join(f"w {w:g}" for w in grid['weight']) + ' |',
+                '|' + '---|'*(3 + len(grid['weight']))]
+        for m in grid['margin']:
+            for p in grid['pad_rel']:
+                rk = f"{np.mean([r[arm]['grid'][f'recall_{m:g}'] for r in rows]):.2f} / {np.mean([r[arm]['grid'][f'kept_{m:g}'] for r in rows]):.2f}"
+                out.append(f"| {m:g} | {p:g} | {rk} | " + ' | '.join(
+                    f"{np.mean([r[arm]['grid'][f'{m:g}_{p:g}_{w:g}'] for r in rows]):.3f}" for w in grid['weight']) + ' |')
+        out.append('')
+    return out
 
-def main_pretrained(a):
-    "The default run: both settings, per-seed results cached and printed as they come, refit.md and the JSON line."
-    for k, v in {**PRETRAINED_DEFAULTS, **(QUICK if a.quick else {})}.items():
-        if getattr(a, k) is None: setattr(a, k, v)
-    results = Path(a.results or (Path(__file__).parent/('out/refit_quick.md' if a.quick else 'results/refit.md')))
+# ------------------------------------------------------------------ the run
+def config(setting, d, tr, zoom, split, grid) -> dict:
+    "Everything a seed's result depends on (its cache key)."
+    return dict(setting=setting, data=d, train=tr, zoom=zoom, split=split, grid=grid, image=IMAGE, size=SIZE, version=VERSION, zoom_predict=True)
+
+def main(a):
+    if a.threads: torch.set_num_threads(a.threads)
+    tr = {**TRAIN, **{k: getattr(a, k) for k in TRAIN if getattr(a, k, None) is not None}}
+    zoom = dict(margin=a.zoom_margin, pad_rel=a.zoom_pad_rel, weight=a.zoom_weight)
+    grid = GRID if a.split == 'dev' else None
+    if a.quick: tr['bs'] = 4
+    stem = 'refit' + ('_dev' if a.split == 'dev' else '') + ('_quick' if a.quick else '')
+    out_md = Path(a.out) if a.out else REPO/'bench'/('out' if a.quick else 'results')/f"{stem}.md"
+    seeds = list(range(a.first_seed, a.first_seed + (1 if a.quick and a.seeds is None else a.seeds or 5)))
     t_start, load0 = time.time(), os.getloadavg()[0]
-    seeds = list(range(a.first_seed, a.first_seed + a.seeds))
-    summary, sections, descs = {}, {}, {}
-    for setting in ['shapes', 'photos']:
-        if setting not in a.settings: continue
-        try: root, descs[setting] = setting_data(a, setting)
+    res, descs = {}, {}
+    for setting in a.settings:
+        d = {**SETTINGS[setting], **(QUICK_DATA if a.quick else {})}
+        try: root = setting_root(setting, d, a)
         except FileNotFoundError as e:
             print(f"{setting}: skipped: {e}", flush=True); descs[setting] = f"skipped: {e}"; continue
-        cfg = config(a, setting)
-        key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+        descs[setting] = describe(setting, d)
+        cfg = config(setting, d, tr, zoom, a.split, grid)
         rows = []
         for seed in seeds:
-            f = CACHE/'refit_pretrained'/f"{setting}_{key}_seed{seed}.json"
+            f = CACHE/'seeds'/f"{setting}_{a.split}_{_key(cfg)}_seed{seed}.json"
             if f.exists() and not a.no_cache: r = json.loads(f.read_text())['result']
+            elif a.report_only: continue
             else:
-                if a.report_only: continue
-                r = pretrained_seed(root, a, seed)
-                f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(dict(config=cfg, result=r)))
+                r = run_seed(root, a.split, seed, tr, zoom, grid)
+                f.parent.mkdir(parents=True, exist_ok=True); write_text_atomic(json.dumps(dict(config=cfg, result=r)), f)
             rows.append(r)
-            print(f"{setting} seed {seed}: " + ', '.join(f"{n} {r[k]:.3f}" for n, k in COLS if k != 'gain')
-                  + f"; gain {r['baseline_error'] - r['attncrop_error']:+.3f}; "
-                  + ', '.join(f"{n} {r[k]:.0f}s" for n, k in TIMES), flush=True)
-        if rows:
-            summary[setting] = summarize(rows)
-            sections[setting] = table(rows, summary[setting])
-            write_report(results, a, descs, sections, summary, seeds, t_start, load0)   # after every setting: a cut run leaves numbers
-    write_report(results, a, descs, sections, summary, seeds, t_start, load0)
-    for setting, lines in sections.items(): print(f"\n{setting}:\n" + '\n'.join(lines))
-    out = dict(pretrained=True, backbone='tf_efficientnet_lite0', seeds=len(seeds))
+            print(f"{setting} seed {seed}: " + ', '.join(f"{n} {r[m][k]:.3f}" for n, m, k in COLS[:6]) + '; '
+                  + ', '.join(f"{n} {f(r):+.3f}" for n, f in GAINS) + '; ' + ', '.join(f"{n} {r[k]:.0f}s" for n, k in TIMES)
+                  + f", zoom scoring {r['first']['t_zoom'] + r['baseline']['t_zoom'] + r['attncrop']['t_zoom']:.0f}s", flush=True)
+        if rows: res[setting] = (rows, summarize(rows), d)
+        write_report(out_md, a, tr, zoom, grid, descs, res, seeds, t_start, load0)
+    out = dict(seeds=min((len(v[0]) for v in res.values()), default=0), split=a.split)
+    keys = ['baseline_error', 'attncrop_error', 'paired_gain', 'paired_gain_se', 'zoom_baseline_error', 'zoom_attncrop_error', 'zoom_gain',
+            'zoom_gain_se', 'combined_gain', 'combined_gain_se', 'first_error', 'first_zoom_error', 'attncrop_zoom_gain', 'attncrop_zoom_gain_se',
+            'first_recall', 'first_kept', 'baseline_recall', 'baseline_kept', 'n_valid']
     for setting, prefix in (('shapes', ''), ('photos', 'photo_')):
-        s = summary.get(setting)
-        out.update({f"{prefix}{k}": None if s is None or not np.isfinite(s[v]) else round(s[v], 4) for k, v in (
-            ('baseline_error', 'baseline_error'), ('attncrop_error', 'attncrop_error'), ('paired_gain', 'gain'),
-            ('paired_gain_se', 'gain_se'), ('attncrop_cropped_error', 'attncrop_cropped_error'),
-            ('baseline_cropped_error', 'baseline_cropped_error'), ('first_error', 'first_error'), ('box_recall', 'recall_valid'),
-            ('box_kept', 'kept_valid'))})
-        out[f"{prefix}seeds_done"] = 0 if s is None else s['seeds']
+        s = res.get(setting, (None, None))[1]
+        out.update({prefix + k: (None if s is None or not np.isfinite(s[k]) else round(s[k], 4)) for k in keys})
+        out[prefix + 'seeds_done'] = 0 if s is None else s['seeds']
     out['seconds'] = round(time.time() - t_start)
+    write_text_atomic(json.dumps(out, indent=1), out_md.with_suffix('.json'))
+    for setting, (rows, s, d) in res.items(): print(f"\n{setting}:\n" + '\n'.join(table(rows, s) + [''] + goals(s, 1 - 1/d['classes'])))
     print(json.dumps(out))
 
 NOTES = Path(__file__).parent/'refit_notes.md'
 
-def designs_table(a) -> list:
-    "Markdown lines: every design found in the per-seed cache (2 seeds or more), what it changes from this run, its means."
-    groups = {}
-    for f in sorted((CACHE/'refit_pretrained').glob('*.json')):
-        d = json.loads(f.read_text())
-        groups.setdefault(json.dumps(d['config'], sort_keys=True), []).append(d['result'])
-    lines = ["## Every design tried (from bench/cache/refit_pretrained/, 2 seeds or more)", "",
-             "| setting | differs from this run | seeds | first model | baseline | attncrop | gain ± SE | attncrop better | "
-             "attncrop on own crops | baseline on own crops | box recall / kept | claim (gain >= 2 SE) |", "|" + "---|"*12]
-    for cfg, rows in groups.items():
-        cfg = json.loads(cfg)
-        if len(rows) < 2: continue
-        mine = config(a, cfg['setting'])
-        diff = ', '.join(f"{k} {v}" for k, v in cfg.items() if mine.get(k) != v) or '(this run)'
-        s = summarize(sorted(rows, key=lambda r: r['seed']))
-        lines.append(f"| {cfg['setting']} | {diff} | {s['seeds']} | {s['first_error']:.3f} | {s['baseline_error']:.3f} | "
-                     f"{s['attncrop_error']:.3f} | {s['gain']:+.3f} ± {s['gain_se']:.3f} | {s['wins']} of {s['seeds']} | "
-                     f"{s['attncrop_cropped_error']:.3f} | {s['baseline_cropped_error']:.3f} | {s['recall_valid']:.2f} / "
-                     f"{s['kept_valid']:.2f} | {'holds' if s['gain'] >= 2*s['gain_se'] else 'does not hold'} |")
-    return lines
-
-def write_report(path, a, descs, sections, summary, seeds, t_start, load0):
-    "bench/results/refit.md: settings, date, machine, one table per setting (and the notes in bench/refit_notes.md)."
-    margins = 'adaptive' if a.margins == ['adaptive'] else [float(m) for m in a.margins]
+def write_report(path, a, tr, zoom, grid, descs, res, seeds, t_start, load0):
+    "The results file: stamp, protocol, one section per setting (table, goals, the dev grid), then bench/refit_notes.md."
     kept, argv = [], iter(sys.argv[1:])   # the command without the flags of how it ran (not what)
     for o in argv:
-        if o in ('--results', '--threads'): next(argv, None)
-        elif o != '--report-only': kept.append(o)
+        if o in ('--threads', '--out'): next(argv, None)
+        elif o not in ('--report-only',): kept.append(o)
     cmd = ' '.join(['PYTHONPATH=. python bench/refit.py'] + kept)
-    lines = ["# Re-fit on attention crops from an ImageNet-pretrained backbone", "",
-             f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
-             f"shared with other jobs (load average {load0:.1f} at the start of this invocation, {os.getloadavg()[0]:.1f} at its end; "
-             f"the seeds read from the cache ran under their own load, see below), torch "
-             f"{torch.__version__}; this invocation {time.time() - t_start:.0f} s (seeds loaded from bench/cache/ cost nothing; "
-             f"each seed's own times are in its row). Command: `{cmd}`.", "",
-             f"Backbone: `pretrained_learner(dls)` (EfficientNet-Lite0, ImageNet weights), `ImageDataLoaders.from_folder(..., "
-             f"item_tfms=Resize({a.size}), bs={a.bs})`: {a.image_size} px images squashed to {a.size} px. Both arms: "
-             f"`learn.fine_tune({a.epochs1}, {a.lr:g})`, then from those weights and optimizer state "
-             f"**attncrop**: `learn.attention_crop(epochs={a.refit_epochs}, crop_valid=True)` with the defaults (method "
-             f"{a.method}, margins {margins}, crop_share {a.crop_share:g}, target: the prediction, lr: fit_one_cycle's "
-             f"default) — {a.refit_epochs} epoch(s) of the mixed set, {1/(1 - a.crop_share):g}x the plain set — and "
-             f"**baseline**: `learn.fit_one_cycle({round(a.refit_epochs/(1 - a.crop_share))})` on the plain images: the "
-             "same images seen, the same schedule. Seeds: " + ', '.join(map(str, seeds)) + ".", "",
-             "Columns: validation errors on the same uncropped images (first model = after fine_tune, when the boxes are "
-             f"taken); *on own crops*: the validation images cropped at margin {max(margins) if margins != 'adaptive' else 0.6} "
-             "with the arm's own boxes (attncrop: the first model's boxes, as `crop_valid=True` shows them; baseline: a box "
-             "pass of the baseline model); *baseline on attncrop crops*: the baseline model on attncrop's crops; box recall / "
-             "kept: the first model's validation boxes at that margin, the share of the object inside and of the image kept "
-             "(train: the same for the training boxes the crops come from); times in seconds under the shared load.", ""]
+    R = tr['refit_epochs']; B = round(R/(1 - tr['crop_share']))
+    lines = [f"# Does the classifier gain from the zoom? `attention_crop` and look-then-zoom prediction ({'dev split' if a.split == 'dev' else 'validation sets'})", "",
+             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+             f"{os.cpu_count()} CPU cores shared with other jobs (load average {load0:.1f} at the start of this invocation, "
+             f"{os.getloadavg()[0]:.1f} at its end; each seed's load at its end is in the JSON cache), torch {torch.__version__}; "
+             f"this invocation {time.time() - t_start:.0f} s (seeds read from "
+             f"bench/cache/refit/ cost nothing here). Command: `{cmd}`. Seeds: {', '.join(map(str, seeds))}.", "",
+             f"Protocol, per seed: `pretrained_learner(dls, metrics=error_rate)` (EfficientNet-Lite0, ImageNet weights), "
+             f"`ImageDataLoaders.from_folder(..., item_tfms=Resize({SIZE}), bs={tr['bs']})` ({IMAGE} px scenes squashed to {SIZE} px), "
+             f"`fine_tune({tr['epochs1']}, {tr['lr']:g})` (the *first* model; one frozen epoch first); its `box_pass` (defaults) of every "
+             f"item; then from those weights and optimizer state **attncrop**: `learn.attention_crop(boxes=..., epochs={R})` with "
+             f"every other argument its default (crop_share {tr['crop_share']:g}: the mixed set is {1/(1 - tr['crop_share']):g}x the plain "
+             f"set) and **baseline**: `learn.fit_one_cycle({B})` on the plain images: the same images seen, the same schedule. "
+             f"Every model scored on the same uncropped {'dev' if a.split == 'dev' else 'validation'} images with plain prediction "
+             f"and with look-then-zoom: `learn.zoom_predict(dl, margin={zoom['margin']:g}, pad_rel={zoom['pad_rel']:g}, "
+             f"weight={zoom['weight']:g}, with_views=True)` after a `box_pass` of that model over those images with its defaults "
+             "(handed over as `boxes=`, to report the boxes' recall and kept area and to time the pass apart).", "",
+             "Columns: errors (share of images wrong); *zoom*: look-then-zoom; *crop only*: the crop view alone (weight 1); "
+             "gains per seed: paired = baseline - attncrop (plain prediction), zoom = baseline plain - baseline zoom, combined = "
+             f"baseline plain - attncrop zoom; the mean row gives each gain ± its standard error over the seeds. Box recall / kept: "
+             f"the model's boxes of the scored images at margin {zoom['margin']:g}, the share of the object inside and of the image "
+             "kept (ground truth: the pasted box). Times in seconds under the shared load: fine_tune; the first model's box pass "
+             "(train + scored items); the re-fit; the baseline's epochs; the scoring of the three models (box pass of the scored "
+             "images + plain and crop predictions).", ""]
     for setting, title in (('shapes', 'Setting 1: small synthetic objects'), ('photos', 'Setting 2: real photographs made small')):
         if setting not in descs: continue
-        lines += [f"## {title}", "", descs[setting] + '.', ""] + sections.get(setting, ['(no seed finished)']) + [""]
-    if not a.quick: lines += designs_table(a) + [""] + ([NOTES.read_text().rstrip(), ""] if NOTES.exists() else [])
+        lines += [f"## {title}", "", descs[setting] + '.', ""]
+        if setting not in res: lines += ['(no seed finished)', '']; continue
+        rows, s, d = res[setting]
+        lines += [f"{s['n_train']} training images ({s['n_mixed']} in the mixed set), {s['n_valid']} scored images, "
+                  f"{s['seeds']} seeds; load average at each seed's end: " + ', '.join(f"{r['load']:.1f}" for r in rows)
+                  + f" ({rows[0]['threads']} torch thread a process).", ""] + table(rows, s) + ["", "Goals (issue 32):", ""] + goals(s, 1 - 1/d['classes']) + [""]
+        if grid and all('grid' in r['baseline'] for r in rows): lines += ["### zoom_predict settings on the dev images", ""] + grid_table(rows, grid)
+    if not a.quick and a.split == 'valid' and NOTES.exists(): lines += [NOTES.read_text().rstrip(), ""]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text('\n'.join(lines))
-
-def main(a):
-    if a.threads: torch.set_num_threads(a.threads)
-    (main_small_cnn if a.backbone == 'small_cnn' else main_pretrained)(a)
+    write_text_atomic('\n'.join(lines), path)
 
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--backbone', default='tf_efficientnet_lite0', choices=['tf_efficientnet_lite0', 'small_cnn'],
-                   help='tf_efficientnet_lite0: the default run (ImageNet-pretrained, two settings); small_cnn: the earlier benchmark')
-    # defaults of None: PRETRAINED_DEFAULTS for the default run, SMALL_CNN_DEFAULTS with --backbone small_cnn
-    p.add_argument('--n-train', type=int, default=None, help='training images per class (40; small_cnn: 300)')
-    p.add_argument('--n-valid', type=int, default=None, help='validation images per class (20; small_cnn: 50)')
-    p.add_argument('--classes', type=int, default=None, help='classes of the synthetic shapes (4)')
-    p.add_argument('--size', type=int, default=None, help='network input size (images are squashed to it; 128, small_cnn: 64)')
-    p.add_argument('--image-size', type=int, default=None, help='size of the images (256; small_cnn: --size); crops '
-                   'of larger images keep more of the object\'s pixels than the squashed whole image')
-    p.add_argument('--obj-frac', type=float, nargs=2, default=None, help='share of the area of the synthetic objects (0.05 0.1)')
-    p.add_argument('--epochs', type=int, default=10, help='small_cnn: budget E, in epochs over the plain training set')
-    p.add_argument('--epochs1', type=int, default=None, help='fine_tune epochs before the boxes (2, as the demo; small_cnn: epochs before the re-fit, E // 2)')
-    p.add_argument('--refit-epochs', type=int, default=1, help='attention_crop epochs of the mixed set (the baseline: as many images seen)')
-    p.add_argument('--lr', type=float, default=None, help='fine_tune base lr (3e-3, as the demo; small_cnn: fit_one_cycle lr)')
-    p.add_argument('--lr2', type=float, default=1e-3, help='small_cnn: learning rate of the re-fit')
-    p.add_argument('--margins', nargs='+', default=None, help="margins, or 'adaptive' (attention_crop's default 0.95 0.8 0.6)")
-    p.add_argument('--crop-share', type=float, default=None, help="attention_crop's crop_share (0.5)")
-    p.add_argument('--crop-valid', action='store_true', help='small_cnn: also score the cropped validation images (always on in the default run)')
-    p.add_argument('--valid-margin', type=float, default=None, help='small_cnn: margin of the validation crops (default: the largest margin)')
-    p.add_argument('--aspect', type=float, default=None, help='small_cnn: grow the boxes to this width / height before cropping (1: square, as Resize(size) crops)')
-    p.add_argument('--method', default=None, help="saliency method of the boxes (gradcam; small_cnn: 'ddt', a DDT fitted on the first model's training set)")
-    p.add_argument('--target', default='pred', choices=['pred', 'label'],
-                   help="small_cnn: class the boxes explain: the model's prediction, or each item's known label")
-    p.add_argument('--boxes', default='saliency', choices=['saliency', 'gt'],
-                   help="small_cnn: saliency: the model's boxes; gt: every margin's box is the ground-truth box (perfect localization, an upper bound)")
-    p.add_argument('--design', default='split', choices=['split', 'continue'],
-                   help="small_cnn: split: baseline trains E epochs from scratch; continue: both arms go on from one shared E1-epoch model")
-    p.add_argument('--pretrain', type=int, default=0, help='small_cnn: epochs of pretraining the body on the other shapes, with larger '
-                   'objects (0: from scratch); both arms start from it, as a user fine-tunes pretrained weights')
-    p.add_argument('--settings', nargs='+', default=['shapes', 'photos'], choices=['shapes', 'photos'], help='data settings of the default run')
+    p.add_argument('--settings', nargs='+', default=['shapes', 'photos'], choices=['shapes', 'photos'])
+    p.add_argument('--split', default='valid', choices=['valid', 'dev'], help="score on valid/ (the results) or dev/ (choosing settings, with the zoom grid)")
+    p.add_argument('--seeds', type=int, default=None, help='seeds (5; --quick: 1)')
+    p.add_argument('--first-seed', type=int, default=0)
+    p.add_argument('--epochs1', type=int, default=None, help=f"fine_tune epochs ({TRAIN['epochs1']})")
+    p.add_argument('--lr', type=float, default=None, help=f"fine_tune base lr ({TRAIN['lr']:g})")
+    p.add_argument('--refit-epochs', dest='refit_epochs', type=int, default=None, help=f"attention_crop epochs ({TRAIN['refit_epochs']})")
+    p.add_argument('--bs', type=int, default=None, help=f"batch size ({TRAIN['bs']})")
+    p.add_argument('--zoom-margin', type=float, default=ZOOM['margin'], help="zoom_predict's margin (its default)")
+    p.add_argument('--zoom-pad-rel', type=float, default=ZOOM['pad_rel'], help="zoom_predict's pad_rel (its default)")
+    p.add_argument('--zoom-weight', type=float, default=ZOOM['weight'], help="zoom_predict's weight (its default)")
     p.add_argument('--photo-root', default=str(PHOTO_ROOT), help='imagenette224 folder (train/ and valid/ of <wnid>/*.JPEG)')
-    p.add_argument('--photo-classes', type=int, default=None, help='Imagenette classes of the photo setting (5, the first by wnid)')
-    p.add_argument('--photo-frac', type=float, nargs=2, default=[0.05, 0.15], help='share of the scene the pasted photograph covers')
-    p.add_argument('--photo-bg', default='mosaic', choices=['mosaic', 'photo'], help="the scene's background: a mosaic of tiles of "
-                   "the other classes' photographs, or one whole photograph of another class")
-    p.add_argument('--quick', action='store_true', help='a 1-seed smoke run at a tiny scale (results in bench/out/refit_quick.md)')
-    p.add_argument('--results', default=None, help='markdown results file (default bench/results/refit.md)')
-    p.add_argument('--no-cache', action='store_true', help='recompute seeds found in bench/cache/refit_pretrained/')
+    p.add_argument('--quick', action='store_true', help='one seed at a tiny scale (results in bench/out/)')
+    p.add_argument('--out', default=None, help='markdown results file (default bench/results/refit.md; .json beside it)')
+    p.add_argument('--no-cache', action='store_true', help='recompute seeds found in bench/cache/refit/seeds/')
     p.add_argument('--report-only', action='store_true', help='only the seeds already cached: tables and JSON, no training')
-    p.add_argument('--bs', type=int, default=None, help='batch size (8; small_cnn: 32)')
-    p.add_argument('--seeds', type=int, default=None, help='seeds (5; small_cnn: 3)')
-    p.add_argument('--first-seed', type=int, default=0, help='seeds run are first_seed, first_seed + 1, ...')
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
     main(p.parse_args())
