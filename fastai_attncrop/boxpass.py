@@ -22,7 +22,7 @@ from fasttransform import Transform, Pipeline
 import fastai_attncrop
 from .data import atomic_write, shown_size, shown_image, UnreadableImageError, error_reason, exif_orientation, turn_box
 from .saliency import saliency_maps, get_method, frozen_eval, upsample_maps, resolve_layers, model_input, dilated_last_stage
-from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, flatten_tfms, remove_floor, check_floor, cut_maps, check_upsample, crop_box
+from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, flatten_tfms, check_floor, cut_maps, check_upsample, crop_box
 from .boxtable import (check_margins, margin_eps, margin_cols, CropItem, item_path, failed_rows, is_multi_label,
                                       split_labels, LABEL_DELIM, crop_prob_col)
 

@@ -64,11 +64,15 @@ def _file_paths(dl) -> list:
                              "item's file; build the DataLoader from files (learn.dls.test_dl(files))")
     return paths
 
+def _first_rows(boxes:pd.DataFrame) -> pd.DataFrame:
+    "Each item's first row of `boxes` (its most probable class explained)."
+    return boxes[boxes['rank'] == 0] if 'rank' in boxes.columns else boxes
+
 def _crop_windows(paths, boxes:pd.DataFrame, margin=0.95, pad_rel=0.) -> list:
     "For each image file of `paths`, the window (x0, y0, x1, y1, in its pixels as the learner opens it) of its first row's box at `margin` in `boxes`, grown by `pad_rel`; an item whose box is missing (unreadable at box time) is seen whole."
     cols = margin_cols(margin)
     if not set(cols) <= set(boxes.columns): raise ValueError(f"`boxes` holds no box at margin {margin!r} (it holds {df_margins(boxes)})")
-    first = boxes[boxes['rank'] == 0] if 'rank' in boxes.columns else boxes
+    first = _first_rows(boxes)
     by = {str(p): (b, (w, h)) for p, b, w, h in zip(first['item'], first[cols].to_numpy(float), first['width'], first['height'])}
     out = []
     for p in paths:
@@ -95,7 +99,7 @@ def zoom_predict(self:Learner,
                  with_views=False,  # also return the two views' probabilities
                  **kwargs):
     "Look, then zoom: predict on each image, box the predicted class (`box_pass`'s rule), predict on the crop, and average the two views' probabilities; returns what `get_preds` returns."
-    if learner_task(self) != 'single-label': raise ValueError(f"`zoom_predict` is for single-label classifiers; this learner is {learner_task(self)}")
+    if (task := learner_task(self)) != 'single-label': raise ValueError(f"`zoom_predict` is for single-label classifiers; this learner is {task}")
     if not 0 <= weight <= 1: raise ValueError(f"`weight` must be in [0, 1], got {weight!r}")
     check_margins(margin); check_adjust(pad_rel=pad_rel)
     dl = _uncropped_valid(self.dls) if dl is None else dl
@@ -321,7 +325,7 @@ def show_attention(self:Learner, items=None, n=8, method='gradcam', margin=0.95,
     xb = paths_dl(self, paths, len(paths)).one_batch()[0]   # opened as the box pass opens them
     sm = saliency_maps(self, xb, method)
     rows = box_pass(self, paths, method=method, margins=(margin,), cache=False, progress=False, **kwargs)
-    rows = rows[rows['rank'] == 0] if 'rank' in rows.columns else rows
+    rows = _first_rows(rows)
     axs = show_saliency(xb, sm, getattr(self.dls, 'vocab', None), max_n=n, ncols=ncols, figsize=figsize, alpha=alpha)
     root = Path(root if root is not None else self.dls.path)
     by_image = {} if gt is None else {k: g for k, g in gt.groupby('image')}
