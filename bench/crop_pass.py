@@ -10,7 +10,9 @@ Prints a table, then as the last line one JSON object:
 {"crop_pass_vs_get_preds": r, "peak_rss_mb_1k": a, "peak_rss_mb_10k": b}
 r = time of get_preds / time of the box pass (1 = as fast as inference; target >= 0.9).
 With --trust the box pass with `trust=True` (the crop probabilities at the three default margins) is timed too, and
-the JSON adds "crop_pass_vs_get_preds_trust" and "trust_cost" (time with / time without - 1)."""
+the JSON adds "crop_pass_vs_get_preds_trust" and "trust_cost" (time with / time without - 1).
+The classic rule (`floor=0, native=False, upsample=1`, the default before issue 29) is timed beside the default:
+"crop_pass_vs_get_preds_classic" and "cost_vs_classic" (default time / classic time)."""
 import argparse, json, resource, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore')
@@ -26,6 +28,9 @@ def setup(size, n_img, threads):
     dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(size), bs=64, num_workers=0)
     learn = vision_learner(dls, small_cnn, pretrained=False)
     return learn, [str(p) for p in dls.train_ds.items]
+
+# The rule before issue 29 (no floor removed, batched maps, no finer cut): the 'today' of its cost goal.
+CLASSIC = dict(floor=0., native=False, upsample=1)
 
 def items_of(paths, n): return (paths * (n // len(paths) + 1))[:n]
 
@@ -43,7 +48,7 @@ def main(args):
     dl = learn.dls.test_dl(items, bs=args.bs)
     learn.get_preds(dl=learn.dls.test_dl(items[:args.bs], bs=args.bs))   # warm up
     box_pass(learn, items[:args.bs], bs=args.bs, cache=False, progress=False)
-    t_pred, t_box, t_trust = [], [], []
+    t_pred, t_box, t_trust, t_classic = [], [], [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         with learn.no_bar(): learn.get_preds(dl=dl)
@@ -51,6 +56,9 @@ def main(args):
         t0 = time.perf_counter()
         box_pass(learn, items, bs=args.bs, cache=False, progress=False, chunk_batches=8)
         t_box.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        box_pass(learn, items, bs=args.bs, cache=False, progress=False, chunk_batches=8, **CLASSIC)
+        t_classic.append(time.perf_counter() - t0)
         if args.trust:
             t0 = time.perf_counter()
             box_pass(learn, items, bs=args.bs, cache=False, progress=False, chunk_batches=8, trust=True)
@@ -65,8 +73,10 @@ def main(args):
     print(f"{'items timed / image size / bs':<34}{f'{len(items)} / {args.size} / {args.bs}':>12}")
     print(f"{'get_preds (s, best of ' + str(args.repeats) + ')':<34}{tp:>12.3f}")
     print(f"{'box pass (s, best of ' + str(args.repeats) + ')':<34}{tb:>12.3f}")
+    print(f"{'box pass, classic rule (s)':<34}{min(t_classic):>12.3f}")
     print(f"{'items/s get_preds | box pass':<34}{f'{len(items)/tp:.0f} | {len(items)/tb:.0f}':>12}")
-    out = {'crop_pass_vs_get_preds': round(tp/tb, 3)}
+    out = {'crop_pass_vs_get_preds': round(tp/tb, 3), 'crop_pass_vs_get_preds_classic': round(tp/min(t_classic), 3),
+           'cost_vs_classic': round(tb/min(t_classic), 3)}
     if args.trust:
         tt = min(t_trust)
         print(f"{'box pass, trust=True (s)':<34}{tt:>12.3f}")
