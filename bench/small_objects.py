@@ -84,6 +84,7 @@ RULES = {'today': TODAY, **{f'{k}={v}': {**TODAY, k: v} for k, v in LEVERS.items
          'floor=0.8, zoom=1': {**TODAY, 'floor': LEVERS['floor'], 'zoom': LEVERS['zoom']},
          'chosen default, upsample=1': {'upsample': 1}, 'chosen default': {}}
 ORACLE, CENTRED = 'oracle box (the true box)', 'best centred box'
+QUICK_RULES = ('today', 'chosen default')   # --quick: the two rows the final JSON line reads
 
 # ---------------------------------------------------------------------------------------------------------------- the sets
 @dataclass
@@ -294,13 +295,14 @@ def rule_maps(s:BoxSet, rule, target=None, bs=32) -> dict | None:
         for r in range(len(sm)): maps[keys[pos[int(sm.img_idx[r])]]] = m[r]
     return maps
 
-def run_set(s:BoxSet, target, groups=None, maxboxacc=False, bs=32, log=print) -> dict:
+def run_set(s:BoxSet, target, groups=None, maxboxacc=False, bs=32, log=print, rules=None) -> dict:
     """Every rule of `RULES` on set `s` (one `box_pass` each, all `MARGINS`, cache off, timed) and the two baselines: {group: table}
     (`groups`: {name: images}, default the whole set) and the rules' timings."""
     groups = groups or {'all': list(s.gt.image.unique())}
     box_pass(s.learn, items=s.items.head(bs), margins=(MARGIN,), target=target, cache=False, progress=False, bs=bs)   # warm-up
     tables, times, notes, v2, acc, v2_memo = {g: {} for g in groups}, {}, [], {}, {}, {}
     for name, rule in RULES.items():
+        if rules is not None and name not in rules: continue
         kw = box_kwargs(rule)
         if kw is None:
             notes.append(f"`{name}` left out: the installed `box_pass` has no {[k for k in rule if k not in inspect.signature(box_pass).parameters]}")
@@ -350,6 +352,7 @@ def main(a):
     t_start, load0 = time.time(), os.getloadavg()[0]
     out = Path(a.out) if a.out else (H.OUT if a.quick or a.limit else H.RESULTS)
     res, sections, infos, skipped = {}, [], {}, []
+    rules = QUICK_RULES if a.quick else None
     for name in a.sets:
         if name != 'shapes' and a.quick and not DEV.exists():
             skipped.append(f"`{name}` skipped: {DEV} is not there (the project's benchmark photographs)")
@@ -361,10 +364,10 @@ def main(a):
         if name == 'shapes':
             bins = s.gt.drop_duplicates('image')
             groups = {**{f'objects {b} of the image': list(bins.image[bins.bin == b]) for b in BINS}, 'all bins': list(bins.image)}
-            res['shapes'] = run_set(s, None, groups, bs=a.bs)
+            res['shapes'] = run_set(s, None, groups, bs=a.bs, rules=rules)
         elif name == 'photos_small':
-            for tgt in ('label', None): res[f"photos_small_{tgt or 'pred'}"] = run_set(s, tgt, bs=a.bs)
-        else: res['full'] = run_set(s, None, maxboxacc=True, bs=a.bs)
+            for tgt in ('label', None): res[f"photos_small_{tgt or 'pred'}"] = run_set(s, tgt, bs=a.bs, rules=rules)
+        else: res['full'] = run_set(s, None, maxboxacc=True, bs=a.bs, rules=rules)
     def get(set_, group, row, col):
         try: return _f(res[set_]['tables'][group].loc[row, col])
         except KeyError: return None
@@ -440,7 +443,7 @@ the best centred box's is the centre map's (every centred size).
     print(json.dumps(j))
 
 def parse(args=None):
-    p = H.parser(__doc__, f'{QUICK_N} photographs a set, a tiny shapes set and learner; results in bench/out/')
+    p = H.parser(__doc__, f'{QUICK_N} photographs a set, a tiny shapes set and learner, the rows {QUICK_RULES} only; results in bench/out/')
     p.add_argument('--sets', nargs='+', default=['shapes', 'photos_small', 'full'], choices=['shapes', 'photos_small', 'full'])
     p.add_argument('--limit', type=int, default=None, help='a seeded subset of this many images a set (shapes: a bin); results in bench/out/')
     p.add_argument('--bs', type=int, default=32)
