@@ -67,7 +67,8 @@ def stamp(argv=None) -> dict:
 def stamp_line(s:dict) -> str:
     "The stamp as one markdown paragraph (the header of every results file)."
     if 'transcribed_from' in s:
-        return (f"{s.get('date')}; {s.get('machine')}; command `{s.get('command')}`; transcribed from `{s['transcribed_from']}` "
+        return (f"{s.get('date')}; {s.get('machine')}" + (f"; commit {s['commit']}" if s.get('commit') else '')
+                + f"; command `{s.get('command')}`; transcribed from `{s['transcribed_from']}` "
                 f"(a run from before the harness)" + (f"; {s['note']}" if s.get('note') else '') + '.')
     m, v = s['machine'], s['versions']
     load = m.get('load_average')
