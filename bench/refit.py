@@ -330,7 +330,7 @@ def main(a):
         rows = []
         for seed in seeds:
             f = CACHE/'seeds'/f"{setting}_{a.split}_{_key(cfg)}_seed{seed}.json"
-            if f.exists() and not a.no_cache: r = json.loads(f.read_text())['result']
+            if f.exists() and not a.no_cache and not a.quick: r = json.loads(f.read_text())['result']   # a smoke run always runs
             elif a.report_only: continue
             else:
                 r = run_seed(root, a.split, seed, tr, zoom, grid)
@@ -412,6 +412,6 @@ if __name__ == '__main__':
     p.add_argument('--zoom-pad-rel', type=float, default=ZOOM['pad_rel'], help="zoom_predict's pad_rel (its default)")
     p.add_argument('--zoom-weight', type=float, default=ZOOM['weight'], help="zoom_predict's weight (its default)")
     p.add_argument('--photo-root', default=str(PHOTO_ROOT), help='imagenette224 folder (train/ and valid/ of <wnid>/*.JPEG)')
-    p.add_argument('--no-cache', action='store_true', help='recompute seeds found in bench/cache/refit/seeds/')
+    p.add_argument('--no-cache', action='store_true', help='recompute seeds found in bench/cache/refit/seeds/ (--quick never reads them)')
     p.add_argument('--report-only', action='store_true', help='only the seeds already cached: tables and JSON, no training')
     main(p.parse_args())
