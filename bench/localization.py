@@ -378,7 +378,7 @@ def quick(a, n=20):
     res = {k: round(float(v), 4) if isinstance(v, (float, np.floating)) else v for k, v in res.items()}
     md = (f"# Localization on real photographs: smoke run\n\nThe ImageNet head (no fine-tune), `{BEST}`, predicted class, eps {eps:g}, on {len(labels)} "
           f"photographs of `{a.boxes_dir}`.\n\n{md_table(summary)}")
-    return H.finish('localization', res, md, a, t0=t0, tables=dict(summary=json.loads(summary.reset_index().to_json(orient='records'))))
+    return H.finish('localization', res, md, a, t0=t0, tables=dict(at_eps=json.loads(summary.reset_index().to_json(orient='records'))))
 
 def operating_table(maps, scores, gt, curves, kind, min_recall):
     "Each curve's row at the eps of `EPS_OP[kind]` (chosen on the dev set; this set's own choice where there is none), scored like the main table."

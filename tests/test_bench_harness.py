@@ -76,3 +76,20 @@ def test_smoke_check(tmp_path, monkeypatch):
     bad = dict(line); del bad['rss_mb_20k']
     assert any('rss_mb_20k' in e for e in smoke.check('soak', P(returncode=0, stdout=json.dumps(bad), stderr=''), t0))
     assert smoke.check('soak', P(returncode=1, stdout='', stderr='boom'), t0)
+
+B = _load(root/'tools'/'bench_report.py', 'bench_report')
+PIECES = ['readme_table', 'demo_goals', 'small_objects_summary', 'saliency_table', 'transformers_table', 'box_pass_summary', 'refit_table',
+          'batched_table', 'localization_table', 'trust_summary', 'spg_summary']
+
+@pytest.mark.parametrize('piece', PIECES)
+def test_report_renders(piece):
+    "Every table and sentence of the docs renders from the committed results files."
+    out = getattr(B, piece)()
+    assert out.strip() and 'no results file' not in out
+
+def test_readme_numbers_from_results():
+    "The README's results table is the one bench_report renders from bench/results/*.json (regenerate: `make readme`)."
+    table = B.readme_table()
+    assert table in (root/'README.md').read_text()
+    r = B.result('crop_pass')
+    assert f"{r['crop_pass_vs_get_preds']:.2f}x `learn.get_preds`" in table
