@@ -93,3 +93,17 @@ def test_readme_numbers_from_results():
     assert table in (root/'README.md').read_text()
     r = B.result('crop_pass')
     assert f"{r['crop_pass_vs_get_preds']:.2f}x `learn.get_preds`" in table
+
+@pytest.mark.slow
+def test_trust_quick_runs(tmp_path):
+    "One real script end to end (the cheapest, about 10 s): `bench/trust.py --quick --out DIR` prints its keys last and writes its stamped files there."
+    import os, subprocess
+    env = {**os.environ, 'PYTHONPATH': str(root), 'OMP_NUM_THREADS': '1'}
+    p = subprocess.run([sys.executable, str(root/'bench'/'trust.py'), '--quick', '--out', str(tmp_path)], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    line = smoke.last_json(p.stdout)
+    assert line is not None and all(k in line for k in smoke.SCRIPTS['trust'][1])
+    d = json.loads((tmp_path/'trust.json').read_text())
+    assert d['result'] == line and d['stamp']['command'].endswith(f'bench/trust.py --quick --out {tmp_path}')
+    assert (tmp_path/'trust.md').exists()
