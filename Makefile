@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 OUT     ?= demo_out
 
-.PHONY: demo test docs install install-dev export sync-check pytest nbtest readme dist clean
+.PHONY: demo test docs install install-dev export sync-check pytest nbtest readme dist clean bench-smoke
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ pytest: install-dev
 # nbdev-test runs every notebook on a copy in _build/ with --save, so that `make docs` renders those outputs.
 nbtest: install-dev
 	OMP_NUM_THREADS=1 $(PY) tools/build_docs.py --execute --force --n-workers 2
+
+## Benchmarks, smoke run: every script of bench/ with --quick (tiny data, one at a time), each checked for its final JSON
+## line's keys and its stamped results file in bench/out/ (git-ignored); the photo parts skip without ../shared/data
+bench-smoke: install-dev
+	OMP_NUM_THREADS=1 $(PY) tools/bench_smoke.py
 
 readme: install-dev
 	$(PY) tools/make_readme.py

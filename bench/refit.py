@@ -26,8 +26,8 @@ combined_gain = baseline plain - attncrop zoom; each with the standard error of 
 `--split dev` runs the same protocol with `dev/` as the validation set, and scores a grid of zoom_predict's margin, pad_rel
 and weight: every setting of this script was chosen there (see bench/refit_notes.md), never on `valid/`.
 Per-seed results are cached (bench/cache/refit/), so a cut run resumes and `--report-only` writes the tables of the
-cached seeds. Writes bench/results/refit.md and .json (`--split dev`: refit_dev.*; `--quick`: bench/out/); the last
-printed line is one JSON object.
+cached seeds. Writes results/refit.md and .json with the harness's stamp (`--split dev`: refit_dev.*; `--quick`:
+bench/out/refit_quick.*); the last printed line is one JSON object.
 
     PYTHONPATH=. python bench/refit.py --threads 1                 # the full run (both settings, 5 seeds)
     PYTHONPATH=. python bench/refit.py --quick                     # one seed at a tiny scale (bench/out/refit_quick.*)
@@ -38,6 +38,8 @@ printed line is one JSON object.
 import argparse, copy, datetime, hashlib, json, os, platform, shutil, sys, time, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore')
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as H   # noqa: E402
 import numpy as np, pandas as pd, torch
 from PIL import Image, ImageFilter
 from fastai.vision.all import ImageDataLoaders, Resize, error_rate, set_seed
@@ -305,13 +307,16 @@ def config(setting, d, tr, zoom, split, grid) -> dict:
     return dict(setting=setting, data=d, train=tr, zoom=zoom, split=split, grid=grid, image=IMAGE, size=SIZE, version=VERSION, zoom_predict=True)
 
 def main(a):
-    if a.threads: torch.set_num_threads(a.threads)
+    H.setup(a)
     tr = {**TRAIN, **{k: getattr(a, k) for k in TRAIN if getattr(a, k, None) is not None}}
     zoom = dict(margin=a.zoom_margin, pad_rel=a.zoom_pad_rel, weight=a.zoom_weight)
     grid = GRID if a.split == 'dev' else None
     if a.quick: tr['bs'] = 4
     stem = 'refit' + ('_dev' if a.split == 'dev' else '') + ('_quick' if a.quick else '')
-    out_md = Path(a.out) if a.out else REPO/'bench'/('out' if a.quick else 'results')/f"{stem}.md"
+    if a.out and a.out.endswith('.md'): out_md = Path(a.out)   # the old form: the results file itself
+    else: out_md = H.results_dir(a)/f"{stem}.md"
+    settings = dict(split=a.split, seeds=None, train=tr, zoom=zoom, grid=grid, image=IMAGE, size=SIZE, version=VERSION, quick=a.quick,
+                    settings=a.settings, photo_root=a.photo_root)
     seeds = list(range(a.first_seed, a.first_seed + (1 if a.quick and a.seeds is None else a.seeds or 5)))
     t_start, load0 = time.time(), os.getloadavg()[0]
     res, descs = {}, {}
@@ -325,7 +330,7 @@ def main(a):
         rows = []
         for seed in seeds:
             f = CACHE/'seeds'/f"{setting}_{a.split}_{_key(cfg)}_seed{seed}.json"
-            if f.exists() and not a.no_cache: r = json.loads(f.read_text())['result']
+            if f.exists() and not a.no_cache and not a.quick: r = json.loads(f.read_text())['result']   # a smoke run always runs
             elif a.report_only: continue
             else:
                 r = run_seed(root, a.split, seed, tr, zoom, grid)
@@ -335,7 +340,9 @@ def main(a):
                   + ', '.join(f"{n} {f(r):+.3f}" for n, f in GAINS) + '; ' + ', '.join(f"{n} {r[k]:.0f}s" for n, k in TIMES)
                   + f", zoom scoring {r['first']['t_zoom'] + r['baseline']['t_zoom'] + r['attncrop']['t_zoom']:.0f}s", flush=True)
         if rows: res[setting] = (rows, summarize(rows), d)
-        write_report(out_md, a, tr, zoom, grid, descs, res, seeds, t_start, load0)
+        settings['seeds'] = seeds
+        H.write_results(out_md.stem, dict(partial=True, settings_done=list(res)), write_report(a, tr, zoom, grid, descs, res, seeds, t_start, load0),
+                        out_md.parent, settings=settings, seconds=time.time() - t_start)   # after each setting: a cut run keeps its tables
     out = dict(seeds=min((len(v[0]) for v in res.values()), default=0), split=a.split)
     keys = ['baseline_error', 'attncrop_error', 'paired_gain', 'paired_gain_se', 'zoom_baseline_error', 'zoom_attncrop_error', 'zoom_gain',
             'zoom_gain_se', 'combined_gain', 'combined_gain_se', 'first_error', 'first_zoom_error', 'attncrop_zoom_gain', 'attncrop_zoom_gain_se',
@@ -345,26 +352,22 @@ def main(a):
         out.update({prefix + k: (None if s is None or not np.isfinite(s[k]) else round(s[k], 4)) for k in keys})
         out[prefix + 'seeds_done'] = 0 if s is None else s['seeds']
     out['seconds'] = round(time.time() - t_start)
-    write_text_atomic(json.dumps(out, indent=1), out_md.with_suffix('.json'))
     for setting, (rows, s, d) in res.items(): print(f"\n{setting}:\n" + '\n'.join(table(rows, s) + [''] + goals(s, 1 - 1/d['classes'])))
+    md = write_report(a, tr, zoom, grid, descs, res, seeds, t_start, load0)
+    j, _ = H.write_results(out_md.stem, out, md, out_md.parent, settings=settings, seconds=time.time() - t_start,
+                           tables={k: dict(summary=v[1], seeds=v[0]) for k, v in res.items()})
+    print(f"results: {j}", file=sys.stderr)
     print(json.dumps(out))
 
 NOTES = Path(__file__).parent/'refit_notes.md'
 
-def write_report(path, a, tr, zoom, grid, descs, res, seeds, t_start, load0):
-    "The results file: stamp, protocol, one section per setting (table, goals, the dev grid), then bench/refit_notes.md."
-    kept, argv = [], iter(sys.argv[1:])   # the command without the flags of how it ran (not what)
-    for o in argv:
-        if o in ('--threads', '--out'): next(argv, None)
-        elif o not in ('--report-only',): kept.append(o)
-    cmd = ' '.join(['PYTHONPATH=. python bench/refit.py'] + kept)
+def write_report(a, tr, zoom, grid, descs, res, seeds, t_start, load0) -> str:
+    "The results file's markdown (the harness adds the stamp): protocol, one section per setting (table, goals, the dev grid), then bench/refit_notes.md."
     R = tr['refit_epochs']; B = round(R/(1 - tr['crop_share']))
     lines = [f"# Does the classifier gain from the zoom? `attention_crop` and look-then-zoom prediction ({'dev split' if a.split == 'dev' else 'validation sets'})", "",
-             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} CPU cores shared with other jobs (load average {load0:.1f} at the start of this invocation, "
-             f"{os.getloadavg()[0]:.1f} at its end; each seed's load at its end is in the JSON cache), torch {torch.__version__}; "
-             f"this invocation {time.time() - t_start:.0f} s (seeds read from "
-             f"bench/cache/refit/ cost nothing here). Command: `{cmd}`. Seeds: {', '.join(map(str, seeds))}.", "",
+             f"Load average {load0:.1f} at the start of this invocation (each seed's load at its end is in its row of the JSON); "
+             f"this invocation {time.time() - t_start:.0f} s (seeds read from bench/cache/refit/ cost nothing here). "
+             f"Seeds: {', '.join(map(str, seeds))}.", "",
              f"Protocol, per seed: `pretrained_learner(dls, metrics=error_rate)` (EfficientNet-Lite0, ImageNet weights), "
              f"`ImageDataLoaders.from_folder(..., item_tfms=Resize({SIZE}), bs={tr['bs']})` ({IMAGE} px scenes squashed to {SIZE} px), "
              f"`fine_tune({tr['epochs1']}, {tr['lr']:g})` (the *first* model; one frozen epoch first); its `box_pass` (defaults) of every "
@@ -392,12 +395,11 @@ def write_report(path, a, tr, zoom, grid, descs, res, seeds, t_start, load0):
                   + f" ({rows[0]['threads']} torch thread a process).", ""] + table(rows, s) + ["", "Goals (issue 32):", ""] + goals(s, 1 - 1/d['classes']) + [""]
         if grid and all('grid' in r['baseline'] for r in rows): lines += ["### zoom_predict settings on the dev images", ""] + grid_table(rows, grid)
     if not a.quick and a.split == 'valid' and NOTES.exists(): lines += [NOTES.read_text().rstrip(), ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic('\n'.join(lines), path)
+    return '\n'.join(lines)
 
 
 if __name__ == '__main__':
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = H.parser(__doc__, 'one seed at a tiny scale (2 classes, a few scenes); results in bench/out/refit_quick.*')
     p.add_argument('--settings', nargs='+', default=['shapes', 'photos'], choices=['shapes', 'photos'])
     p.add_argument('--split', default='valid', choices=['valid', 'dev'], help="score on valid/ (the results) or dev/ (choosing settings, with the zoom grid)")
     p.add_argument('--seeds', type=int, default=None, help='seeds (5; --quick: 1)')
@@ -410,9 +412,6 @@ if __name__ == '__main__':
     p.add_argument('--zoom-pad-rel', type=float, default=ZOOM['pad_rel'], help="zoom_predict's pad_rel (its default)")
     p.add_argument('--zoom-weight', type=float, default=ZOOM['weight'], help="zoom_predict's weight (its default)")
     p.add_argument('--photo-root', default=str(PHOTO_ROOT), help='imagenette224 folder (train/ and valid/ of <wnid>/*.JPEG)')
-    p.add_argument('--quick', action='store_true', help='one seed at a tiny scale (results in bench/out/)')
-    p.add_argument('--out', default=None, help='markdown results file (default bench/results/refit.md; .json beside it)')
-    p.add_argument('--no-cache', action='store_true', help='recompute seeds found in bench/cache/refit/seeds/')
+    p.add_argument('--no-cache', action='store_true', help='recompute seeds found in bench/cache/refit/seeds/ (--quick never reads them)')
     p.add_argument('--report-only', action='store_true', help='only the seeds already cached: tables and JSON, no training')
-    p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
     main(p.parse_args())

@@ -2,8 +2,9 @@
 pytorch-grad-cam, TorchCAM, Captum and the fastbook hook recipe, on CPU, fastai resnet18/resnet34 learners
 (`pretrained=False`) at 224 px, batch sizes 1, 16, 64.
 
-    PYTHONPATH=. python bench/saliency.py [--out bench/results/saliency.md] [--threads N] [--others-format contiguous]
-    PYTHONPATH=. python bench/saliency.py --transformers     # only the timm rows (issue 22), a section of the same file
+    PYTHONPATH=. python bench/saliency.py [--out bench/results] [--threads N] [--others-format contiguous]
+    PYTHONPATH=. python bench/saliency.py --transformers     # only the timm rows (issue 22): results/saliency_transformers.*
+    PYTHONPATH=. python bench/saliency.py --quick            # a smoke run: resnet18, batch 2 (bench/out/saliency.*)
 
 `--transformers` runs only the rows of issue 22: timm `tf_efficientnet_lite0`, `convnext_atto` and
 `vit_tiny_patch16_224` built as users build them for transformers (`timm.create_model(name, num_classes=4)`,
@@ -11,7 +12,7 @@ pytorch-grad-cam, TorchCAM, Captum and the fastbook hook recipe, on CPU, fastai 
 layer (ours' default: the last feature map for the CNNs, `blocks[-1].norm1` for the ViT, with the standard reshape
 transform), interleaved as above (2 warm-up rounds, median of 5 timed: the first rounds of a fresh process run slow); then the costly gradient-free methods (Score-CAM, Ablation-CAM: one forward per
 channel) at batch 1 on convnext_atto and the ViT, ours against pytorch-grad-cam's. No memory column for these rows.
-It replaces its own section at the end of `--out` and leaves the rest of the file as it is.
+Its results are their own file, results/saliency_transformers.json and .md.
 
 Memory format, as issue 3 asks: the models are built as fastai builds them (contiguous) and the batches come as
 a DataLoader gives them (contiguous). Ours runs with the engine's defaults, which hand the model a channels_last
@@ -25,11 +26,14 @@ maps at the input size for the predicted class of every image: ours include `nor
 pytorch-grad-cam resizes and normalizes itself, TorchCAM, Captum and fastbook stop at the feature map.
 Memory: after the speed rounds, one more call of each method with glibc told to return freed memory to the OS
 (`mallopt`), the resident set sampled every ms by a thread; reported is the peak minus the RSS before the call.
-The last line printed is one JSON object: the batch-64 resnet34 ratios (our images/s / theirs)."""
+Writes results/saliency.json and .md with the harness's stamp. The last line printed is one JSON object: the batch-64
+resnet34 ratios (our images/s / theirs; `--quick`: of its one model and batch size)."""
 import argparse, copy, ctypes, gc, datetime, json, os, platform, statistics, sys, tempfile, threading, time, warnings
 from pathlib import Path
 warnings.filterwarnings('ignore')
 import psutil, torch, torch.nn as nn
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as H   # noqa: E402
 from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, resnet18, resnet34
 from fastai_attncrop.data import make_shapes
 from fastai_attncrop.saliency import saliency_maps, normalize_maps, find_target_layer
@@ -191,13 +195,10 @@ def transformer_rows(bs=64, rounds=5, costly=True, warm=2):
     return speed, layers
 
 def transformer_report(speed, layers, total, load0, load1, costly=True):
-    lines = [TF_SECTION, "",
-             f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, {psutil.cpu_count()} CPU cores, "
-             f"torch {torch.__version__} with {torch.get_num_threads()} threads, `timm.create_model(name, num_classes=4, "
-             f"pretrained=False)` at 224 px, random input, ours with the engine's defaults, pytorch-grad-cam on the same layer "
-             f"(the ViT with its standard reshape transform). Load average before/after: {load0[0]:.2f} / {load1[0]:.2f}. "
-             f"Run time {total:.0f} s. Command: `PYTHONPATH=. python bench/saliency.py --transformers" + ("" if costly else " --no-costly")
-             + "`." + ("" if costly else " Score-CAM and Ablation-CAM (batch-1 rows) not run (`--no-costly`)."), "",
+    lines = ["# Saliency speed: timm backbones and transformers (`--transformers`)", "",
+             f"`timm.create_model(name, num_classes=4, pretrained=False)` at 224 px, random input, ours with the engine's defaults, "
+             f"pytorch-grad-cam on the same layer (the ViT with its standard reshape transform). Load average before/after: "
+             f"{load0[0]:.2f} / {load1[0]:.2f}." + ("" if costly else " Score-CAM and Ablation-CAM (batch-1 rows) not run (`--no-costly`)."), "",
              "Target layers (ours' default, given to pytorch-grad-cam too): " + ', '.join(f"{a}: `{l}`" for a, l in layers.items()) + ".", "",
              "images/s (median of the timed rounds; higher is better):", ""]
     for bs in sorted({b for _, b in speed}, reverse=True):
@@ -217,20 +218,14 @@ def transformer_report(speed, layers, total, load0, load1, costly=True):
 
 def main_transformers(a):
     t0, load0 = time.time(), os.getloadavg()
-    speed, layers = transformer_rows(costly=a.costly)
+    speed, layers = transformer_rows(bs=2 if a.quick else 64, rounds=1 if a.quick else 5, costly=a.costly and not a.quick, warm=1 if a.quick else 2)
     report, res = transformer_report(speed, layers, time.time() - t0, load0, os.getloadavg(), a.costly)
     print(report)
-    if a.out:
-        out = Path(a.out)
-        old = out.read_text() if out.exists() else ''
-        old = old.split(TF_SECTION)[0].rstrip('\n')
-        out.write_text((old + "\n\n" if old else '') + report)
-    print(json.dumps(res))
+    H.finish('saliency_transformers', res, report, a, settings=dict(costly=a.costly, quick=a.quick, threads=torch.get_num_threads()), t0=t0,
+             tables=dict(images_per_s=[dict(model=k[0], bs=k[1], **v) for k, v in speed.items()], layers=layers))
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument('--out', default='bench/results/saliency.md')
-    ap.add_argument('--threads', type=int, default=None)
+    ap = H.parser(__doc__, 'resnet18 at batch 2, one timed round (--transformers: batch 2, no costly rows); results in bench/out/')
     ap.add_argument('--others-format', default='contiguous', choices=['contiguous', 'channels_last'],
                     help="memory format of the model and batch given to the reference libraries")
     ap.add_argument('--bs', default='1,16,64')
@@ -239,7 +234,9 @@ def main():
     ap.add_argument('--no-costly', dest='costly', action='store_false',
                     help="with --transformers: skip the batch-1 Score-CAM / Ablation-CAM rows (an hour on 2 cores)")
     a = ap.parse_args()
-    if a.threads: torch.set_num_threads(a.threads)
+    if a.out and a.out.endswith('.md'): a.out = str(Path(a.out).parent)   # the old form: the results file itself
+    H.setup(a)
+    if a.quick: a.archs, a.bs = 'resnet18', '2'
     if a.transformers: return main_transformers(a)
     fmt = torch.channels_last if a.others_format == 'channels_last' else torch.contiguous_format
     t0, load0 = time.time(), os.getloadavg()
@@ -273,13 +270,9 @@ def main():
 
     # ------------------------------------------------------------------------------------------------------ report
     lines = [f"# Saliency benchmark", "",
-             f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, "
-             f"{psutil.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
              f"fastai `vision_learner(pretrained=False)` at 224 px, random input; ours with the engine's defaults "
              f"(channels_last input on CPU), inference on the same input, references with a {a.others_format} model and input. "
-             f"Load average before/after: {load0[0]:.2f} / {load1[0]:.2f}. Run time {total:.0f} s. "
-             f"Command: `PYTHONPATH=. python bench/saliency.py" + (f" --threads {a.threads}" if a.threads else '')
-             + (f" --others-format {a.others_format}" if a.others_format != 'contiguous' else '') + "`.", "",
+             f"Load average before/after: {load0[0]:.2f} / {load1[0]:.2f}.", "",
              "images/s (median of the timed rounds; higher is better) and peak RSS above the level before the call "
              f"(MiB{'' if released else ', glibc trimming unavailable: approximate'}).", "",
              "| model | bs | " + " | ".join(METHODS) + " |", "|---|---|" + "---|"*len(METHODS)]
@@ -294,7 +287,7 @@ def main():
             lines.append(f"| {arch} | {bs} | {g/speed[arch, bs, 'inference']:.2f} | "
                          f"{speed[arch, bs, 'ours gradcampp']/speed[arch, bs, 'inference']:.2f} | "
                          + " | ".join(f"{g/speed[arch, bs, m]:.2f}" for m in ['pytorch-grad-cam', 'torchcam', 'captum', 'fastbook']) + " |")
-    key = ('resnet34', 64)
+    key = ('resnet34', 64) if ('resnet34', 64, 'inference') in speed else (archs[-1], max(bss))   # --quick: its one model and size
     res = {}
     if key + ('inference',) in speed:
         g, gp = speed[key + ('ours gradcam',)], speed[key + ('ours gradcampp',)]
@@ -302,15 +295,12 @@ def main():
                'gradcampp_vs_inference': round(gp / speed[key + ('inference',)], 3),
                'gradcam_vs_pytorch_grad_cam': round(g / speed[key + ('pytorch-grad-cam',)], 3),
                'gradcam_vs_torchcam': round(g / speed[key + ('torchcam',)], 3)}
-        lines += ["", "Batch-64 resnet34 ratios (targets: >= 0.95 vs inference, >= 3.5 vs pytorch-grad-cam, >= 1.1 vs TorchCAM):",
+        lines += ["", f"Batch-{key[1]} {key[0]} ratios (targets: >= 0.95 vs inference, >= 3.5 vs pytorch-grad-cam, >= 1.1 vs TorchCAM):",
                   "", "```json", json.dumps(res), "```"]
     report = "\n".join(lines) + "\n"
     print(report)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        old = Path(a.out).read_text() if Path(a.out).exists() else ''
-        if TF_SECTION in old: report += "\n" + TF_SECTION + old.split(TF_SECTION)[1]   # keep the --transformers section
-        Path(a.out).write_text(report)
-    print(json.dumps(res))
+    rows = [dict(model=ar, bs=b, method=m, images_per_s=round(speed[ar, b, m], 2), peak_mib=round(mem[ar, b, m])) for ar in archs for b in bss for m in METHODS]
+    H.finish('saliency', res, report, a, settings=dict(archs=archs, bs=bss, others_format=a.others_format, reps=REPS, quick=a.quick,
+                                                       threads=torch.get_num_threads()), t0=t0, tables=dict(speed=rows))
 
 if __name__ == '__main__': main()

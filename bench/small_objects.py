@@ -21,7 +21,8 @@ MaxBoxAccV2 of the rule's map as its boxes are cut from it (none for a zoomed ru
 seconds per image and the ratio to today's pass on the same images (one `box_pass` call, cache off; today's: the faster of two).
 A rule whose keyword the installed `box_pass` lacks is left out with a note.
 
-Writes bench/results/small_objects.md and .json (`--out`; `--quick`, `--limit`: bench/out/); the last printed line is one JSON object.
+Writes results/small_objects.md and .json with the harness's stamp (`--out`; `--quick`, `--limit`: bench/out/); the last printed
+line is one JSON object. Without ../shared/data a `--quick` run boxes the shapes set only and says so (the photo sets are skipped).
 
     PYTHONPATH=. python bench/small_objects.py            # the full run
     PYTHONPATH=. python bench/small_objects.py --quick    # a smoke run: a few images a set, a tiny shapes learner
@@ -51,6 +52,7 @@ from fastai_attncrop.metrics import evaluate_localization, score_boxes, box_accu
 from fastai_attncrop.boxtable import margin_cols, boxes_as_preds
 from fastai_attncrop.boxpass import box_pass, load_batches
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as H   # noqa: E402
 from localization import imagenet_head, box_set, LITE_STATS, ARCH   # noqa: E402  (the ImageNet classifier cut to the 10 classes)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,6 +84,7 @@ RULES = {'today': TODAY, **{f'{k}={v}': {**TODAY, k: v} for k, v in LEVERS.items
          'floor=0.8, zoom=1': {**TODAY, 'floor': LEVERS['floor'], 'zoom': LEVERS['zoom']},
          'chosen default, upsample=1': {'upsample': 1}, 'chosen default': {}}
 ORACLE, CENTRED = 'oracle box (the true box)', 'best centred box'
+QUICK_RULES = ('today', 'chosen default')   # --quick: the two rows the final JSON line reads
 
 # ---------------------------------------------------------------------------------------------------------------- the sets
 @dataclass
@@ -292,13 +295,14 @@ def rule_maps(s:BoxSet, rule, target=None, bs=32) -> dict | None:
         for r in range(len(sm)): maps[keys[pos[int(sm.img_idx[r])]]] = m[r]
     return maps
 
-def run_set(s:BoxSet, target, groups=None, maxboxacc=False, bs=32, log=print) -> dict:
+def run_set(s:BoxSet, target, groups=None, maxboxacc=False, bs=32, log=print, rules=None) -> dict:
     """Every rule of `RULES` on set `s` (one `box_pass` each, all `MARGINS`, cache off, timed) and the two baselines: {group: table}
     (`groups`: {name: images}, default the whole set) and the rules' timings."""
     groups = groups or {'all': list(s.gt.image.unique())}
     box_pass(s.learn, items=s.items.head(bs), margins=(MARGIN,), target=target, cache=False, progress=False, bs=bs)   # warm-up
     tables, times, notes, v2, acc, v2_memo = {g: {} for g in groups}, {}, [], {}, {}, {}
     for name, rule in RULES.items():
+        if rules is not None and name not in rules: continue
         kw = box_kwargs(rule)
         if kw is None:
             notes.append(f"`{name}` left out: the installed `box_pass` has no {[k for k in rule if k not in inspect.signature(box_pass).parameters]}")
@@ -344,11 +348,15 @@ def md_table(df, fmt='.3f'):
 def _f(v): return None if v is None or (isinstance(v, float) and not np.isfinite(v)) else round(float(v), 4)
 
 def main(a):
-    if a.threads: torch.set_num_threads(a.threads)
+    H.setup(a)
     t_start, load0 = time.time(), os.getloadavg()[0]
-    out = Path(a.out or (REPO/'bench'/('out' if a.quick or a.limit else 'results')))
-    res, sections, infos = {}, [], {}
+    out = Path(a.out) if a.out else (H.OUT if a.quick or a.limit else H.RESULTS)
+    res, sections, infos, skipped = {}, [], {}, []
+    rules = QUICK_RULES if a.quick else None
     for name in a.sets:
+        if name != 'shapes' and a.quick and not DEV.exists():
+            skipped.append(f"`{name}` skipped: {DEV} is not there (the project's benchmark photographs)")
+            print(f"{name}: skipped: {DEV} is not there", flush=True); continue
         t0 = time.time()
         s = load_set(name, a.quick, a.limit)
         infos[name] = dict(s.info, n_images=len(s.items), build_and_load_seconds=round(time.time() - t0))
@@ -356,10 +364,10 @@ def main(a):
         if name == 'shapes':
             bins = s.gt.drop_duplicates('image')
             groups = {**{f'objects {b} of the image': list(bins.image[bins.bin == b]) for b in BINS}, 'all bins': list(bins.image)}
-            res['shapes'] = run_set(s, None, groups, bs=a.bs)
+            res['shapes'] = run_set(s, None, groups, bs=a.bs, rules=rules)
         elif name == 'photos_small':
-            for tgt in ('label', None): res[f"photos_small_{tgt or 'pred'}"] = run_set(s, tgt, bs=a.bs)
-        else: res['full'] = run_set(s, None, maxboxacc=True, bs=a.bs)
+            for tgt in ('label', None): res[f"photos_small_{tgt or 'pred'}"] = run_set(s, tgt, bs=a.bs, rules=rules)
+        else: res['full'] = run_set(s, None, maxboxacc=True, bs=a.bs, rules=rules)
     def get(set_, group, row, col):
         try: return _f(res[set_]['tables'][group].loc[row, col])
         except KeyError: return None
@@ -399,15 +407,10 @@ def main(a):
             sections.append(md_table(df.drop(columns=[c for c in ('note',) if c in df]).astype({c: float for c in df.columns if c not in ('note', 'margin_at_recall90')})) + '\n')
             if 'note' in df and df.note.notna().any(): sections.append(f"Best centred box: {df.note.dropna().iloc[0]}.\n")
         sections += [f"* {n}\n" for n in v['notes']]
-    uname = subprocess.run(['uname', '-a'], capture_output=True, text=True).stdout.strip()
-    cmd = 'PYTHONPATH=. python bench/small_objects.py' + ''.join(f' {x}' for x in sys.argv[1:])
-    sha = subprocess.run(['git', '-C', str(REPO), 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True).stdout.strip()
     rules = '\n'.join(f"* `{n}`: `box_pass(learn, items, margins=MARGINS, target=..., cache=False, **{r})`" for n, r in RULES.items())
     md = f"""# Box rules on small objects (issue 29)
 
-{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; `{uname}`; nproc {os.cpu_count()}, torch {torch.__version__},
-{torch.get_num_threads()} threads; load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; commit {sha}; {time.time() - t_start:.0f} s.
-Command: `{cmd}`.
+Load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; {time.time() - t_start:.0f} s.{''.join(chr(10) + '* ' + x for x in skipped)}
 
 Sets (built once under the git-ignored bench/cache/small_objects/; see the script's docstring):
 * shapes: `make_shapes`, {SHAPE_CLASSES} classes, images {sorted(set(SHAPE_SIZES))} px, one object in each bin of {BINS} (share of the image
@@ -429,27 +432,21 @@ quantile, upsampled: `cut_maps`), `nan` for a zoomed rule (its second map covers
 the best centred box's is the centre map's (every centred size).
 
 {''.join(s + chr(10) for s in sections)}
-```json
-{json.dumps(j)}
-```
 """
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(md, out/'small_objects.md')
-    write_text_atomic(json.dumps(dict(summary=j, tables={k: {g: json.loads(df.to_json(orient='index')) for g, df in v['tables'].items()}
-                                                         for k, v in res.items()}, infos=infos, command=cmd), indent=1), out/'small_objects.json')
     with pd.option_context('display.width', 250, 'display.max_columns', 20):
         for k, v in res.items():
             for g, df in v['tables'].items(): print(f"\n{k} / {g}\n" + df.round(3).to_string())
+    tables = {k: {g: json.loads(df.to_json(orient='index')) for g, df in v['tables'].items()} for k, v in res.items()}
+    H.write_results('small_objects', j, md, out, settings=dict(sets=a.sets, quick=a.quick, limit=a.limit, bs=a.bs, rules=RULES, margins=MARGINS,
+                    bins=BINS, shapes=SHAPES_QUICK if a.quick else SHAPES_CFG, scene=SCENE, small_frac=SMALL_FRAC, blur=BLUR, skipped=skipped),
+                    tables=tables, infos=infos, seconds=time.time() - t_start)
     print(json.dumps(j))
 
 def parse(args=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--quick', action='store_true', help=f'a smoke run: {QUICK_N} photographs a set, a tiny shapes set and learner; results in bench/out/')
+    p = H.parser(__doc__, f'{QUICK_N} photographs a set, a tiny shapes set and learner, the rows {QUICK_RULES} only; results in bench/out/')
     p.add_argument('--sets', nargs='+', default=['shapes', 'photos_small', 'full'], choices=['shapes', 'photos_small', 'full'])
-    p.add_argument('--out', default=None, help='folder of small_objects.md/.json (default bench/results, --quick: bench/out)')
     p.add_argument('--limit', type=int, default=None, help='a seeded subset of this many images a set (shapes: a bin); results in bench/out/')
     p.add_argument('--bs', type=int, default=32)
-    p.add_argument('--threads', type=int, default=0, help='torch threads (0: the default)')
     return p.parse_args(args)
 
 if __name__ == '__main__':

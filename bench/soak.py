@@ -4,6 +4,7 @@ process; every planted file must be reported (and nothing else), every other fil
 
     python bench/soak.py                                    # 20,000 items of 32x32, 1 corrupt file in 400
     python bench/soak.py --n-large 4000 --n-small 1000      # reduced scale
+    python bench/soak.py --quick                            # a smoke run: 400 files (bench/out/soak.*)
 
 The images (a square or a circle on a noisy background, the two classes) are written once to bench/cache/ (git
 ignored). A small_cnn is fitted for one epoch on 2,000 of the good files and its weights saved; each measured pass
@@ -11,12 +12,15 @@ loads them in a fresh process and runs `box_pass` with a chunk cache in a tempor
 does). The peak RSS is the pass's own: the process's high-water mark is reset just before the pass (Linux
 /proc/self/clear_refs), so the imports' peak does not hide growth; the process peak is shown too. Prints a table,
 then as the last line one JSON object:
-{"items", "failed_reported", "planted_corrupt", "rss_mb_2k", "rss_mb_20k"} (for the largest run)."""
+{"items", "failed_reported", "planted_corrupt", "rss_mb_2k", "rss_mb_20k"} (for the largest run).
+Writes results/soak.json and .md with the harness's stamp."""
 import argparse, json, os, resource, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
 import numpy as np
 warnings.filterwarnings('ignore')
-CACHE = Path(__file__).parent/'cache'
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as H   # noqa: E402
+CACHE = H.CACHE
 CLASSES = ('circle', 'square')
 KINDS = ('zero_bytes', 'truncated', 'header_only', 'text', 'random_bytes')
 
@@ -119,30 +123,35 @@ def main(args):
                              capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': str(args.threads)})
         if out.returncode: sys.exit(f"child for {n} items failed:\n{out.stderr[-3000:]}")
         runs[n] = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"{'what':<44}{f'{args.n_small} items':>16}{f'{args.n_large} items':>16}")
+    lines = [f"{'what':<44}{f'{args.n_small} items':>16}{f'{args.n_large} items':>16}"]
     for k in ('items', 'planted_corrupt', 'failed_reported', 'reported_exactly_planted', 'good_boxed_inside', 'seconds',
               'rss_before_pass_mb', 'peak_rss_mb', 'rss_after_pass_mb', 'process_peak_rss_mb'):
-        print(f"{k:<44}{str(runs[args.n_small][k]):>16}{str(runs[args.n_large][k]):>16}")
-    print(f"{'items/s':<44}{runs[args.n_small]['items']/runs[args.n_small]['seconds']:>16.0f}{runs[args.n_large]['items']/runs[args.n_large]['seconds']:>16.0f}")
-    print(f"reasons reported: {runs[args.n_large]['reasons']}")
-    print(f"image size {args.size}x{args.size}, 1 corrupt file in {args.every}, {args.threads} torch thread(s); "
-          f"files written in {t_make:.0f} s (0 when cached)")
-    print("peak_rss_mb: peak RSS during the pass (VmHWM reset just before it); process_peak_rss_mb: since the process "
-          "started (imports and model set-up included)")
+        lines.append(f"{k:<44}{str(runs[args.n_small][k]):>16}{str(runs[args.n_large][k]):>16}")
+    lines.append(f"{'items/s':<44}{runs[args.n_small]['items']/runs[args.n_small]['seconds']:>16.0f}{runs[args.n_large]['items']/runs[args.n_large]['seconds']:>16.0f}")
+    notes = [f"reasons reported: {runs[args.n_large]['reasons']}",
+             f"image size {args.size}x{args.size}, 1 corrupt file in {args.every}, {args.threads} torch thread(s); "
+             f"files written in {t_make:.0f} s (0 when cached)",
+             "peak_rss_mb: peak RSS during the pass (VmHWM reset just before it); process_peak_rss_mb: since the process "
+             "started (imports and model set-up included)"]
+    print('\n'.join(lines + notes))
     big, small = runs[args.n_large], runs[args.n_small]
     key = 'peak_rss_mb' if big['peak_rss_mb'] is not None else 'process_peak_rss_mb'
     small['peak_rss_mb'], big['peak_rss_mb'] = small[key], big[key]
-    print(json.dumps({'items': big['items'], 'failed_reported': big['failed_reported'], 'planted_corrupt': big['planted_corrupt'],
-                      'rss_mb_2k': small['peak_rss_mb'], 'rss_mb_20k': big['peak_rss_mb']}))
+    res = {'items': big['items'], 'failed_reported': big['failed_reported'], 'planted_corrupt': big['planted_corrupt'],
+           'rss_mb_2k': small['peak_rss_mb'], 'rss_mb_20k': big['peak_rss_mb']}
+    md = ("# Soak: the box pass over files with corrupt ones planted\n\n```\n" + '\n'.join(lines) + "\n```\n\n"
+          + '\n'.join(f"* {n}" for n in notes))
+    H.finish('soak', res, md, args, settings={k: v for k, v in vars(args).items() if k not in ('child', 'weights', 't0')},
+             t0=args.t0, tables=dict(runs={str(n): r for n, r in runs.items()}))
 
 if __name__ == '__main__':
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = H.parser(__doc__, '400 files (100 in the small run), 1 corrupt in 50; results in bench/out/')
     p.add_argument('--n-large', type=int, default=20000, help='items of the large run (the "20k" key); also the number of files written')
     p.add_argument('--n-small', type=int, default=2000, help='items of the small run (the "2k" key): the first ones')
     p.add_argument('--size', type=int, default=32, help='image side in pixels')
     p.add_argument('--every', type=int, default=400, help='one corrupt file in this many')
-    p.add_argument('--threads', type=int, default=1, help='torch threads')
     p.add_argument('--weights', default=None, help=argparse.SUPPRESS)
     p.add_argument('--child', type=int, default=0, help=argparse.SUPPRESS)
-    a = p.parse_args()
+    a = p.parse_args(); a.t0 = time.time(); a.threads = a.threads or 1   # one torch thread unless told
+    if a.quick: a.n_large, a.n_small, a.every = 400, 100, 50
     child(a) if a.child else main(a)

@@ -8,13 +8,17 @@ Two trainings per setting that differ only in the callback (same architecture, d
     box-annotated ImageNet-val photographs of ../shared/data/imagenet10_valbox_dev.
 Localization: Grad-CAM of each image's true class (the WSOL convention) on the body's last feature map, the 2.5%
 mass-cut box (recall, IoU, image-area reduction against the ground-truth boxes), and MaxBoxAccV2 over all thresholds.
-Real-set models are cached in bench/cache/ (git-ignored). The last line printed is one JSON object.
+Real-set models are cached in bench/cache/ (git-ignored). Writes results/spg.json and .md with the harness's stamp; the
+last line printed is one JSON object.
 
-    PYTHONPATH=. flock /work/cpu.lock python bench/spg.py [--out bench/results/spg.md]"""
-import argparse, datetime, hashlib, json, platform, tempfile, time, warnings
+    PYTHONPATH=. python bench/spg.py [--part synthetic|real|both]
+    PYTHONPATH=. python bench/spg.py --quick    # a smoke run: the synthetic part on a few images, one seed (bench/out/spg.*)"""
+import argparse, datetime, hashlib, json, platform, sys, tempfile, time, warnings
 from functools import partial
 from pathlib import Path
 warnings.filterwarnings('ignore')
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as H   # noqa: E402
 import numpy as np, pandas as pd, torch
 from PIL import Image
 from fastai.vision.all import (ImageDataLoaders, Resize, Flip, Normalize, imagenet_stats, vision_learner, accuracy,
@@ -26,8 +30,7 @@ from fastai_attncrop.saliency import saliency_maps
 from fastai_attncrop.metrics import boxes_from_maps, evaluate_localization
 from fastai_attncrop.spg import SPGCallback
 
-DATA = Path(__file__).resolve().parents[2]/'shared'/'data'
-if not DATA.exists(): DATA = Path('/work/shared/data')
+DATA = H.DATA
 ARCHS = {'small_cnn': small_cnn, 'resnet18': resnet18}
 COLS = ['acc', 'Recall', 'IoU', 'Image Area Reduction', 'MaxBoxAccV2', 'train_s']
 
@@ -107,7 +110,7 @@ def real_dls(root, a):
 
 def real(a):
     src, dev = DATA/'imagenette224', DATA/'imagenet10_valbox_dev'
-    if not src.exists() or not dev.exists(): raise SystemExit(f"real photographs not found under {DATA} (see its README)")
+    H.need_data(src, dev)
     cache = Path(a.cache)
     root = resized_copy(src, cache/f'imagenette{a.real_size}', a.real_size)
     labels = pd.read_csv(dev/'labels.csv')
@@ -145,11 +148,8 @@ def fmt(df):
     return '\n'.join(lines)
 
 def main(a):
-    if a.threads: torch.set_num_threads(a.threads)
-    out, res = [], {}
-    out.append(f"# SPG benchmark ({datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-               f"torch {torch.__version__}, {torch.get_num_threads()} threads)\n")
-    out.append(f"Command: `PYTHONPATH=. flock /work/cpu.lock python bench/spg.py {' '.join(a.argv)}`\n")
+    H.setup(a)
+    t0, out, res, tables = time.time(), ["# SPG benchmark\n"], {}, {}
     if a.part in ('synthetic', 'both'):
         df, centred = synthetic(a)
         mean = df.drop(columns='seed').groupby('method', sort=False).mean().reset_index()
@@ -158,6 +158,7 @@ def main(a):
                    f"seeds 0-{a.seeds-1}; SPGCallback with its defaults. Localization on the validation images (Grad-CAM of the "
                    f"true class, 2.5% mass cut; MaxBoxAccV2 over all thresholds). train_s: seconds of the fit.\n")
         out.append(fmt(df) + '\n\nMean over seeds:\n\n' + fmt(mean) + '\n')
+        tables['synthetic'], tables['synthetic_mean'] = df.to_dict('records'), mean.to_dict('records')
         out.append(f"Reference, no model: the best centred box has IoU {centred.IoU:.3f}, recall {centred.Recall:.3f}.\n")
         res['synthetic_maxboxacc_v2_plain'] = float(mean.set_index('method').loc['plain', 'MaxBoxAccV2'])
         res['synthetic_maxboxacc_v2_spg'] = float(mean.set_index('method').loc['spg', 'MaxBoxAccV2'])
@@ -170,18 +171,18 @@ def main(a):
                    f"photographs of imagenet10_valbox_dev (224 px boxes; maps computed at {a.real_size} px).\n")
         out.append(fmt(df) + '\n')
         out.append(f"Reference, no model: the best centred box has IoU {centred.IoU:.3f}, recall {centred.Recall:.3f}.\n")
+        tables['real'] = df.to_dict('records')
         d = df.set_index('method')
         res.update(real_maxboxacc_v2_plain=float(d.loc['plain', 'MaxBoxAccV2']), real_maxboxacc_v2_spg=float(d.loc['spg', 'MaxBoxAccV2']),
                    real_acc_plain=float(d.loc['plain', 'acc']), real_acc_spg=float(d.loc['spg', 'acc']))
     text = '\n'.join(out)
     print(text)
     res = {k: round(v, 4) for k, v in res.items()}
-    if a.out: Path(a.out).write_text(text + '\n```\n' + json.dumps(res) + '\n```\n')
-    print(json.dumps(res))
+    H.finish('spg', res, text, a, settings={k: v for k, v in vars(a).items() if k not in ('argv', 'cache')}, t0=t0, tables=tables)
 
 if __name__ == '__main__':
     import sys
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = H.parser(__doc__, 'the synthetic part only, 10 + 4 images a class at 32 px, one seed, one epoch; results in bench/out/')
     p.add_argument('--part', default='both', choices=['synthetic', 'real', 'both'])
     p.add_argument('--n-train', type=int, default=300, help='synthetic: training images per class')
     p.add_argument('--n-valid', type=int, default=50, help='synthetic: validation images per class')
@@ -199,7 +200,7 @@ if __name__ == '__main__':
     p.add_argument('--real-bs', type=int, default=64)
     p.add_argument('--real-max-train', type=int, default=0, help='real: training images per class (0: all 500)')
     p.add_argument('--cache', default=str(Path(__file__).parent/'cache'))
-    p.add_argument('--out', default=None)
-    p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
-    a = p.parse_args(); a.argv = sys.argv[1:]
+    a = p.parse_args()
+    if a.out and a.out.endswith('.md'): a.out = str(Path(a.out).parent)   # the old form: the results file itself
+    if a.quick: a.part, a.n_train, a.n_valid, a.size, a.seeds, a.epochs = 'synthetic', 10, 4, 32, 1, 1
     main(a)

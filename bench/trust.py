@@ -10,35 +10,34 @@ Each validation image's box at every margin is scored against its true box (IoU,
 correlation of each label-free number with that IoU is reported (at margin 0.95, and pooled over all margins for
 the per-margin numbers), then the mean IoU of each fixed margin against the margin chosen per image by
 `trust_margin` (the tightest crop that keeps the class) and by `adaptive_margin` (the activated-area ratio).
-Writes bench/results/trust.json; the last line printed is one JSON object."""
-import argparse, json, tempfile, time, warnings
+Writes results/trust.json and .md with the harness's stamp (`--quick`: a from-scratch small CNN on a few images, bench/out/);
+the last line printed is one JSON object."""
+import argparse, json, sys, tempfile, time, warnings
 from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd
 from scipy.stats import spearmanr
 warnings.filterwarnings('ignore')
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as H   # noqa: E402
 
 MARGINS = (0.95, 0.9, 0.8, 0.7, 0.6)
 
 def main(args):
-    import torch
-    from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, set_seed
-    from fastai_attncrop.data import make_shapes, read_boxes_csv
-    from fastai_attncrop.models import small_cnn
+    from fastai.vision.all import accuracy
+    from fastai_attncrop.data import read_boxes_csv
     from fastai_attncrop.boxpass import box_pass, learner_items
     from fastai_attncrop.crop import margin_cols, crop_prob_col, trust_score, trust_margin, adaptive_margin, trust_summary
     from fastai_attncrop.metrics import box_scores
-    if args.threads: torch.set_num_threads(args.threads)
-    root = make_shapes(Path(tempfile.gettempdir())/f'attncrop_trust_{args.background}_{args.size}_{args.n_valid}', n_train=args.n_train, n_valid=args.n_valid,
-                       classes=3, size=args.size, obj_frac=(0.1, 0.5), background=args.background, seed=0)
-    set_seed(0)
-    dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(args.size), bs=32, num_workers=0)
+    t_start = time.time()
+    H.setup(args)
+    root = H.make_shapes_quiet(Path(tempfile.gettempdir())/f'attncrop_trust_{args.background}_{args.size}_{args.n_train}_{args.n_valid}', n_train=args.n_train,
+                               n_valid=args.n_valid, classes=3, size=args.size, obj_frac=(0.1, 0.5), background=args.background, seed=0)
     if args.arch == 'small_cnn':
-        learn = vision_learner(dls, partial(small_cnn, widths=(16, 32, 64, 64)), pretrained=False, metrics=accuracy)
+        learn = H.shapes_learner(root, size=args.size, bs=32, widths=(16, 32, 64, 64), metrics=accuracy)
         with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(args.epochs, 3e-3)
     else:
-        from fastai_attncrop.models import pretrained_learner
-        learn = pretrained_learner(dls, args.arch, metrics=accuracy)
+        learn = H.pretrained_shapes_learner(root, size=args.size, bs=32, arch=args.arch, metrics=accuracy)
         with learn.no_bar(), learn.no_logging(): learn.fine_tune(args.epochs, 3e-3)
     items = learner_items(learn).query("split == 'valid'")
     t0 = time.perf_counter()
@@ -65,28 +64,25 @@ def main(args):
     chosen['oracle (best margin per image)'] = round(float(iou.max(1).mean()), 4)
     best_fixed = max(fixed, key=fixed.get)
     summ = trust_summary(bx)
-    print(f"{len(bx)} validation boxes, accuracy {float((bx.correct).mean()):.3f}, box pass with trust and {args.auc_steps}-step AUCs: {t_pass:.1f} s")
-    print("\nSpearman correlation with the true IoU at margin 0.95:")
-    for k, v in at95.items(): print(f"  {k:<22}{v:>8.3f}")
-    print("pooled over the margins (one point per box and margin):")
-    for k, v in pooled.items(): print(f"  {k:<22}{v:>8.3f}")
-    print("\nmean IoU, fixed margin:    " + '  '.join(f"{k}: {v:.3f}" for k, v in fixed.items()))
-    print("mean IoU, margin per image: " + '  '.join(f"{k}: {v:.3f}" for k, v in chosen.items()))
-    print("\ntrust_summary (Average Drop and Increase in Confidence in %):")
-    print(summ.round(3).to_string(index=False))
+    lines = [f"{len(bx)} validation boxes, accuracy {float((bx.correct).mean()):.3f}, box pass with trust and {args.auc_steps}-step AUCs: {t_pass:.1f} s",
+             "", "Spearman correlation with the true IoU at margin 0.95:", ""]
+    lines += [f"  {k:<22}{v:>8.3f}" for k, v in at95.items()]
+    lines += ["", "pooled over the margins (one point per box and margin):", ""] + [f"  {k:<22}{v:>8.3f}" for k, v in pooled.items()]
+    lines += ["", "mean IoU, fixed margin:    " + '  '.join(f"{k}: {v:.3f}" for k, v in fixed.items()),
+              "mean IoU, margin per image: " + '  '.join(f"{k}: {v:.3f}" for k, v in chosen.items()),
+              "", "trust_summary (Average Drop and Increase in Confidence in %):", "", summ.round(3).to_string(index=False)]
+    print('\n'.join(lines))
     out = dict(n_boxes=len(bx), accuracy=round(float(bx.correct.mean()), 4), spearman_iou_at_95=at95, spearman_iou_pooled=pooled,
                mean_iou_fixed=fixed, mean_iou_chosen=chosen, best_fixed_margin=best_fixed,
                trust_margin_beats_best_fixed=bool(max(v for k, v in chosen.items() if k.startswith('trust')) > fixed[best_fixed]),
                average_drop=dict(zip(summ.margin.map('{:g}'.format), summ.average_drop.round(2))),
                increase_in_confidence=dict(zip(summ.margin.map('{:g}'.format), summ.increase_in_confidence.round(2))),
                settings=dict(arch=args.arch, pretrained=args.arch != 'small_cnn', background=args.background, size=args.size, n_train=args.n_train, n_valid=args.n_valid, epochs=args.epochs, auc_steps=args.auc_steps))
-    res = Path(__file__).parent/'results'/'trust.json'
-    res.parent.mkdir(exist_ok=True)
-    res.write_text(json.dumps(out, indent=1) + '\n')
-    print(json.dumps(out))
+    md = "# Label-free trust scores against the true IoU\n\n```\n" + '\n'.join(lines) + "\n```"
+    H.finish('trust', out, md, args, settings=out['settings'], t0=t_start)
 
 if __name__ == '__main__':
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = H.parser(__doc__, 'a from-scratch small_cnn, 32 px, 10 + 4 images a class, one epoch; results in bench/out/')
     p.add_argument('--n-train', type=int, default=100, help='training images per class')
     p.add_argument('--n-valid', type=int, default=60, help='validation images per class (the boxes scored)')
     p.add_argument('--arch', default='tf_efficientnet_lite0', help="a name of `fastai_attncrop.models.PRETRAINED` (fine_tune) or 'small_cnn' (from scratch)")
@@ -94,5 +90,6 @@ if __name__ == '__main__':
     p.add_argument('--epochs', type=int, default=2, help='fine_tune epochs (small_cnn: fit_one_cycle epochs)')
     p.add_argument('--auc-steps', type=int, default=8)
     p.add_argument('--background', default='plain', help="make_shapes' background ('plain', 'mixed', ...)")
-    p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
-    main(p.parse_args())
+    a = p.parse_args()
+    if a.quick: a.arch, a.size, a.n_train, a.n_valid, a.epochs, a.auc_steps = 'small_cnn', 32, 10, 4, 1, 2
+    main(a)

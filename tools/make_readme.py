@@ -3,7 +3,9 @@
 Markdown cells are copied as they are; code cells become fenced Python blocks without their `#|` directives;
 cells marked `#| hide` (or `#| include: false`) are left out. Links to pictures in `nbs/images/` are pointed there from
 the repository root, and links to other pages of the docs (`tutorial_quickstart.html`) to their notebooks. Outputs are not copied, so the README does not
-change with timings or random numbers of a notebook run.
+change with timings or random numbers of a notebook run. One exception: a code cell marked `#| readme: output` is run here
+and its value (markdown: the results table, read from bench/results/*.json by tools/bench_report.py) replaces it, so the
+README's numbers come from the same files as the docs' and change only when a results file does.
 """
 import json, re, sys
 from pathlib import Path
@@ -19,6 +21,17 @@ def _relink(md):
     pages = {re.sub(r'^\d+[a-z]?_', '', p.stem) + '.html': p.name for p in (root/'nbs').glob('*.ipynb')}
     return re.sub(r'\]\(([\w.-]+\.html)\)', lambda m: f"](nbs/{pages[m[1]]})" if m[1] in pages else m[0], md)
 
+def _output(src):
+    "The markdown value of a `#| readme: output` cell: its code run (tools/ importable), the last line's value."
+    sys.path.insert(0, str(root/'tools'))
+    try:
+        lines = [l for l in src.splitlines() if not l.startswith('#|') and l.strip()]
+        ns = {'__name__': 'make_readme_cell'}
+        exec('\n'.join(lines[:-1]), ns)
+        v = eval(lines[-1], ns)
+    finally: sys.path.remove(str(root/'tools'))
+    return getattr(v, 'data', v) if not isinstance(v, str) else v
+
 def render(nb_path):
     nb = json.loads(Path(nb_path).read_text())
     parts = []
@@ -26,6 +39,8 @@ def render(nb_path):
         src = ''.join(cell['source'])
         ds = _directives(src)
         if 'hide' in ds or 'include: false' in ds or any(d.startswith('default_exp') for d in ds): continue
+        if cell['cell_type'] == 'code' and 'readme: output' in ds:
+            parts.append(_relink(str(_output(src)).strip())); continue
         body = '\n'.join(l for l in src.splitlines() if not l.startswith('#|')).strip()
         if not body: continue
         if cell['cell_type']=='markdown': body = _relink(body)
