@@ -126,6 +126,7 @@ def inside_share(a, b) -> np.ndarray:
     area = box_area(a)
     return np.where(area > 0, inter / np.where(area > 0, area, 1), 1.)
 
+# %% ../nbs/05_crop.ipynb #bd588af4
 def crop_rows(boxes:pd.DataFrame, multi_label=False, label_margin=None, inside=0.5) -> pd.DataFrame:
     "The crops a re-fit draws from the training rows of `boxes`: `item`, `key` (the row's box) and `label` (the crop's label(s))."
     tr = boxes[(boxes['split']=='train').to_numpy() & ~failed_rows(boxes)]
@@ -149,6 +150,7 @@ def crop_rows(boxes:pd.DataFrame, multi_label=False, label_margin=None, inside=0
             out.append((str(item), str(ok['instance'].iloc[j]), LABEL_DELIM.join(sorted(set(names[inner])))))
     return pd.DataFrame(out, columns=['item', 'key', 'label'])
 
+# %% ../nbs/05_crop.ipynb #8da2d93b
 def mixed_items(boxes:pd.DataFrame, crop_share=0.5, crop_valid=False, seed=0, multi_label=False, label_margin=None, inside=0.5) -> list:
     "`CropItem`s: each image once uncropped and cropped copies (see `crop_rows`) making up `crop_share` of the training items; unreadable images left out."
     if not 0 <= crop_share <= 1: raise ValueError(f"`crop_share` must be in [0, 1], got {crop_share!r}")
@@ -171,6 +173,7 @@ def mixed_items(boxes:pd.DataFrame, crop_share=0.5, crop_valid=False, seed=0, mu
               for p, l, k in zip(va['item'], va['label'], keys)]
     return items
 
+# %% ../nbs/05_crop.ipynb #dc7b4cf6
 def attention_dls(dls:DataLoaders, boxes:pd.DataFrame, margins=(0.95, 0.8, 0.6), crop_share=0.5, crop_valid=False,
                   valid_margin=None, pad_rel=0., aspect=None, item_tfms=None, batch_tfms=None, bs=None, seed=0,
                   label_margin=None, inside=0.5, **kwargs) -> DataLoaders:
@@ -198,6 +201,7 @@ def item_paths(items) -> list:
     "Each of `items` as an absolute `Path` named as the user listed it: made absolute against the working directory, symlinks not followed."
     return [Path(os.path.abspath(os.path.expanduser(str(p)))) for p in items]
 
+# %% ../nbs/05_crop.ipynb #47f9fe0a
 def box_problems(boxes, sizes, tol=0.5) -> list:
     "Per box `(x0, y0, x1, y1)` of `boxes` in an image of `(width, height)` `sizes`, why it cannot be exported, or None: not finite, empty, more than `tol` px outside the image."
     b, wh = np.asarray(boxes, float).reshape(-1, 4), np.asarray(sizes, float).reshape(-1, 2)
@@ -211,6 +215,7 @@ def box_problems(boxes, sizes, tol=0.5) -> list:
         else: out.append(None)
     return out
 
+# %% ../nbs/05_crop.ipynb #f7d60498
 def unique_names(names, taken=()) -> list:
     "`names` (relative paths) made unique in order, ignoring case (some file systems do): a repeat gets `_2`, `_3`, ... before its suffix; `taken` are names already in use."
     seen, out = {str(t).lower() for t in taken}, []
@@ -220,12 +225,14 @@ def unique_names(names, taken=()) -> list:
         seen.add(c.lower()); out.append(c)
     return out
 
+# %% ../nbs/05_crop.ipynb #df698656
 def merge_rows(old:pd.DataFrame, new:pd.DataFrame, key:str) -> pd.DataFrame:
     "The rows of `old` whose `key` is not in `new`, then `new`: a manifest merged by key (later runs win, earlier rows are kept)."
     if old is None or not len(old): return new.reset_index(drop=True)
     keep = old[~old[key].astype(str).isin(set(new[key].astype(str)))]
     return pd.concat([keep, new], ignore_index=True) if len(keep) else new.reset_index(drop=True)
 
+# %% ../nbs/05_crop.ipynb #1f8a712a
 def _read_csv(path, cols):
     if not Path(path).exists(): return None
     try: df = pd.read_csv(path, keep_default_na=False, na_values=[''])
@@ -234,6 +241,7 @@ def _read_csv(path, cols):
     if missing: raise ValueError(f"{path} lacks the column(s) {missing}: it is not a file `export_crops` wrote; move it away or choose another `dest`")
     return df
 
+# %% ../nbs/05_crop.ipynb #ea065c41
 def export_crops(boxes:pd.DataFrame,      # a boxes DataFrame (`box_pass`): `item` and the margin's box columns
                  dest,                     # the folder the crops go to, outside the source tree
                  margin=0.95,              # the retention margin whose boxes are cut

@@ -329,6 +329,7 @@ def show_box(ax, box, colour='red', lw=1.5, **kwargs):
 # %% ../nbs/00_data.ipynb #32fa12e0
 def _meta(**kw): return json.loads(json.dumps(kw))  # normalize tuples to lists, as they come back from JSON
 
+# %% ../nbs/00_data.ipynb #55901a5e
 def make_shapes(dest,                     # the dataset's folder
                 n_train=100,              # training images per class (under `train/`)
                 n_valid=25,               # validation images per class (under `valid/`)

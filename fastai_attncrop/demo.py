@@ -146,6 +146,7 @@ def run_demo(out='demo_out',                # folder for the dataset, tables, fi
     print(json.dumps(result))
     return result
 
+# %% ../nbs/90_demo.ipynb #129b0ab0
 def _has_tabulate():
     try: import tabulate; return True
     except ImportError: return False
