@@ -460,6 +460,17 @@ def _card(r, rank, src, score, margin, pcol, thumb) -> str:
 
 def _page_name(i) -> str: return 'index.html' if i == 0 else f'page-{i+1:04d}.html'
 
+def _why_left_out(boxes, paths, cols, bad) -> np.ndarray:
+    "Why each row of `boxes` cannot be shown (None: it can): an unreadable image (`bad`), a missing file, a box that does not fit."
+    err = boxes['error'].tolist() if 'error' in boxes.columns else [None]*len(boxes)
+    problems = box_problems(boxes[cols].to_numpy(float), boxes[['width', 'height']].to_numpy(float))
+    checked, why = {}, []
+    for i, p in enumerate(paths):
+        if bad[i]: why.append(f"unreadable: {err[i]}"); continue
+        if p not in checked: checked[p] = _file_problem(p)
+        why.append(checked[p] or problems[i])
+    return np.array(why, dtype=object)
+
 # %% ../nbs/09_export.ipynb #098ee847
 def review_sheet(boxes:pd.DataFrame,
                  dest,                 # the folder of the sheet's pages
@@ -477,15 +488,8 @@ def review_sheet(boxes:pd.DataFrame,
     dest = Path(os.path.abspath(dest)); dest.mkdir(parents=True, exist_ok=True)
     paths = item_paths(boxes['item'])    # resolved once, as the user named them: the links work from any working directory
     bad = failed_rows(boxes)
-    err = boxes['error'].tolist() if 'error' in boxes.columns else [None]*len(boxes)
     keys = boxes['instance'].astype(str).tolist() if 'instance' in boxes.columns else [str(p) for p in paths]
-    problems = box_problems(boxes[cols].to_numpy(float), boxes[['width', 'height']].to_numpy(float))
-    checked, why = {}, []
-    for i, p in enumerate(paths):
-        if bad[i]: why.append(f"unreadable: {err[i]}"); continue
-        if p not in checked: checked[p] = _file_problem(p)
-        why.append(checked[p] or problems[i])
-    why = np.array(why, dtype=object)
+    why = _why_left_out(boxes, paths, cols, bad)
     left = np.array([w is not None for w in why])
     s = boxes[score].to_numpy(float) if score is not None else trust_score(boxes, margin)
     ok = boxes[~left].assign(_score=np.nan_to_num(s[~left], nan=0.), _path=[p for p, l in zip(paths, left) if not l])
