@@ -15,9 +15,9 @@ import matplotlib
 import matplotlib.pyplot as plt
 from PIL import Image
 from fastcore.script import call_parse
-from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, error_rate, set_seed
-from .data import make_shapes, read_boxes_csv, show_box, write_csv_atomic, write_text_atomic
-from .models import small_cnn, pretrained_learner
+from fastai.vision.all import error_rate
+from .data import read_boxes_csv, show_box, write_csv_atomic, write_text_atomic
+from .models import shapes_learner
 from .saliency import maps_by_item, upsample_maps, normalize_maps
 from .metrics import evaluate_localization, eps_curve, plot_eps_curve
 from .crop import export_crops
@@ -37,13 +37,12 @@ def _valid_maps(learn, root, dls):
     "Saliency maps of every validation image for each method in `METHODS`, keyed by the image's path under `root`."
     return {name: maps_by_item(learn, dls.valid, m, root=root) for name, m in METHODS.items()}
 
-def _learner(dls, arch, seed):
-    "The pretrained `arch` (see `pretrained_learner`), or `small_cnn` from scratch when `arch='small_cnn'` or the weights are missing."
-    set_seed(seed, reproducible=True)
+def _learner(out, arch, seed, **kwargs):
+    "The demo's set in `out/'data'` and the pretrained `arch` on it (`shapes_learner`), or `small_cnn` from scratch when `arch='small_cnn'` or the weights are missing."
     if arch != 'small_cnn':
-        try: return pretrained_learner(dls, arch, metrics=accuracy), True
+        try: return shapes_learner(arch, out/'data', seed=seed, **kwargs), True
         except ImportError as e: print(f"   {e}\n   -> training small_cnn from scratch instead")
-    return vision_learner(dls, small_cnn, pretrained=False, metrics=accuracy), False
+    return shapes_learner(None, out/'data', seed=seed, **kwargs), False
 
 def _overlays(root, maps, preds, gt, fname, n=8):
     "Figure: `n` validation images (one per class first) with the Grad-CAM map, the true (green) and the predicted (red) boxes."
@@ -137,9 +136,9 @@ def run_demo(out='demo_out',                # folder for the dataset, tables, fi
     "Run the main job and write its results under `out`; returns the summary (also the last printed line, as JSON)."
     out, t0 = Path(out), time.time()
     print(f"1/6 synthetic dataset: {classes} classes, {n_train}+{n_valid} images per class, {size} px, objects {obj_frac} of the area")
-    root = make_shapes(out/'data', n_train=n_train, n_valid=n_valid, classes=classes, size=size, obj_frac=obj_frac, seed=seed)
-    dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(input_size), bs=bs, num_workers=0, seed=seed)
-    learn, pretrained = _learner(dls, arch, seed)
+    learn, pretrained = _learner(out, arch, seed, input_size=input_size, bs=bs, n_train=n_train, n_valid=n_valid, classes=classes,
+                                 size=size, obj_frac=obj_frac)   # make_shapes -> ImageDataLoaders -> learner
+    dls, root = learn.dls, learn.dls.path
     backbone = arch if pretrained else 'small_cnn'
     print(f"2/6 fine-tuning {backbone} ({'ImageNet-pretrained' if pretrained else 'from scratch'}) at {input_size} px on the CPU")
     with warnings.catch_warnings():
