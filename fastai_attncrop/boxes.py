@@ -228,6 +228,7 @@ def flatten_tfms(tfms):
         return sorted([t for x in tfms for t in flatten_tfms(x)], key=lambda t: getattr(t, 'order', 0))
     return [tfms]
 
+# %% ../nbs/02_boxes.ipynb #4a5d170f
 class InputFrame:
     "The model input shows `window` (x0, y0, x1, y1 in original pixels) of an `orig_wh` image, resized to `input_wh`."
     def __init__(self, orig_wh, window=None, input_wh=None):

@@ -126,6 +126,7 @@ def inside_share(a, b) -> np.ndarray:
     area = box_area(a)
     return np.where(area > 0, inter / np.where(area > 0, area, 1), 1.)
 
+# %% ../nbs/05_crop.ipynb #bd588af4
 def crop_rows(boxes:pd.DataFrame, multi_label=False, label_margin=None, inside=0.5) -> pd.DataFrame:
     "The crops a re-fit draws from the training rows of `boxes`: `item`, `key` (the row's box) and `label` (the crop's label(s))."
     tr = boxes[(boxes['split']=='train').to_numpy() & ~failed_rows(boxes)]
@@ -149,6 +150,7 @@ def crop_rows(boxes:pd.DataFrame, multi_label=False, label_margin=None, inside=0
             out.append((str(item), str(ok['instance'].iloc[j]), LABEL_DELIM.join(sorted(set(names[inner])))))
     return pd.DataFrame(out, columns=['item', 'key', 'label'])
 
+# %% ../nbs/05_crop.ipynb #8da2d93b
 def mixed_items(boxes:pd.DataFrame, crop_share=0.5, crop_valid=False, seed=0, multi_label=False, label_margin=None, inside=0.5) -> list:
     "`CropItem`s: each image once uncropped and cropped copies (see `crop_rows`) making up `crop_share` of the training items; unreadable images left out."
     if not 0 <= crop_share <= 1: raise ValueError(f"`crop_share` must be in [0, 1], got {crop_share!r}")
@@ -171,6 +173,7 @@ def mixed_items(boxes:pd.DataFrame, crop_share=0.5, crop_valid=False, seed=0, mu
               for p, l, k in zip(va['item'], va['label'], keys)]
     return items
 
+# %% ../nbs/05_crop.ipynb #dc7b4cf6
 def attention_dls(dls:DataLoaders, boxes:pd.DataFrame, margins=(0.95, 0.8, 0.6), crop_share=0.5, crop_valid=False,
                   valid_margin=None, pad_rel=0., aspect=None, item_tfms=None, batch_tfms=None, bs=None, seed=0,
                   label_margin=None, inside=0.5, **kwargs) -> DataLoaders:
@@ -198,6 +201,7 @@ def item_paths(items) -> list:
     "Each of `items` as an absolute `Path` named as the user listed it: made absolute against the working directory, symlinks not followed."
     return [Path(os.path.abspath(os.path.expanduser(str(p)))) for p in items]
 
+# %% ../nbs/05_crop.ipynb #47f9fe0a
 def box_problems(boxes, sizes, tol=0.5) -> list:
     "Per box `(x0, y0, x1, y1)` of `boxes` in an image of `(width, height)` `sizes`, why it cannot be exported, or None: not finite, empty, more than `tol` px outside the image."
     b, wh = np.asarray(boxes, float).reshape(-1, 4), np.asarray(sizes, float).reshape(-1, 2)
@@ -211,6 +215,7 @@ def box_problems(boxes, sizes, tol=0.5) -> list:
         else: out.append(None)
     return out
 
+# %% ../nbs/05_crop.ipynb #f7d60498
 def unique_names(names, taken=()) -> list:
     "`names` (relative paths) made unique in order, ignoring case (some file systems do): a repeat gets `_2`, `_3`, ... before its suffix; `taken` are names already in use."
     seen, out = {str(t).lower() for t in taken}, []
@@ -220,12 +225,14 @@ def unique_names(names, taken=()) -> list:
         seen.add(c.lower()); out.append(c)
     return out
 
+# %% ../nbs/05_crop.ipynb #df698656
 def merge_rows(old:pd.DataFrame, new:pd.DataFrame, key:str) -> pd.DataFrame:
     "The rows of `old` whose `key` is not in `new`, then `new`: a manifest merged by key (later runs win, earlier rows are kept)."
     if old is None or not len(old): return new.reset_index(drop=True)
     keep = old[~old[key].astype(str).isin(set(new[key].astype(str)))]
     return pd.concat([keep, new], ignore_index=True) if len(keep) else new.reset_index(drop=True)
 
+# %% ../nbs/05_crop.ipynb #1f8a712a
 def _read_csv(path, cols):
     if not Path(path).exists(): return None
     try: df = pd.read_csv(path, keep_default_na=False, na_values=[''])
@@ -234,6 +241,49 @@ def _read_csv(path, cols):
     if missing: raise ValueError(f"{path} lacks the column(s) {missing}: it is not a file `export_crops` wrote; move it away or choose another `dest`")
     return df
 
+# %% ../nbs/05_crop.ipynb #a11bdb05
+def _check_dest(dest:Path, root:Path):
+    "Refuse a crop folder `dest` inside the source tree `root` (as named or resolved)."
+    for r in {root, root.resolve()}:
+        if dest == r or r in dest.parents or r in dest.resolve().parents or dest.resolve() == r:
+            raise ValueError(f"`dest` {dest} lies inside the source tree {root}: choose a folder outside it")
+
+def _crop_names(boxes, src, root, cls, taken) -> list:
+    "Each row's crop path under `dest`: its item's path under `root`, `__<class>` added when an item has several rows, unique."
+    many = boxes['item'].astype(str).duplicated(keep=False).to_numpy()   # items with several rows: one crop per class
+    rels = []
+    for i, p in enumerate(src):
+        try: rel = p.relative_to(root)
+        except ValueError: raise ValueError(f"item {p} is not under `root` {root}") from None
+        rels.append((rel.with_name(f"{rel.stem}__{_safe_name(cls[i])}{rel.suffix}") if many[i] else rel).as_posix())
+    return unique_names(rels, taken)
+
+def _cut_crop(p:Path, b, size, target:Path, prev, overwrite, crop_kw:dict, save_kwargs:dict) -> tuple:
+    "(error, crop box, image size, written) of cutting box `b` of image `p` to `target`; a crop `prev` cut from the same pixels is kept."
+    try: wh = tuple(int(v) for v in size) if size is not None and np.isfinite(size).all() else shown_size(p)
+    except UnreadableImageError as e: return e.reason, None, None, False
+    err = box_problems(b, wh)[0]
+    if err is not None: return err, None, None, False
+    c = crop_box(b, wh, **crop_kw)
+    same = (prev is not None and str(prev['item']) == str(p) and
+            [float(prev[k]) for k in ('x0', 'y0', 'x1', 'y1')] == [float(v) for v in c])
+    if not overwrite and same and target.exists(): return None, c, wh, False
+    try: img = shown_image(p, mode=None)   # as stored (mode, depth), EXIF orientation applied; a new crop or a changed box: cut it (again)
+    except UnreadableImageError as e: return e.reason, None, None, False
+    if img.size != wh: return f"image is {img.size[0]}x{img.size[1]}, the table says {wh[0]}x{wh[1]}", None, None, False
+    save_image_atomic(img.crop(c), target, **save_kwargs)
+    return None, c, wh, True
+
+def _write_manifests(fin:pd.DataFrame, old, old_skip, dest:Path, manifest:str):
+    "Merge the finished rows `fin` into the manifest and `skipped.csv` in `dest` (the `old` ones), each row's latest outcome kept."
+    new = fin.loc[fin['error'].isna(), MANIFEST_COLUMNS]
+    write_csv_atomic(merge_rows(old, new, 'instance') if old is not None else new, dest/manifest)
+    skip = pd.DataFrame({'item': fin['item'], 'instance': fin['instance'], 'reason': fin['error']})
+    skip = merge_rows(old_skip, skip, 'instance') if old_skip is not None else skip
+    skip = skip[skip['reason'].notna() & ~skip['instance'].astype(str).isin(set(new['instance'].astype(str)))]
+    write_csv_atomic(skip[SKIPPED_COLUMNS], dest/'skipped.csv')
+
+# %% ../nbs/05_crop.ipynb #ea065c41
 def export_crops(boxes:pd.DataFrame,      # a boxes DataFrame (`box_pass`): `item` and the margin's box columns
                  dest,                     # the folder the crops go to, outside the source tree
                  margin=0.95,              # the retention margin whose boxes are cut
@@ -251,13 +301,10 @@ def export_crops(boxes:pd.DataFrame,      # a boxes DataFrame (`box_pass`): `ite
     src = item_paths(boxes['item'])    # as listed: a symlinked item keeps its own name (no blob names), a symlink loop is no crash
     root = Path(os.path.commonpath([str(p.parent) for p in src]) if root is None else os.path.abspath(root))
     dest = Path(os.path.abspath(dest))
-    for r in {root, root.resolve()}:
-        if dest == r or r in dest.parents or r in dest.resolve().parents or dest.resolve() == r:
-            raise ValueError(f"`dest` {dest} lies inside the source tree {root}: choose a folder outside it")
+    _check_dest(dest, root)
     bxs = boxes[cols].to_numpy(np.float64)
-    known = [None if pd.isna(e) else str(e) for e in boxes['error']] if 'error' in boxes.columns else [None]*len(boxes)
+    errors = [None if pd.isna(e) else str(e) for e in boxes['error']] if 'error' in boxes.columns else [None]*len(boxes)
     keys = row_keys(boxes)
-    many = boxes['item'].astype(str).duplicated(keep=False).to_numpy()   # items with several rows: one crop per class
     cls = boxes['target'].astype(str).tolist() if 'target' in boxes.columns else [None]*len(boxes)
     labels = boxes['label'].tolist() if 'label' in boxes.columns else [None]*len(boxes)
     sizes = boxes[['width', 'height']].to_numpy(float) if {'width', 'height'} <= set(boxes.columns) else None
@@ -265,55 +312,22 @@ def export_crops(boxes:pd.DataFrame,      # a boxes DataFrame (`box_pass`): `ite
     old_skip = _read_csv(dest/'skipped.csv', SKIPPED_COLUMNS) if manifest is not None else None
     by_crop = {} if old is None else {str(r['crop']): r for r in old.to_dict('records')}
     mine = set(keys)
-    taken = [c for c, r in by_crop.items() if str(r['instance']) not in mine]   # names of crops that earlier runs made for other rows
-    rels = []
-    for i, p in enumerate(src):
-        try: rel = p.relative_to(root)
-        except ValueError: raise ValueError(f"item {p} is not under `root` {root}") from None
-        rels.append((rel.with_name(f"{rel.stem}__{_safe_name(cls[i])}{rel.suffix}") if many[i] else rel).as_posix())
-    rels = unique_names(rels, taken)
+    rels = _crop_names(boxes, src, root, cls, [c for c, r in by_crop.items() if str(r['instance']) not in mine])  # not others' names
     n = len(boxes)
-    out, written, errors = [str(dest/r) for r in rels], [False]*n, list(known)
-    cut, whs = [(np.nan,)*4]*n, [(np.nan, np.nan)]*n
-    def _manifest():
-        res = pd.DataFrame({'item': [str(p) for p in src], 'dest': out, 'written': written, 'error': errors, 'crop': rels,
-                            'instance': keys, 'class': cls, 'label': labels, 'margin': float(check_margins(margin)[0])})
-        res[['x0', 'y0', 'x1', 'y1']] = np.asarray(cut, float).reshape(-1, 4)
-        res[['width', 'height']] = np.asarray(whs, float).reshape(-1, 2)
-        return res
-    done_upto = [0]
+    written, cut, whs, done = [False]*n, [(np.nan,)*4]*n, [(np.nan, np.nan)]*n, 0
     try:
         for i in progress_bar(range(n), leave=False) if progress else range(n):
-            p, b, err, target = src[i], bxs[i], errors[i], dest/rels[i]
-            wh = None
-            if err is None:
-                try: wh = tuple(int(v) for v in sizes[i]) if sizes is not None and np.isfinite(sizes[i]).all() else shown_size(p)
-                except UnreadableImageError as e: err = e.reason
-            if err is None: err = box_problems(b, wh)[0]
-            if err is None:
-                c = crop_box(b, wh, pad_rel, aspect)
-                prev = by_crop.get(rels[i])
-                same = (prev is not None and str(prev['item']) == str(p) and
-                        [float(prev[k]) for k in ('x0', 'y0', 'x1', 'y1')] == [float(v) for v in c])
-                if overwrite or not (same and target.exists()):   # a new crop, or one whose box changed: cut it (again)
-                    try: img = shown_image(p, mode=None)   # as stored (mode, depth), EXIF orientation applied
-                    except UnreadableImageError as e: err = e.reason
-                    else:
-                        if img.size != wh: err = f"image is {img.size[0]}x{img.size[1]}, the table says {wh[0]}x{wh[1]}"
-                        else: save_image_atomic(img.crop(c), target, **save_kwargs); written[i] = True
-                if err is None: cut[i], whs[i] = c, wh
-            errors[i] = err
-            done_upto[0] = i + 1
+            if errors[i] is None:
+                errors[i], c, wh, written[i] = _cut_crop(src[i], bxs[i], None if sizes is None else sizes[i], dest/rels[i],
+                                                         by_crop.get(rels[i]), overwrite, dict(pad_rel=pad_rel, aspect=aspect), save_kwargs)
+                if errors[i] is None: cut[i], whs[i] = c, wh
+            done = i + 1
     finally:   # also after an interruption: the manifest lists every crop finished so far (a rerun keeps them)
-        res = _manifest()
-        if manifest is not None and done_upto[0]:   # nothing finished: nothing written (no empty manifest either)
-            fin = res.iloc[:done_upto[0]]
-            new = fin.loc[fin['error'].isna(), MANIFEST_COLUMNS]
-            write_csv_atomic(merge_rows(old, new, 'instance') if old is not None else new, dest/manifest)
-            skip = pd.DataFrame({'item': fin['item'], 'instance': fin['instance'], 'reason': fin['error']})
-            skip = merge_rows(old_skip, skip, 'instance') if old_skip is not None else skip
-            skip = skip[skip['reason'].notna() & ~skip['instance'].astype(str).isin(set(new['instance'].astype(str)))]
-            write_csv_atomic(skip[SKIPPED_COLUMNS], dest/'skipped.csv')
+        res = pd.DataFrame({'item': [str(p) for p in src], 'dest': [str(dest/r) for r in rels], 'written': written, 'error': errors,
+                            'crop': rels, 'instance': keys, 'class': cls, 'label': labels, 'margin': float(check_margins(margin)[0])})
+        res[['x0', 'y0', 'x1', 'y1']] = np.asarray(cut, float).reshape(-1, 4)
+        res[['width', 'height']] = np.asarray(whs, float).reshape(-1, 2)
+        if manifest is not None and done: _write_manifests(res.iloc[:done], old, old_skip, dest, manifest)   # nothing finished: nothing written
     return res
 
 # %% ../nbs/05_crop.ipynb #3ef51742

@@ -329,6 +329,34 @@ def show_box(ax, box, colour='red', lw=1.5, **kwargs):
 # %% ../nbs/00_data.ipynb #32fa12e0
 def _meta(**kw): return json.loads(json.dumps(kw))  # normalize tuples to lists, as they come back from JSON
 
+# %% ../nbs/00_data.ipynb #55901a5e
+def _write_shapes(dest:Path, meta:dict):
+    "Draw and write the images, masks, `boxes.csv` and `labels.csv` of the set `meta` (as `make_shapes` checked it) to `dest`."
+    n_train, n_valid, classes, sizes, frac = (meta[k] for k in ('n_train', 'n_valid', 'classes', 'size', 'obj_frac'))
+    n_obj, multi_label, background, nd, fill, seed = (meta[k] for k in ('n_objects', 'multi_label', 'background', 'n_distractors', 'fill', 'seed'))
+    jobs = [(split, si, ci, i) for si, (split, n) in enumerate([('train', n_train), ('valid', n_valid)])
+            for ci in range(len(classes)) for i in range(n)]
+    box_rows, label_rows = [], []
+    for split, si, ci, i in progress_bar(jobs, leave=False):
+        rng = np.random.default_rng([int(seed), si, ci, i])
+        k = int(rng.integers(n_obj[0], n_obj[1]+1))
+        if multi_label:
+            labels = [classes[ci]] + [classes[j] for j in rng.permutation([j for j in range(len(classes)) if j!=ci])[:k-1]]
+            rel = f"{split}/images/img_{ci:02d}_{i:05d}.png"
+        else:
+            labels, rel = [classes[ci]]*k, f"{split}/{classes[ci]}/{classes[ci]}_{i:05d}.png"
+        W, H = sizes[int(rng.integers(len(sizes)))]
+        img, inst, boxes = draw_sample(labels, (W, H), frac, background, nd, fill, rng)
+        save_image_atomic(img, dest/rel)
+        save_image_atomic(Image.fromarray(inst), dest/'masks'/rel)
+        for k_, (lbl, b) in enumerate(zip(labels, boxes), start=1):
+            box_rows.append(dict(image=rel, label=lbl, xmin=b[0], ymin=b[1], xmax=b[2], ymax=b[3],
+                                 width=W, height=H, split=split, instance=k_))
+        label_rows.append(dict(image=rel, labels=' '.join(sorted(set(labels))), split=split, is_valid=split=='valid'))
+    write_csv_atomic(pd.DataFrame(box_rows, columns=['image', 'label', 'xmin', 'ymin', 'xmax', 'ymax', 'width', 'height', 'split', 'instance']), dest/'boxes.csv')
+    write_csv_atomic(pd.DataFrame(label_rows, columns=['image', 'labels', 'split', 'is_valid']), dest/'labels.csv')
+
+# %% ../nbs/00_data.ipynb #c972e4f7
 def make_shapes(dest,                     # the dataset's folder
                 n_train=100,              # training images per class (under `train/`)
                 n_valid=25,               # validation images per class (under `valid/`)
@@ -368,27 +396,7 @@ def make_shapes(dest,                     # the dataset's folder
     dest.mkdir(parents=True, exist_ok=True)
     if meta_path.exists(): meta_path.unlink()
     (dest/'.partial').touch()
-    jobs = [(split, si, ci, i) for si, (split, n) in enumerate([('train', n_train), ('valid', n_valid)])
-            for ci in range(len(classes)) for i in range(n)]
-    box_rows, label_rows = [], []
-    for split, si, ci, i in progress_bar(jobs, leave=False):
-        rng = np.random.default_rng([int(seed), si, ci, i])
-        k = int(rng.integers(n_obj[0], n_obj[1]+1))
-        if multi_label:
-            labels = [classes[ci]] + [classes[j] for j in rng.permutation([j for j in range(len(classes)) if j!=ci])[:k-1]]
-            rel = f"{split}/images/img_{ci:02d}_{i:05d}.png"
-        else:
-            labels, rel = [classes[ci]]*k, f"{split}/{classes[ci]}/{classes[ci]}_{i:05d}.png"
-        W, H = sizes[int(rng.integers(len(sizes)))]
-        img, inst, boxes = draw_sample(labels, (W, H), frac, background, nd, fill, rng)
-        save_image_atomic(img, dest/rel)
-        save_image_atomic(Image.fromarray(inst), dest/'masks'/rel)
-        for k_, (lbl, b) in enumerate(zip(labels, boxes), start=1):
-            box_rows.append(dict(image=rel, label=lbl, xmin=b[0], ymin=b[1], xmax=b[2], ymax=b[3],
-                                 width=W, height=H, split=split, instance=k_))
-        label_rows.append(dict(image=rel, labels=' '.join(sorted(set(labels))), split=split, is_valid=split=='valid'))
-    write_csv_atomic(pd.DataFrame(box_rows, columns=['image', 'label', 'xmin', 'ymin', 'xmax', 'ymax', 'width', 'height', 'split', 'instance']), dest/'boxes.csv')
-    write_csv_atomic(pd.DataFrame(label_rows, columns=['image', 'labels', 'split', 'is_valid']), dest/'labels.csv')
+    _write_shapes(dest, meta)
     write_text_atomic(json.dumps(meta, indent=1), meta_path)
     (dest/'.partial').unlink()
     return dest

@@ -15,9 +15,9 @@ import matplotlib
 import matplotlib.pyplot as plt
 from PIL import Image
 from fastcore.script import call_parse
-from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, error_rate, set_seed
-from .data import make_shapes, read_boxes_csv, show_box, write_csv_atomic, write_text_atomic
-from .models import small_cnn, pretrained_learner
+from fastai.vision.all import error_rate
+from .data import read_boxes_csv, show_box, write_csv_atomic, write_text_atomic
+from .models import shapes_learner
 from .saliency import maps_by_item, upsample_maps, normalize_maps
 from .metrics import evaluate_localization, eps_curve, plot_eps_curve
 from .crop import export_crops
@@ -37,13 +37,12 @@ def _valid_maps(learn, root, dls):
     "Saliency maps of every validation image for each method in `METHODS`, keyed by the image's path under `root`."
     return {name: maps_by_item(learn, dls.valid, m, root=root) for name, m in METHODS.items()}
 
-def _learner(dls, arch, seed):
-    "The pretrained `arch` (see `pretrained_learner`), or `small_cnn` from scratch when `arch='small_cnn'` or the weights are missing."
-    set_seed(seed, reproducible=True)
+def _learner(out, arch, seed, **kwargs):
+    "The demo's set in `out/'data'` and the pretrained `arch` on it (`shapes_learner`), or `small_cnn` from scratch when `arch='small_cnn'` or the weights are missing."
     if arch != 'small_cnn':
-        try: return pretrained_learner(dls, arch, metrics=accuracy), True
+        try: return shapes_learner(arch, out/'data', seed=seed, **kwargs), True
         except ImportError as e: print(f"   {e}\n   -> training small_cnn from scratch instead")
-    return vision_learner(dls, small_cnn, pretrained=False, metrics=accuracy), False
+    return shapes_learner(None, out/'data', seed=seed, **kwargs), False
 
 def _overlays(root, maps, preds, gt, fname, n=8):
     "Figure: `n` validation images (one per class first) with the Grad-CAM map, the true (green) and the predicted (red) boxes."
@@ -63,6 +62,66 @@ def _overlays(root, maps, preds, gt, fname, n=8):
     fig.suptitle("Grad-CAM of the fine-tuned model: true boxes (green), box_pass's default boxes at margin 0.95 (red)")
     fig.savefig(fname, dpi=90, bbox_inches='tight'); plt.close(fig)
 
+# %% ../nbs/90_demo.ipynb #da36c6ed
+def _localize(learn, root, dls, cache):
+    "Steps 3-4: each method's maps and default-rule boxes of the validation images, scored against the known boxes."
+    gt = read_boxes_csv(root/'boxes.csv')
+    gt = gt[gt.split=='valid'].reset_index(drop=True)
+    maps = _valid_maps(learn, root, dls)
+    boxes = box_pass(learn, cache=cache, progress=False)       # every item, the package's default box rule
+    vitems = boxes[boxes.split=='valid'][['item', 'split', 'label']]
+    rule = {name: boxes_as_preds(boxes[boxes.split=='valid'] if m == 'gradcam' else
+                               box_pass(learn, vitems, method=m, margins=(0.95,), cache=cache, progress=False), root)
+            for name, m in METHODS.items()}
+    classic = boxes_as_preds(box_pass(learn, vitems, margins=(0.95,), cache=cache, progress=False, **CLASSIC), root)
+    preds = pd.concat([rule[name].assign(method=name) for name in METHODS] + [classic.assign(method='Grad-CAM, classic rule')],
+                      ignore_index=True)
+    print("4/6 localization metrics against the known boxes (means over images; baselines by the same code)")
+    per_image, summary = evaluate_localization(preds, gt, maps={**maps, 'Grad-CAM, classic rule': maps['Grad-CAM']})
+    return gt, maps, boxes, preds, per_image, summary
+
+def _refit(learn, dls, boxes, refit_epochs, baseline, cache):
+    "Step 5: `attention_crop` from the fitted model; with `baseline`, the same start fitted on the plain images for as many images seen."
+    start = copy.deepcopy(learn.model.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        res = learn.attention_crop(epochs=refit_epochs, cache=cache, boxes=boxes)
+        base_err = base_zoom = None
+        if baseline:   # the same start, the plain images, as many images seen as the mixed set gives
+            learn.dls = dls; learn.model.load_state_dict(start); learn.opt = None
+            learn.fit_one_cycle(2*refit_epochs)
+            base_err = 1 - float(learn.validate()[1])
+            base_zoom = float(error_rate(*learn.zoom_predict(dls.valid, cache=cache, progress=False)))
+    return res, base_err, base_zoom
+
+# %% ../nbs/90_demo.ipynb #6d7f7551
+def _write_files(out, root, summary, per_image, res, maps, preds, gt):
+    "Step 6: the tables, the figures and the validation crops under `out`; returns `export_crops`'s manifest."
+    write_csv_atomic(summary.reset_index(), out/'summary.csv')
+    write_csv_atomic(per_image, out/'per_image.csv')
+    write_csv_atomic(res.boxes, out/'boxes.csv')
+    write_text_atomic(summary.to_markdown(floatfmt='.3f') if _has_tabulate() else summary.to_string(float_format='%.3f'), out/'summary.md')
+    _overlays(root, maps['Grad-CAM'], preds, gt, out/'overlays.png')
+    ax = plot_eps_curve(eps_curve(maps['Grad-CAM'], gt), label='Grad-CAM')
+    ax.figure.savefig(out/'recall_vs_area.png', dpi=100, bbox_inches='tight'); plt.close('all')
+    valid = res.boxes[res.boxes.split=='valid']
+    crops = export_crops(valid, out/'crops', margin=0.95, root=root/'valid', progress=False)
+    return crops
+
+def _report(out, summary, result, errors, n_crops, t0):
+    "Print the summary table, the errors (`before, after, base_err, zoom_before, zoom_after, base_zoom`) and the files written."
+    before, after, base_err, zoom_before, zoom_after, base_zoom = errors
+    baseline = base_err is not None
+    with pd.option_context('display.width', 160, 'display.max_columns', 20):
+        print(summary[['Recall', 'Precision', 'IoU', 'Image Area Reduction', 'MaxBoxAccV2', 'Fallback']].round(3).to_string())
+    print(f"\nvalidation error {before:.3f} -> {after:.3f} after attention_crop"
+          + (f" ({base_err:.3f} with the same budget on plain images)" if baseline else '')
+          + f"; with look-then-zoom prediction (learn.zoom_predict) {zoom_before:.3f} -> {zoom_after:.3f}"
+          + (f" ({base_zoom:.3f} for the plain-budget model)" if baseline else '') + f"; {n_crops} crops; {time.time()-t0:.0f}s")
+    for f in ['summary.md', 'summary.csv', 'per_image.csv', 'boxes.csv', 'overlays.png', 'recall_vs_area.png', 'crops/', 'result.json']:
+        print(f"wrote {out/f}")
+    print(json.dumps(result))
+
 # %% ../nbs/90_demo.ipynb #fca69413
 def run_demo(out='demo_out',                # folder for the dataset, tables, figures and crops
              n_train=100, n_valid=25,       # images per class
@@ -77,9 +136,9 @@ def run_demo(out='demo_out',                # folder for the dataset, tables, fi
     "Run the main job and write its results under `out`; returns the summary (also the last printed line, as JSON)."
     out, t0 = Path(out), time.time()
     print(f"1/6 synthetic dataset: {classes} classes, {n_train}+{n_valid} images per class, {size} px, objects {obj_frac} of the area")
-    root = make_shapes(out/'data', n_train=n_train, n_valid=n_valid, classes=classes, size=size, obj_frac=obj_frac, seed=seed)
-    dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(input_size), bs=bs, num_workers=0, seed=seed)
-    learn, pretrained = _learner(dls, arch, seed)
+    learn, pretrained = _learner(out, arch, seed, input_size=input_size, bs=bs, n_train=n_train, n_valid=n_valid, classes=classes,
+                                 size=size, obj_frac=obj_frac)   # make_shapes -> ImageDataLoaders -> learner
+    dls, root = learn.dls, learn.dls.path
     backbone = arch if pretrained else 'small_cnn'
     print(f"2/6 fine-tuning {backbone} ({'ImageNet-pretrained' if pretrained else 'from scratch'}) at {input_size} px on the CPU")
     with warnings.catch_warnings():
@@ -87,43 +146,14 @@ def run_demo(out='demo_out',                # folder for the dataset, tables, fi
         if pretrained: learn.fine_tune(epochs, lr)
         else: learn.fit_one_cycle(4*epochs, 1e-2)
     print(f"3/6 saliency maps ({', '.join(METHODS)}) of the {len(dls.valid_ds)} validation images; boxes by box_pass's default rule")
-    gt = read_boxes_csv(root/'boxes.csv')
-    gt = gt[gt.split=='valid'].reset_index(drop=True)
-    maps = _valid_maps(learn, root, dls)
-    boxes = box_pass(learn, cache=out/'box_cache', progress=False)       # every item, the package's default box rule
-    vitems = boxes[boxes.split=='valid'][['item', 'split', 'label']]
-    rule = {name: boxes_as_preds(boxes[boxes.split=='valid'] if m == 'gradcam' else
-                               box_pass(learn, vitems, method=m, margins=(0.95,), cache=out/'box_cache', progress=False), root)
-            for name, m in METHODS.items()}
-    classic = boxes_as_preds(box_pass(learn, vitems, margins=(0.95,), cache=out/'box_cache', progress=False, **CLASSIC), root)
-    preds = pd.concat([rule[name].assign(method=name) for name in METHODS] + [classic.assign(method='Grad-CAM, classic rule')],
-                      ignore_index=True)
-    print("4/6 localization metrics against the known boxes (means over images; baselines by the same code)")
-    per_image, summary = evaluate_localization(preds, gt, maps={**maps, 'Grad-CAM, classic rule': maps['Grad-CAM']})
+    gt, maps, boxes, preds, per_image, summary = _localize(learn, root, dls, out/'box_cache')
     centre = summary.filter(like='centred box', axis=0).iloc[0]
     print(f"5/6 learn.attention_crop(epochs={refit_epochs}): mixed DataLoaders from those boxes, re-fit")
-    start = copy.deepcopy(learn.model.state_dict())
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        res = learn.attention_crop(epochs=refit_epochs, cache=out/'box_cache', boxes=boxes)
-        base_err = base_zoom = None
-        if baseline:   # the same start, the plain images, as many images seen as the mixed set gives
-            learn.dls = dls; learn.model.load_state_dict(start); learn.opt = None
-            learn.fit_one_cycle(2*refit_epochs)
-            base_err = 1 - float(learn.validate()[1])
-            base_zoom = float(error_rate(*learn.zoom_predict(dls.valid, cache=out/'box_cache', progress=False)))
+    res, base_err, base_zoom = _refit(learn, dls, boxes, refit_epochs, baseline, out/'box_cache')
     before, after = 1 - res.metrics_before['accuracy'], 1 - res.metrics_after['accuracy']
     zoom_before, zoom_after = res.zoom_before['error_rate'], res.zoom_after['error_rate']   # look-then-zoom prediction (`zoom_predict`)
     print("6/6 files, figures and crops")
-    write_csv_atomic(summary.reset_index(), out/'summary.csv')
-    write_csv_atomic(per_image, out/'per_image.csv')
-    write_csv_atomic(res.boxes, out/'boxes.csv')
-    write_text_atomic(summary.to_markdown(floatfmt='.3f') if _has_tabulate() else summary.to_string(float_format='%.3f'), out/'summary.md')
-    _overlays(root, maps['Grad-CAM'], preds, gt, out/'overlays.png')
-    ax = plot_eps_curve(eps_curve(maps['Grad-CAM'], gt), label='Grad-CAM')
-    ax.figure.savefig(out/'recall_vs_area.png', dpi=100, bbox_inches='tight'); plt.close('all')
-    valid = res.boxes[res.boxes.split=='valid']
-    crops = export_crops(valid, out/'crops', margin=0.95, root=root/'valid', progress=False)
+    crops = _write_files(out, root, summary, per_image, res, maps, preds, gt)
     g, gpp, gc = summary.loc['Grad-CAM'], summary.loc['Grad-CAM++'], summary.loc['Grad-CAM, classic rule']
     result = dict(pretrained=pretrained, backbone=backbone, input_size=input_size,
                   val_error_before=round(before, 4), val_error_after=round(after, 4), baseline_val_error=None if base_err is None else round(base_err, 4),
@@ -135,17 +165,10 @@ def run_demo(out='demo_out',                # folder for the dataset, tables, fi
                   gradcampp_maxboxacc_v2=round(gpp.MaxBoxAccV2, 4), centre_maxboxacc_v2=round(centre.MaxBoxAccV2, 4),
                   centred_box_iou=round(centre.IoU, 4), seconds=round(time.time() - t0))
     write_text_atomic(json.dumps(result, indent=1), out/'result.json')
-    with pd.option_context('display.width', 160, 'display.max_columns', 20):
-        print(summary[['Recall', 'Precision', 'IoU', 'Image Area Reduction', 'MaxBoxAccV2', 'Fallback']].round(3).to_string())
-    print(f"\nvalidation error {before:.3f} -> {after:.3f} after attention_crop"
-          + (f" ({base_err:.3f} with the same budget on plain images)" if baseline else '')
-          + f"; with look-then-zoom prediction (learn.zoom_predict) {zoom_before:.3f} -> {zoom_after:.3f}"
-          + (f" ({base_zoom:.3f} for the plain-budget model)" if baseline else '') + f"; {int(crops.written.sum())} crops; {time.time()-t0:.0f}s")
-    for f in ['summary.md', 'summary.csv', 'per_image.csv', 'boxes.csv', 'overlays.png', 'recall_vs_area.png', 'crops/', 'result.json']:
-        print(f"wrote {out/f}")
-    print(json.dumps(result))
+    _report(out, summary, result, (before, after, base_err, zoom_before, zoom_after, base_zoom), int(crops.written.sum()), t0)
     return result
 
+# %% ../nbs/90_demo.ipynb #129b0ab0
 def _has_tabulate():
     try: import tabulate; return True
     except ImportError: return False

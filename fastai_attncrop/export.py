@@ -52,6 +52,7 @@ def _class_of(target, label, cls):
     if str(target) in labs: return str(target), None      # multi-label: the explained class when it is a true one
     return None, f"predicted class {target!r} is not among the labels {labs} (cls={cls!r})"
 
+# %% ../nbs/09_export.ipynb #5cca14c8
 def export_table(boxes:pd.DataFrame, margin=0.95, root=None, score=None, keep_fallback=False, classes=None, cls='pred') -> tuple:
     "`(table, images, classes, counts, skipped)`: the boxes at `margin` to export, every exportable image, the class list, the counts and what was left out (and why)."
     cols = _check_boxes(boxes, margin, score)
@@ -144,6 +145,7 @@ def _splits(images) -> list:
     s = images['split'].tolist()
     return s if any(v is not None for v in s) else [None]*len(s)
 
+# %% ../nbs/09_export.ipynb #8d90262f
 def _voc(t, images, classes, dest, cls):
     by = {k: g for k, g in t.groupby('image')}
     files = []
@@ -176,6 +178,7 @@ _YOLO_KEYS = {'train': 'train', 'valid': 'val', 'val': 'val', 'validation': 'val
 
 def _yaml_str(s) -> str: return json.dumps(str(s), ensure_ascii=False)   # a JSON string is a YAML double-quoted scalar
 
+# %% ../nbs/09_export.ipynb #3ed3295e
 def _yolo(t, images, classes, dest, cls):
     cid = {c: i for i, c in enumerate(classes)}
     by = {k: g for k, g in t.groupby('image')}
@@ -224,6 +227,7 @@ def _ls_urls(images, url_prefix, document_root) -> tuple:
         urls.append(LS_LOCAL_FILES + quote(rel, safe='/'))
     return urls, os.path.commonpath([str(Path(p).parent) for p in images['item']]) if len(images) else str(doc)
 
+# %% ../nbs/09_export.ipynb #97de4b6f
 def _labelstudio(t, images, classes, dest, cls, urls, from_name='label', to_name='image', model_version='fastai_attncrop'):
     by = {k: g for k, g in t.groupby('image')}
     tasks = []
@@ -251,6 +255,7 @@ def _existing(dest:Path, format, files) -> list:
     hit += [p for g in pattern for p in dest.glob(g) if p.is_file() and p not in hit]
     return hit
 
+# %% ../nbs/09_export.ipynb #f3995bd5
 def export_boxes(boxes:pd.DataFrame,
                  dest,                      # the folder to write into
                  format,                    # 'coco', 'voc', 'yolo' or 'labelstudio'
@@ -338,6 +343,7 @@ def read_yolo(dest, images=None, classes=None) -> pd.DataFrame:
                              xmax=(cx + w/2)*W, ymax=(cy + h/2)*H, width=W, height=H))
     return pd.DataFrame(rows, columns=GT_COLUMNS + ['width', 'height'])
 
+# %% ../nbs/09_export.ipynb #153cd596
 def _ls_image(url, url_prefix) -> str:
     "The image of a Label Studio task's URL: less `url_prefix`, or the `d` path of a local-files URL, unquoted."
     url = str(url)
@@ -358,6 +364,7 @@ def _ls_rects(result, from_name=None) -> list:
         for lab in v['rectanglelabels']: out.append((lab, v['x'], v['y'], v['width'], v['height'], W, H, r.get('score')))
     return out
 
+# %% ../nbs/09_export.ipynb #c9af1419
 def read_labelstudio(path, url_prefix='', source='auto', from_name=None, to_name='image') -> pd.DataFrame:
     "Read the rectangles of a Label Studio JSON (`export_boxes` tasks, or Label Studio's JSON / JSON_MIN exports) into a ground-truth DataFrame."
     if source not in ('auto', 'annotations', 'predictions'): raise ValueError(f"`source` must be 'auto', 'annotations' or 'predictions', got {source!r}")
@@ -453,6 +460,18 @@ def _card(r, rank, src, score, margin, pcol, thumb) -> str:
 
 def _page_name(i) -> str: return 'index.html' if i == 0 else f'page-{i+1:04d}.html'
 
+def _why_left_out(boxes, paths, cols, bad) -> np.ndarray:
+    "Why each row of `boxes` cannot be shown (None: it can): an unreadable image (`bad`), a missing file, a box that does not fit."
+    err = boxes['error'].tolist() if 'error' in boxes.columns else [None]*len(boxes)
+    problems = box_problems(boxes[cols].to_numpy(float), boxes[['width', 'height']].to_numpy(float))
+    checked, why = {}, []
+    for i, p in enumerate(paths):
+        if bad[i]: why.append(f"unreadable: {err[i]}"); continue
+        if p not in checked: checked[p] = _file_problem(p)
+        why.append(checked[p] or problems[i])
+    return np.array(why, dtype=object)
+
+# %% ../nbs/09_export.ipynb #098ee847
 def review_sheet(boxes:pd.DataFrame,
                  dest,                 # the folder of the sheet's pages
                  margin=0.95,          # the boxes of this margin
@@ -469,15 +488,8 @@ def review_sheet(boxes:pd.DataFrame,
     dest = Path(os.path.abspath(dest)); dest.mkdir(parents=True, exist_ok=True)
     paths = item_paths(boxes['item'])    # resolved once, as the user named them: the links work from any working directory
     bad = failed_rows(boxes)
-    err = boxes['error'].tolist() if 'error' in boxes.columns else [None]*len(boxes)
     keys = boxes['instance'].astype(str).tolist() if 'instance' in boxes.columns else [str(p) for p in paths]
-    problems = box_problems(boxes[cols].to_numpy(float), boxes[['width', 'height']].to_numpy(float))
-    checked, why = {}, []
-    for i, p in enumerate(paths):
-        if bad[i]: why.append(f"unreadable: {err[i]}"); continue
-        if p not in checked: checked[p] = _file_problem(p)
-        why.append(checked[p] or problems[i])
-    why = np.array(why, dtype=object)
+    why = _why_left_out(boxes, paths, cols, bad)
     left = np.array([w is not None for w in why])
     s = boxes[score].to_numpy(float) if score is not None else trust_score(boxes, margin)
     ok = boxes[~left].assign(_score=np.nan_to_num(s[~left], nan=0.), _path=[p for p, l in zip(paths, left) if not l])

@@ -221,6 +221,7 @@ def score_boxes(preds:pd.DataFrame, gt:pd.DataFrame, iou_thr=0.5) -> pd.DataFram
     out['correct'] = out.iou >= iou_thr
     return out
 
+# %% ../nbs/03_metrics.ipynb #462a16e2
 def _map_ap(scored:pd.DataFrame, gt:pd.DataFrame) -> float:
     "mAP of one method's scored boxes (see the definition above)."
     scores = scored.score if 'score' in scored else pd.Series(1., index=scored.index)
@@ -243,6 +244,7 @@ def _baselines(keys, gt, sizes):
                          **dict(zip(['xmin', 'ymin', 'xmax', 'ymax'], centred_box(wh, s)))))
     return pd.DataFrame(rows)
 
+# %% ../nbs/03_metrics.ipynb #dd082d42
 def evaluate_localization(preds:pd.DataFrame,                     # predicted boxes: image, xmin, ymin, xmax, ymax (+ method, score, label, fallback)
                           gt:pd.DataFrame,                        # ground-truth boxes as `fastai_attncrop.data` reads them
                           maps:dict=None,                         # {method: {image or (image, label): map}}: adds MaxBoxAcc, MaxBoxAccV2

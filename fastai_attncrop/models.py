@@ -7,14 +7,16 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/models.html.md"""
 
 # %% ../nbs/04_models.ipynb #d409b537
 from __future__ import annotations
-import importlib, os
+import hashlib, importlib, inspect, os, tempfile
 from pathlib import Path
 import torch, torch.nn as nn
 from fastai.layers import ConvLayer
-from .data import atomic_write
+import pandas as pd
+from .data import atomic_write, make_shapes
 
 # %% auto #0
-__all__ = ['PRETRAINED', 'small_cnn', 'weights_cache_dir', 'convert_weights', 'pretrained_weights', 'pretrained_learner']
+__all__ = ['PRETRAINED', 'small_cnn', 'weights_cache_dir', 'convert_weights', 'pretrained_weights', 'pretrained_learner',
+           'shapes_learner']
 
 # %% ../nbs/04_models.ipynb #97c773e9
 def small_cnn(pretrained=False, widths=(32, 64, 128, 256), strides=(2, 2, 2, 1), n_in=3, n_out=1000) -> nn.Sequential:
@@ -82,3 +84,39 @@ def pretrained_learner(dls, name='tf_efficientnet_lite0', **kwargs):
     from fastai.vision.learner import vision_learner
     overlay = {**kwargs.pop('pretrained_cfg_overlay', {}), 'file': str(pretrained_weights(name))}
     return vision_learner(dls, name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+
+# %% ../nbs/04_models.ipynb #075b7506
+_DLS_KW = ('batch_tfms', 'valid_col', 'shuffle', 'drop_last')
+
+def shapes_learner(arch=None,        # None: `small_cnn` from scratch; a model function for `vision_learner`; a name in `PRETRAINED`
+                   path=None,        # the set's folder (reused if made with the same settings); None: one per settings in the temp folder
+                   input_size=None,  # `Resize(input_size)`, the side the learner sees; None: the images' side
+                   bs=16,            # batch size
+                   seed=0,           # the images' seed (`make_shapes`), the training order and the initial weights
+                   epochs=0,         # fit that many epochs: `fit_one_cycle(epochs, lr)` from scratch, `fine_tune(epochs, lr)` pretrained
+                   lr=3e-3,          # learning rate of that fit
+                   **kwargs):        # `make_shapes`'s settings (n_train, classes, size, multi_label...); `batch_tfms`; the rest to the learner
+    "A learner on a synthetic shapes set, built in one call (fastai's `synth_learner` for this package's images)."
+    from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, accuracy_multi, set_seed
+    data = {k: kwargs.pop(k) for k in list(kwargs) if k in inspect.signature(make_shapes).parameters}
+    dls_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in _DLS_KW}
+    data['seed'] = seed
+    if path is None: path = Path(tempfile.gettempdir())/'fastai_attncrop_shapes'/hashlib.sha1(repr(sorted(data.items())).encode()).hexdigest()[:12]
+    size = data.get('size', inspect.signature(make_shapes).parameters['size'].default)
+    if input_size is None and not isinstance(size, int): raise ValueError(f"`input_size` is needed when `size` is not one side, got size={size!r}")
+    root = make_shapes(path, **data)
+    tfms = Resize(input_size or size)
+    set_seed(seed, reproducible=True)
+    if data.get('multi_label'):
+        dls = ImageDataLoaders.from_df(pd.read_csv(root/'labels.csv'), root, fn_col='image', label_col='labels', label_delim=' ',
+                                       valid_col='is_valid', item_tfms=tfms, bs=bs, num_workers=0, **dls_kw)
+    else: dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=tfms, bs=bs, num_workers=0, **dls_kw)
+    kwargs.setdefault('metrics', accuracy_multi if data.get('multi_label') else accuracy)
+    set_seed(seed, reproducible=True)
+    if isinstance(arch, str) and arch in PRETRAINED: learn = pretrained_learner(dls, arch, **kwargs)
+    else: learn = vision_learner(dls, arch or small_cnn, pretrained=False, **kwargs)
+    if epochs:
+        with learn.no_bar(), learn.no_logging():
+            if isinstance(arch, str) and arch in PRETRAINED: learn.fine_tune(epochs, lr)
+            else: learn.fit_one_cycle(epochs, lr)
+    return learn

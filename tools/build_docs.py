@@ -16,7 +16,8 @@ Every notebook in `nbs/` becomes one HTML page, in three steps, each redone only
 Output: `_site/` (git-ignored); `_site/pages.json` lists every page with its title and source notebook.
 
     python tools/build_docs.py            # execute what changed, process, render
-    python tools/build_docs.py --execute --force  # only step 1, every notebook (what `make nbtest` runs)
+    python tools/build_docs.py --execute --force  # only step 1, every notebook (what `make nbtest` runs); ends with
+                                                  # a table of each notebook's time and slowest cell
     python tools/build_docs.py --only tutorial  # a partial site of the matching notebooks, while writing them
 """
 from __future__ import annotations
@@ -82,7 +83,29 @@ def execute(nbs: list[Path], n_workers=2, force=False) -> list[Path]:
         else: failed.append(nb)
     if rc and not failed: failed = todo  # nbdev-test failed without telling which: trust nothing it ran
     print(f"execute: {time.time() - t0:.0f} s", flush=True)
+    print_timing([EXEC/nb.name for nb in todo if nb not in failed])
     return failed
+
+def cell_times(nb: Path) -> list[tuple[float, int, str]]:
+    "(seconds, cell number, first code line) of each code cell of an executed notebook, from the times `nbdev-test --save` keeps in its metadata."
+    res = []
+    for i, c in enumerate(json.loads(nb.read_text())['cells'], start=1):
+        t = (c.get('metadata', {}).get('execution') or {}).get('total')
+        if c['cell_type'] != 'code' or t is None: continue
+        src = c['source'] if isinstance(c['source'], str) else ''.join(c['source'])
+        first = next((l.strip() for l in src.splitlines() if l.strip() and not l.lstrip().startswith('#|')), '')
+        res.append((float(t), i, first))
+    return res
+
+def print_timing(nbs: list[Path], width=60):
+    "A table of each notebook's run time (its cells' sum) and slowest cell, slowest first, and the slowest cell of all."
+    rows = [(sum(t for t, *_ in ts), nb.name, max(ts)) for nb in nbs if nb.exists() and (ts := cell_times(nb))]
+    if not rows: return
+    print(f"\n{'notebook':<40} {'total':>7}  {'slowest cell':>12}  first line of that cell", flush=True)
+    for tot, name, (t, i, first) in sorted(rows, key=lambda r: -r[0]):
+        print(f"{name:<40} {tot:6.1f}s  {t:6.1f}s #{i:<4} {first[:width]}")
+    tot, name, (t, i, first) = max(rows, key=lambda r: r[2][0])
+    print(f"slowest cell overall: {name} cell #{i}, {t:.1f} s: {first[:width]}\n", flush=True)
 
 # ---------------------------------------------------------------------------------------------------- 2. process
 _SHOW_DIRS = {'export', 'exports', 'exporti', 'exec_doc'}
