@@ -64,6 +64,14 @@ def map_marginals(maps, size=None):
     return (ry.sum(0) @ m) @ rx.T, (m @ rx.sum(0)) @ ry.T
 
 # %% ../nbs/02_boxes.ipynb #274a9300
+def _power_of_two_scaled(m):
+    "Each map of `m` (B, H, W) times the power of two that brings its largest value into [1, 2): exact, so boxes are unchanged, and subnormal maps get normal values."
+    w = torch.nan_to_num(m.to(_work_dtype(m.device)), nan=0., posinf=0., neginf=0.)
+    mx = w.flatten(1).amax(1)
+    e = torch.where(mx > 0, -torch.floor(torch.log2(mx)), torch.zeros_like(mx))
+    half = torch.floor(e/2)   # in two steps: 2**1074 (a subnormal's scale) overflows a float64, its square root does not
+    return w * torch.exp2(half)[:, None, None] * torch.exp2(e - half)[:, None, None]
+
 def mass_box(maps, eps=0.025, size=None, upsample='bilinear'):
     "Boxes (B, 4) holding the middle `1-2*eps` of the mass of each map along x and y; whole image where `fallback_maps`."
     if not 0 <= eps < 0.5: raise ValueError(f"`eps` must be in [0, 0.5), got {eps!r}")
@@ -71,7 +79,7 @@ def mass_box(maps, eps=0.025, size=None, upsample='bilinear'):
     m, single = _as_batch(maps)
     h, w = m.shape[-2:]
     W, H = (w, h) if size is None else size
-    mx, my = map_marginals(m, size if upsample=='bilinear' else None)
+    mx, my = map_marginals(_power_of_two_scaled(m), size if upsample=='bilinear' else None)
     (x0, x1), (y0, y1) = mass_edges(mx, eps), mass_edges(my, eps)
     box = torch.stack([x0, y0, x1, y1], 1)
     if upsample=='scale': box = box * box.new_tensor([W/w, H/h, W/w, H/h])

@@ -238,3 +238,11 @@ def test_graphcut_flat_map_and_errors(monkeypatch):
     with pytest.raises(ValueError, match='`smoothness`'): graphcut_mask(img, low, smoothness=-1)
     monkeypatch.setitem(__import__('sys').modules, 'maxflow', None)   # as if PyMaxflow were not installed
     with pytest.raises(ImportError, match=r"fastai_attncrop\[segment\]"): graphcut_mask(img, low)
+
+def test_mass_box_of_a_subnormal_map_is_the_box_of_the_same_map_scaled():
+    "A map of subnormal values (found by hypothesis: `[[5e-324, 5e-324, 0]]`, eps 0.375) has the box of its normal-valued multiple, not an empty one."
+    tiny = torch.tensor([[5e-324, 5e-324, 0.]], dtype=torch.float64)
+    big = torch.tensor([[1., 1., 0.]], dtype=torch.float64)
+    for eps in (0.375, 0.025, 0.2):
+        assert mass_box(tiny, eps).tolist() == mass_box(big, eps).tolist()
+        assert mass_box(tiny, eps, size=(30, 10)).tolist() == mass_box(big, eps, size=(30, 10)).tolist()
