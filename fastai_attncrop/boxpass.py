@@ -594,6 +594,17 @@ class BoxOptions:
         if bad: raise TypeError(f"unknown box pass option(s) {bad}: the options are the fields of `BoxOptions` ({', '.join(f.name for f in fields(cls))})")
         return replace(base, **kwargs) if kwargs else base
 
+    @classmethod
+    def split(cls, opts:BoxOptions=None, **kwargs) -> tuple:
+        "(`BoxOptions.of(opts, **options)`, the other `kwargs`): the options of an entry point that takes them beside its own keywords (a fitting method's, ...)."
+        names = {f.name for f in fields(cls)}
+        return cls.of(opts, **{k: v for k, v in kwargs.items() if k in names}), {k: v for k, v in kwargs.items() if k not in names}
+
+    def rule(self) -> dict:
+        "The options that decide the box of a given class (the method, the framing, the cut), by name: what a pass over other items with the same rule (`zoom_predict`) takes."
+        skip = {f.name for f in fields(Targets)} | {'margins', 'area_tau', 'bs', 'chunk_batches', 'on_error', 'trust', 'auc_steps'}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+
 # %% ../nbs/05b_boxpass.ipynb #dac3aa2d
 @dataclass
 class _Chunk:
