@@ -31,8 +31,8 @@ from .boxtable import (check_margins, margin_eps, margin_cols, CropItem, item_pa
 # %% auto #0
 __all__ = ['ZOOM_MARGIN', 'dataset_paths', 'learner_items', 'user_cache_dir', 'frame_tfms', 'check_batch_tfms', 'image_class',
            'check_vision_learner', 'learner_task', 'special_file', 'ZoomItem', 'OpenImage', 'paths_dl', 'load_batches',
-           'feature_stride', 'native_size', 'native_buckets', 'native_batches', 'Framing', 'crop_batch',
-           'deletion_insertion', 'zoom_windows', 'zoom_boxes', 'BoxOptions', 'box_chunk', 'BoxPlan', 'box_pass']
+           'feature_stride', 'native_size', 'native_buckets', 'Framing', 'BoxOptions', 'native_batches', 'crop_batch',
+           'deletion_insertion', 'zoom_windows', 'zoom_boxes', 'box_chunk', 'BoxPlan', 'box_pass']
 
 # %% ../nbs/05b_boxpass.ipynb #b5396abf
 def _labels(ds, vocab):
@@ -110,6 +110,7 @@ def _cache_dir(learn, cache):
 
 def _write_pickle(df, path): return atomic_write(path, lambda tmp: df.to_pickle(tmp), suffix='.pkl')
 
+# %% ../nbs/05b_boxpass.ipynb #7ce86bf0
 def frame_tfms(learn, frame=None) -> list:
     "The validation item transforms that shape the model input (without `AttentionCrop`, which leaves uncropped items alone); `frame`: item transform(s) in place of its resizing ones."
     tfms = [t for t in learn.dls.valid.after_item.fs if getattr(type(t), 'crops_items', False) is not True]   # `AttentionCrop` says so
@@ -217,6 +218,7 @@ def check_vision_learner(learn):
 _TASK_TARGETS = {'regression': 'RegressionBlock numbers', 'segmentation': 'MaskBlock masks', 'keypoint': 'PointBlock points',
                  'bounding-box': 'BBoxBlock boxes'}
 
+# %% ../nbs/05b_boxpass.ipynb #10a8ca26
 def learner_task(learn) -> str:
     "What the learner predicts, from its targets' pipeline: 'single-label', 'multi-label', 'regression', 'segmentation', 'keypoint', 'bounding-box' or 'unknown'."
     from fastai.data.transforms import Categorize, MultiCategorize, EncodedMultiCategorize, RegressionSetup
@@ -242,6 +244,7 @@ def special_file(path) -> str | None:
                                  (stat.S_ISBLK, 'block device'), (stat.S_ISDIR, 'folder')) if f(mode)), 'special file')
     return f"not a regular file (a {kind}): refused without opening it"
 
+# %% ../nbs/05b_boxpass.ipynb #77e573f9
 class ZoomItem(NamedTuple):
     "An image file `path` seen through `window` (x0, y0, x1, y1: integer pixels of the image as the learner's image class opens it): a zoomed look's item."
     path: str
@@ -291,6 +294,7 @@ def _probe(learn, cls, paths, item_tfms=None) -> dict:
         except Exception as e: bad[i] = error_reason(e)
     return bad
 
+# %% ../nbs/05b_boxpass.ipynb #2a87aa40
 def load_batches(learn, paths, positions=None, bs=64, failures:dict=None, on_error='report', item_tfms=None):
     "Yield `(positions, xb)` batches of the image files `paths`; those that fail go to `failures` ({position: reason}) or raise; `item_tfms`: the item transforms (default: the learner's validation ones)."
     cls = check_vision_learner(learn)
@@ -358,21 +362,6 @@ def _check_native(max_side, stride):
     if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < (stride or 1)):
         raise ValueError(f"`max_side` must be None or an integer >= the stride ({stride or 1}), got {max_side!r}")
 
-def native_batches(learn, paths, positions=None, bs=64, failures:dict=None, on_error='report', sizes=None, max_side=None, stride=None):
-    "`load_batches` with each image at its `native_size`: the images of one input size batched together (buckets in order of first appearance)."
-    _check_native(max_side, stride)
-    todo = list(range(len(paths)) if positions is None else positions)
-    if sizes is None: sizes = _model_sizes(*_image_sizes(paths)[::2])[0]
-    stride = stride or feature_stride(learn.model)
-    tfms = frame_tfms(learn)
-    for wh, idx in native_buckets(np.asarray(sizes)[todo], max_side, stride).items():
-        yield from load_batches(learn, paths, [todo[i] for i in idx], bs, failures, on_error,
-                                _with_frame(tfms, _native_resize(wh)))
-
-def _native_resize(wh):
-    from fastai.vision.augment import Resize
-    return Resize((int(wh[1]), int(wh[0])), method='squish')   # fastai's sizes are (height, width)
-
 # %% ../nbs/05b_boxpass.ipynb #b75562df
 @dataclass(frozen=True)
 class Framing:
@@ -404,6 +393,91 @@ class Framing:
         "The cache key's entries of a settled framing (none for the batched input, so that such a pass keeps its old key)."
         if self.native: return {'native': (self.max_side, self.stride)}
         return {'auto': (self.max_side, self.stride)} if self.native is None else {}
+
+# %% ../nbs/05b_boxpass.ipynb #2380e09d
+@dataclass(frozen=True)
+class BoxOptions:
+    "Every option of a box pass, each declared, checked and documented here once: `box_pass(learn, items, opts=BoxOptions(...))` is `box_pass(learn, items, **kwargs)`; `.targets` and `.framing` are its grouped values."
+    method:object='gradcam'          # a saliency method's name, or a `MapMaker` (`SmoothGrad`, a fitted `DDT`)
+    margins:tuple=(0.95, 0.8, 0.6)   # the retention margins of the boxes
+    target:object=None               # None: the predicted class(es); 'label': the item's label; or a class name
+    area_tau:float=0.5               # the activated-area ratio's threshold, relative to each map's maximum
+    bs:int=None                      # batch size (default: the learner's validation batch size)
+    chunk_batches:int=8              # batches per chunk (the unit of caching and resuming)
+    on_error:str='report'            # an unreadable image: 'report' (an `error` row) or 'raise'
+    k:int=1                          # single-label: a row for each of the `k` most probable classes
+    multi_label:bool=None            # None: from the learner's DataLoaders (`MultiCategoryBlock`)
+    thresh:float=0.75                # multi-label: the probability a class must exceed to be boxed...
+    max_k:int=20                     # ... among the `max_k` most probable
+    trust:bool=False                 # add `prob_crop_<m>`: one more forward pass over the crops
+    auc_steps:int=0                  # > 0: add `deletion_auc`, `insertion_auc` with this many steps
+    native:bool=None                 # None: images larger than the learner's input at their own size (`native_size`), the others at its input; True: every image at its own size; False: every image at the learner's input size
+    max_side:int=None                # native: the longest side at most this many pixels (None: twice the learner's input side with `native=None`, else the image's own size)
+    stride:int=None                  # native: sides rounded to a multiple of this (None: the saliency layer's, `feature_stride`)
+    frame:object=None                # batched: item transform(s) in place of the learner's resizing ones, e.g. `Resize(224, method='pad')`
+    floor:float=0.8                  # the quantile removed before the mass cut from maps concentrated on a small object (`remove_floor`); 0: the raw map
+    zoom:int=0                       # zoomed second looks (`zoom_boxes`): each item's box padded, cut from the file, explained again
+    zoom_pad:float=0.5               # zoom: the context around the first box, a share of its size per side
+    dilate:bool=False                # the last stage dilated (`dilated_last_stage`): maps at twice the resolution
+    upsample:int=2                   # the cut sees each map this many times finer (`cut_maps`: bilinear, before the floor); 1: as computed
+
+    def __post_init__(self):
+        check_margins(self.margins)
+        if self.on_error not in ('report', 'raise'): raise ValueError(f"`on_error` must be 'report' or 'raise', got {self.on_error!r}")
+        if not 0 <= self.area_tau < 1: raise ValueError(f"`area_tau` must be in [0, 1), got {self.area_tau!r}")
+        for v, name in ((self.bs, 'bs'), (self.chunk_batches, 'chunk_batches')):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+                raise ValueError(f"`{name}` must be an integer >= 1, got {v!r}")
+        object.__setattr__(self, 'targets', Targets(**{f.name: getattr(self, f.name) for f in fields(Targets)}))
+        if isinstance(self.auc_steps, bool) or not isinstance(self.auc_steps, (int, np.integer)) or self.auc_steps < 0:
+            raise ValueError(f"`auc_steps` must be an integer >= 0, got {self.auc_steps!r}")
+        object.__setattr__(self, 'framing', Framing(**{f.name: getattr(self, f.name) for f in fields(Framing)}))
+        check_floor(self.floor); check_upsample(self.upsample)
+        z, zp = self.zoom, self.zoom_pad
+        if isinstance(z, bool) or not isinstance(z, (int, np.integer)) or z < 0: raise ValueError(f"`zoom` must be an integer >= 0 (zoomed passes), got {z!r}")
+        if isinstance(zp, bool) or not isinstance(zp, (int, float, np.integer, np.floating)) or not zp >= 0:
+            raise ValueError(f"`zoom_pad` must be >= 0 (context around the first box, a share of its size per side), got {zp!r}")
+        if not isinstance(self.dilate, bool): raise ValueError(f"`dilate` must be True or False, got {self.dilate!r}")
+
+# %% ../nbs/05b_boxpass.ipynb #1cb83a90
+@patch(cls_method=True)
+def of(cls:BoxOptions, opts:BoxOptions=None, **kwargs) -> BoxOptions:
+    "`opts` (default: `BoxOptions()`) with the options `kwargs` replaced; a `TypeError` naming an unknown option."
+    base = cls() if opts is None else opts
+    if not isinstance(base, cls): raise TypeError(f"`opts` must be a BoxOptions, got {type(opts).__name__}")
+    bad = sorted(set(kwargs) - {f.name for f in fields(cls)})
+    if bad: raise TypeError(f"unknown box pass option(s) {bad}: the options are the fields of `BoxOptions` ({', '.join(f.name for f in fields(cls))})")
+    return replace(base, **kwargs) if kwargs else base
+
+@patch(cls_method=True)
+def split(cls:BoxOptions, opts:BoxOptions=None, **kwargs) -> tuple:
+    "(`BoxOptions.of(opts, **options)`, the other `kwargs`): the options of an entry point that takes them beside its own keywords (a fitting method's, ...)."
+    names = {f.name for f in fields(cls)}
+    return cls.of(opts, **{k: v for k, v in kwargs.items() if k in names}), {k: v for k, v in kwargs.items() if k not in names}
+
+@patch
+def rule(self:BoxOptions) -> dict:
+    "The options that decide the box of a given class (the method, the framing, the cut), by name: what a pass over other items with the same rule (`zoom_predict`) takes."
+    skip = {f.name for f in fields(Targets)} | {'margins', 'area_tau', 'bs', 'chunk_batches', 'on_error', 'trust', 'auc_steps'}
+    return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+
+# %% ../nbs/05b_boxpass.ipynb #6adfa53b
+def native_batches(learn, paths, positions=None, bs=64, failures:dict=None, on_error='report', sizes=None, framing:Framing=None, **kwargs):
+    "`load_batches` with each image at its `native_size` (`framing`'s `max_side` and `stride`, or the keywords `max_side`, `stride`): the images of one input size batched together (buckets in order of first appearance)."
+    fr = Framing(native=True, **kwargs) if framing is None else framing
+    max_side, stride = fr.max_side, fr.stride
+    _check_native(max_side, stride)
+    todo = list(range(len(paths)) if positions is None else positions)
+    if sizes is None: sizes = _model_sizes(*_image_sizes(paths)[::2])[0]
+    stride = stride or feature_stride(learn.model)
+    tfms = frame_tfms(learn)
+    for wh, idx in native_buckets(np.asarray(sizes)[todo], max_side, stride).items():
+        yield from load_batches(learn, paths, [todo[i] for i in idx], bs=bs, failures=failures, on_error=on_error,
+                                item_tfms=_with_frame(tfms, _native_resize(wh)))
+
+def _native_resize(wh):
+    from fastai.vision.augment import Resize
+    return Resize((int(wh[1]), int(wh[0])), method='squish')   # fastai's sizes are (height, width)
 
 # %% ../nbs/05b_boxpass.ipynb #80767284
 def crop_batch(x:torch.Tensor, boxes, size=None) -> torch.Tensor:
@@ -459,10 +533,10 @@ def zoom_windows(boxes, wh, pad=0.5, aspect=None) -> np.ndarray:
 
 ZOOM_MARGIN = 0.95   # the margin of the first box a zoomed look's window is cut around
 
-def zoom_boxes(learn, paths, wh, boxes, target, method='gradcam', margins=(0.95, 0.8, 0.6), floor=0., pad=0.5, bs=64,
-               tfms=None, keep=None, dilate=False, upsample=1) -> np.ndarray:
-    "Boxes (n, M, 4) of `margins` from a second look at the images `paths` (sizes `wh`) through windows around `boxes` (n, M, 4, original pixels; the box of margin `ZOOM_MARGIN`, which `margins` must hold), for class `target[i]`."
-    margins = check_margins(margins)
+def zoom_boxes(learn, paths, wh, boxes, target, opts:BoxOptions=None, tfms=None, keep=None, **kwargs) -> np.ndarray:
+    "Boxes (n, M, 4) of `opts.margins` from a second look at the images `paths` (sizes `wh`) through windows around `boxes` (n, M, 4, original pixels; the box of margin `ZOOM_MARGIN`, which the margins must hold), for class `target[i]`; `opts` (or the options `kwargs`): the `method`, `margins`, the cut (`floor`, `upsample`; default: the classic cut, 0 and 1), `zoom_pad`, `bs`, `dilate`."
+    o = BoxOptions.of(BoxOptions(floor=0., upsample=1) if opts is None else opts, **kwargs)
+    margins, method, floor, pad, bs, dilate, upsample = check_margins(o.margins), o.method, o.floor, o.zoom_pad, o.bs or 64, o.dilate, o.upsample
     w = [j for j, m in enumerate(margins) if math.isclose(m, ZOOM_MARGIN)]
     if not w: raise ValueError(f"`margins` must hold the zoom window's margin {ZOOM_MARGIN}, got {margins}")
     boxes = np.asarray(boxes, float).reshape(len(paths), len(margins), 4)
@@ -540,71 +614,6 @@ def _shown_boxes(bx, orient, mwh, whole=None) -> np.ndarray:
         out[whole] = np.concatenate([np.zeros((int(np.sum(whole)), 2)), sw[whole]], 1)[:, None]
     return out
 
-# %% ../nbs/05b_boxpass.ipynb #2380e09d
-@dataclass(frozen=True)
-class BoxOptions:
-    "Every option of a box pass, each declared, checked and documented here once: `box_pass(learn, items, opts=BoxOptions(...))` is `box_pass(learn, items, **kwargs)`; `.targets` and `.framing` are its grouped values."
-    method:object='gradcam'          # a saliency method's name, or a `MapMaker` (`SmoothGrad`, a fitted `DDT`)
-    margins:tuple=(0.95, 0.8, 0.6)   # the retention margins of the boxes
-    target:object=None               # None: the predicted class(es); 'label': the item's label; or a class name
-    area_tau:float=0.5               # the activated-area ratio's threshold, relative to each map's maximum
-    bs:int=None                      # batch size (default: the learner's validation batch size)
-    chunk_batches:int=8              # batches per chunk (the unit of caching and resuming)
-    on_error:str='report'            # an unreadable image: 'report' (an `error` row) or 'raise'
-    k:int=1                          # single-label: a row for each of the `k` most probable classes
-    multi_label:bool=None            # None: from the learner's DataLoaders (`MultiCategoryBlock`)
-    thresh:float=0.75                # multi-label: the probability a class must exceed to be boxed...
-    max_k:int=20                     # ... among the `max_k` most probable
-    trust:bool=False                 # add `prob_crop_<m>`: one more forward pass over the crops
-    auc_steps:int=0                  # > 0: add `deletion_auc`, `insertion_auc` with this many steps
-    native:bool=None                 # None: images larger than the learner's input at their own size (`native_size`), the others at its input; True: every image at its own size; False: every image at the learner's input size
-    max_side:int=None                # native: the longest side at most this many pixels (None: twice the learner's input side with `native=None`, else the image's own size)
-    stride:int=None                  # native: sides rounded to a multiple of this (None: the saliency layer's, `feature_stride`)
-    frame:object=None                # batched: item transform(s) in place of the learner's resizing ones, e.g. `Resize(224, method='pad')`
-    floor:float=0.8                  # the quantile removed before the mass cut from maps concentrated on a small object (`remove_floor`); 0: the raw map
-    zoom:int=0                       # zoomed second looks (`zoom_boxes`): each item's box padded, cut from the file, explained again
-    zoom_pad:float=0.5               # zoom: the context around the first box, a share of its size per side
-    dilate:bool=False                # the last stage dilated (`dilated_last_stage`): maps at twice the resolution
-    upsample:int=2                   # the cut sees each map this many times finer (`cut_maps`: bilinear, before the floor); 1: as computed
-
-    def __post_init__(self):
-        check_margins(self.margins)
-        if self.on_error not in ('report', 'raise'): raise ValueError(f"`on_error` must be 'report' or 'raise', got {self.on_error!r}")
-        if not 0 <= self.area_tau < 1: raise ValueError(f"`area_tau` must be in [0, 1), got {self.area_tau!r}")
-        for v, name in ((self.bs, 'bs'), (self.chunk_batches, 'chunk_batches')):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
-                raise ValueError(f"`{name}` must be an integer >= 1, got {v!r}")
-        object.__setattr__(self, 'targets', Targets(**{f.name: getattr(self, f.name) for f in fields(Targets)}))
-        if isinstance(self.auc_steps, bool) or not isinstance(self.auc_steps, (int, np.integer)) or self.auc_steps < 0:
-            raise ValueError(f"`auc_steps` must be an integer >= 0, got {self.auc_steps!r}")
-        object.__setattr__(self, 'framing', Framing(**{f.name: getattr(self, f.name) for f in fields(Framing)}))
-        check_floor(self.floor); check_upsample(self.upsample)
-        z, zp = self.zoom, self.zoom_pad
-        if isinstance(z, bool) or not isinstance(z, (int, np.integer)) or z < 0: raise ValueError(f"`zoom` must be an integer >= 0 (zoomed passes), got {z!r}")
-        if isinstance(zp, bool) or not isinstance(zp, (int, float, np.integer, np.floating)) or not zp >= 0:
-            raise ValueError(f"`zoom_pad` must be >= 0 (context around the first box, a share of its size per side), got {zp!r}")
-        if not isinstance(self.dilate, bool): raise ValueError(f"`dilate` must be True or False, got {self.dilate!r}")
-
-    @classmethod
-    def of(cls, opts:BoxOptions=None, **kwargs) -> BoxOptions:
-        "`opts` (default: `BoxOptions()`) with the options `kwargs` replaced; a `TypeError` naming an unknown option."
-        base = cls() if opts is None else opts
-        if not isinstance(base, cls): raise TypeError(f"`opts` must be a BoxOptions, got {type(opts).__name__}")
-        bad = sorted(set(kwargs) - {f.name for f in fields(cls)})
-        if bad: raise TypeError(f"unknown box pass option(s) {bad}: the options are the fields of `BoxOptions` ({', '.join(f.name for f in fields(cls))})")
-        return replace(base, **kwargs) if kwargs else base
-
-    @classmethod
-    def split(cls, opts:BoxOptions=None, **kwargs) -> tuple:
-        "(`BoxOptions.of(opts, **options)`, the other `kwargs`): the options of an entry point that takes them beside its own keywords (a fitting method's, ...)."
-        names = {f.name for f in fields(cls)}
-        return cls.of(opts, **{k: v for k, v in kwargs.items() if k in names}), {k: v for k, v in kwargs.items() if k not in names}
-
-    def rule(self) -> dict:
-        "The options that decide the box of a given class (the method, the framing, the cut), by name: what a pass over other items with the same rule (`zoom_predict`) takes."
-        skip = {f.name for f in fields(Targets)} | {'margins', 'area_tau', 'bs', 'chunk_batches', 'on_error', 'trust', 'auc_steps'}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
-
 # %% ../nbs/05b_boxpass.ipynb #dac3aa2d
 @dataclass
 class _Chunk:
@@ -631,8 +640,8 @@ def _chunk_of(learn, chunk:pd.DataFrame, opts:BoxOptions, framing:Framing, sizes
     wh, orient = _model_sizes(wh, orient)   # sizes of what the model is given (see the text)
     failures = dict(failures)
     if failures and opts.on_error == 'raise': i = min(failures); raise UnreadableImageError(paths[i], failures[i])
-    return _Chunk(learn, opts, framing, paths, chunk['label'].to_numpy(), wh, orient, failures, {} if frames is None else frames,
-                  frame_tfms(learn, framing.frame))
+    return _Chunk(learn, opts, framing, paths=paths, labels=chunk['label'].to_numpy(), wh=wh, orient=orient, failures=failures,
+                  frames={} if frames is None else frames, tfms=frame_tfms(learn, framing.frame))
 
 def _chunk_batches(ch:_Chunk):
     "Step 1 of `box_chunk`: yield `(positions, xb)` of its readable items, those at their own size first (`native`), by input size, then the others at the learner's input."
@@ -648,9 +657,11 @@ def _chunk_batches(ch:_Chunk):
         stride = stride or feature_stride(ch.learn.model, getattr(opts.method, 'layers', None))
         ch.frames.update({s: InputFrame.from_tfms(_with_frame(ch.tfms, _native_resize(native_size(s, max_side, stride))), s)
                           for s in {tuple(x) for x in ch.wh[big].tolist()}})
-        yield from native_batches(ch.learn, ch.paths, big, opts.bs, ch.failures, opts.on_error, ch.wh, max_side, stride)
+        yield from native_batches(ch.learn, ch.paths, big, bs=opts.bs, failures=ch.failures, on_error=opts.on_error, sizes=ch.wh,
+                                  framing=Framing(native=True, max_side=max_side, stride=stride))
     if not native:
-        yield from load_batches(ch.learn, ch.paths, todo, opts.bs, ch.failures, opts.on_error, None if fr.frame is None else ch.tfms)
+        yield from load_batches(ch.learn, ch.paths, todo, bs=opts.bs, failures=ch.failures, on_error=opts.on_error,
+                                item_tfms=None if fr.frame is None else ch.tfms)
 
 # %% ../nbs/05b_boxpass.ipynb #e8b73a6c
 _ROW_PARTS = {   # a chunk's rows before they are a table: part -> (filler value, shape of one row's value; 'M': the margins)
@@ -691,8 +702,7 @@ def _batch_rows(ch:_Chunk, pos:np.ndarray, xb:torch.Tensor) -> list:
     zero = fallback_maps(sm.maps).cpu().numpy()
     ob = _frame_boxes(ch.frames, ch.tfms, wh, bx, W, H)              # (rows, M, 4) in the original images' pixels
     for _ in range(o.zoom):
-        ob = zoom_boxes(learn, [ch.paths[i] for i in pos[ii]], wh, ob, sm.target.cpu().numpy(), o.method, ms,
-                        o.floor, o.zoom_pad, o.bs, ch.tfms, keep=zero, dilate=o.dilate, upsample=o.upsample)
+        ob = zoom_boxes(learn, [ch.paths[i] for i in pos[ii]], wh, ob, sm.target.cpu().numpy(), replace(o, margins=ms), ch.tfms, keep=zero)
     ob, bx = ob[:, :M], bx[:, :M]
     if o.zoom and o.trust and R:   # the trust crops are those of the final boxes, on the first pass's input
         bx = torch.as_tensor(np.stack([ch.frames[tuple(s)].to_input(b).numpy() for s, b in zip(wh.tolist(), ob)]))
@@ -760,7 +770,7 @@ def box_chunk(learn:Learner,
     "Rows of the boxes table (see `box_pass`) for the items of `chunk`, in three steps: choose the batches, one batch's rows, the filler rows of the unreadable items."
     opts = BoxOptions.of(opts, **kwargs)
     if opts.bs is None: opts = replace(opts, bs=64)
-    ch = _chunk_of(learn, chunk, opts, opts.framing if framing is None else framing, sizes, frames)
+    ch = _chunk_of(learn, chunk, opts, opts.framing if framing is None else framing, sizes=sizes, frames=frames)
     parts = []
     for pos, xb in _chunk_batches(ch):
         parts += _batch_rows(ch, np.asarray(pos), xb)
@@ -816,24 +826,28 @@ class BoxPlan:
     @property
     def bs(self) -> int: return self.opts.bs
 
-    def cached(self) -> pd.DataFrame | None:
-        "The finished table from the cache, or None."
-        if self.final is None: return None
-        try: return pd.read_pickle(self.final)
-        except FileNotFoundError: return None
+# %% ../nbs/05b_boxpass.ipynb #b7c3c050
+@patch
+def cached(self:BoxPlan) -> pd.DataFrame | None:
+    "The finished table from the cache, or None."
+    if self.final is None: return None
+    try: return pd.read_pickle(self.final)
+    except FileNotFoundError: return None
 
-    def saved(self) -> dict:
-        "The chunks of an interrupted pass that are already on disk, by chunk index."
-        if self.parts is None: return {}
-        out = {}
-        for c in range(len(self.chunks)):
-            try: out[c] = pd.read_pickle(self.parts/f"{c:05d}.pkl")
-            except Exception: pass     # not done, removed by a second process that finished the pass, or cut off: done again
-        return out
+@patch
+def saved(self:BoxPlan) -> dict:
+    "The chunks of an interrupted pass that are already on disk, by chunk index."
+    if self.parts is None: return {}
+    out = {}
+    for c in range(len(self.chunks)):
+        try: out[c] = pd.read_pickle(self.parts/f"{c:05d}.pkl")
+        except Exception: pass     # not done, removed by a second process that finished the pass, or cut off: done again
+    return out
 
-    def todo(self, done:dict) -> list:
-        "The indices of the chunks not in `done`, in order."
-        return [c for c in range(len(self.chunks)) if c not in done]
+@patch
+def todo(self:BoxPlan, done:dict) -> list:
+    "The indices of the chunks not in `done`, in order."
+    return [c for c in range(len(self.chunks)) if c not in done]
 
 # %% ../nbs/05b_boxpass.ipynb #8fb7f013
 @patch
