@@ -702,7 +702,8 @@ def _batch_rows(ch:_Chunk, pos:np.ndarray, xb:torch.Tensor) -> list:
     zero = fallback_maps(sm.maps).cpu().numpy()
     ob = _frame_boxes(ch.frames, ch.tfms, wh, bx, W, H)              # (rows, M, 4) in the original images' pixels
     for _ in range(o.zoom):
-        ob = zoom_boxes(learn, [ch.paths[i] for i in pos[ii]], wh, ob, sm.target.cpu().numpy(), replace(o, margins=ms), ch.tfms, keep=zero)
+        ob = zoom_boxes(learn, [ch.paths[i] for i in pos[ii]], wh, ob, sm.target.cpu().numpy(), opts=replace(o, margins=ms),
+                        tfms=ch.tfms, keep=zero)
     ob, bx = ob[:, :M], bx[:, :M]
     if o.zoom and o.trust and R:   # the trust crops are those of the final boxes, on the first pass's input
         bx = torch.as_tensor(np.stack([ch.frames[tuple(s)].to_input(b).numpy() for s, b in zip(wh.tolist(), ob)]))

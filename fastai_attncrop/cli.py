@@ -190,7 +190,8 @@ def boxes(learner:str,                 # the exported learner: the file `learn.e
     learner = _learner_file(learner)
     if out is None: raise CliError("--out is required: the folder to write into")
     out = Path(os.path.abspath(out))
-    fmts, margin, url_prefix = _check_options(format, margin, method, bs, cls, links, document_root, url_prefix)
+    fmts, margin, url_prefix = _check_options(format, margin, method, bs=bs, cls=cls, links=links, document_root=document_root,
+                                               url_prefix=url_prefix)
     files = image_files(images)
     doc = _ls_root(files, document_root, url_prefix) if 'labelstudio' in fmts else None
     _check_outside(out, images, files, crops)
@@ -210,7 +211,7 @@ def boxes(learner:str,                 # the exported learner: the file `learn.e
     table = box_pass(learn, items=[str(p) for p in files], method=method, margins=margins, bs=bs, cache=cache, progress=progress)
     atomic_write(out/'boxes.pkl', lambda tmp: table.to_pickle(tmp), suffix='.pkl')
     write_csv_atomic(table, out/'boxes.csv')
-    written, counts, notes = _write_outputs(table, out, rec, resume, overwrite, progress)
+    written, counts, notes = _write_outputs(table, out, rec, resume=resume, overwrite=overwrite, progress=progress)
     rec.update(finished=True, outputs=written, counts=counts, seconds=round(time.time() - t0, 1))
     write_text_atomic(json.dumps(rec, indent=1), out/RUN_FILE)
     for w in written: print(f"wrote {out/w}{'/' if (out/w).is_dir() else ''}{' (' + notes[w] + ')' if w in notes else ''}")

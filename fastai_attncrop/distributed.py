@@ -169,7 +169,7 @@ def main(data:str=None,             # image folder with train/ and valid/ (one s
     "Sharded box pass (and re-fit) of an image folder; launch with `torchrun` or `accelerate launch`."
     if data is None: raise SystemExit("--data is required: an image folder with train/ and valid/")
     try:
-        learn = _learner(data, arch, size, bs, seed, setup_distributed().device)
+        learn = _learner(data, arch=arch, size=size, bs=bs, seed=seed, device=setup_distributed().device)
         cache = False if str(cache).lower() == 'none' else (True if cache is None else Path(cache))
         summary = run_folder(learn, out, weights=weights, fit_epochs=fit_epochs, lr=lr, refit_epochs=refit_epochs,
                              margins=[float(m) for m in margins.split(',')], method=method, cache=cache, chunk_batches=chunk_batches)

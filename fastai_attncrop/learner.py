@@ -282,7 +282,7 @@ def attention_crop(self:Learner,
     dls = attention_dls(self.dls, boxes, margins, crop_share=crop_share, crop_valid=crop_valid, valid_margin=valid_margin,
                         pad_rel=pad_rel, aspect=aspect, item_tfms=item_tfms, batch_tfms=batch_tfms, bs=bo.bs, seed=seed,
                         label_margin=label_margin, inside=inside)
-    learn = _refit(self, dls, fresh, fit, epochs, lr, progress, fit_kwargs)
+    learn = _refit(self, dls, fresh=fresh, fit=fit, epochs=epochs, lr=lr, progress=progress, fit_kwargs=fit_kwargs)
     return AttentionCropResult(boxes, dls, learn, before, _metrics(learn, valid0),
                                _metrics(learn, dls.valid) if crop_valid else None,
                                zb, _zoom_metrics(learn, valid0, **zkw) if zoom_valid else None)
