@@ -778,6 +778,7 @@ def box_chunk(learn:Learner,
         if tick is not None: tick()
     if ch.failures: parts.append(_filler_rows(np.array(sorted(ch.failures), int), len(ch.margins), 'unreadable'))
     return _rows_table(ch, chunk, parts)
+box_chunk.__delwrap__ = BoxOptions   # the options' docs are the dataclass's (`delegates` points at its generated `__init__`, which has no source)
 
 # %% ../nbs/05b_boxpass.ipynb #5be51ee0
 def _pass_key_params(learn, opts:BoxOptions, framing:Framing, tfms, chunk:int) -> dict:
@@ -928,3 +929,4 @@ def box_pass(learn:Learner,
     return plan.checked(plan.table(done))
 
 _BOX_PASS_DEFAULTS = {n: p.default for n, p in inspect.signature(box_pass).parameters.items() if n in ('method', 'margins', 'target')}
+box_pass.__delwrap__ = BoxOptions   # the options' docs: `BoxOptions`'s

@@ -120,6 +120,7 @@ def distrib_attention_crop(self:Learner, epochs=3, lr=None, margins=(0.95, 0.8, 
     fit_fn = partial(distrib_fit, fit=fit) if _world()[1] > 1 else fit
     return self.attention_crop(epochs, lr, margins=margins, valid_margin=valid_margin, cache=cache, fit=fit_fn, progress=progress,
                                boxes=boxes, box_opts=bo, **rest)
+Learner.distrib_attention_crop.__delwrap__ = Learner.attention_crop   # its options documented as `attention_crop`'s
 
 # %% ../nbs/08_distributed.ipynb #7970a5f8
 def _learner(data, arch, size, bs, seed, device):

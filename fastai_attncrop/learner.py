@@ -286,6 +286,7 @@ def attention_crop(self:Learner,
     return AttentionCropResult(boxes, dls, learn, before, _metrics(learn, valid0),
                                _metrics(learn, dls.valid) if crop_valid else None,
                                zb, _zoom_metrics(learn, valid0, **zkw) if zoom_valid else None)
+Learner.attention_crop.__delwrap__ = BoxOptions   # the box pass's options documented as `BoxOptions` documents them
 
 # %% ../nbs/06_learner.ipynb #5c9913c1
 class AttentionCropCallback(Callback):

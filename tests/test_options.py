@@ -90,3 +90,16 @@ def test_cache_key_params_unchanged(setup, kw, old):
     got = BP._pass_key_params(learn, plan.opts, plan.framing, tfms, 64)
     want = _old_params(learn, plan.opts.method, [0.95, 0.6], **old)
     assert repr(sorted(got.items())) == repr(sorted(want.items()))
+
+def test_delegated_options_are_documented():
+    "The entry points that take the options as keywords show each one's documentation (`BoxOptions`'s), as `show_doc` renders it."
+    from fastcore.docments import docments
+    from fastai.learner import Learner
+    import fastai_attncrop.learner, fastai_attncrop.distributed
+    from fastai_attncrop.distributed import distrib_box_pass
+    want = docments(BoxOptions)
+    for f in (box_pass, box_chunk, Learner.attention_crop, Learner.zoom_predict, Learner.show_attention, distrib_box_pass,
+              Learner.distrib_attention_crop):
+        d = docments(f)
+        for name in ('thresh', 'floor', 'native'):
+            if name in d: assert d[name] == want[name], (f.__qualname__, name)
