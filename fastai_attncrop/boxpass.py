@@ -7,9 +7,11 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/boxpass.html.md"""
 
 # %% ../nbs/05b_boxpass.ipynb #69fd41e5
 from __future__ import annotations
-import contextlib, functools, hashlib, io, itertools, math, os, shutil, stat, tempfile, warnings
+import contextlib, functools, hashlib, inspect, io, itertools, math, os, shutil, stat, tempfile, warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields, replace
+from fastcore.basics import patch
+from fastcore.meta import delegates
 from typing import NamedTuple
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn, torch.nn.functional as F
@@ -21,17 +23,16 @@ from fastai.data.core import Datasets
 from fasttransform import Transform, Pipeline
 import fastai_attncrop
 from .data import atomic_write, shown_size, shown_image, UnreadableImageError, error_reason, exif_orientation, turn_box
-from .saliency import saliency_maps, get_method, frozen_eval, upsample_maps, resolve_layers, model_input, dilated_last_stage
+from .saliency import Targets, saliency_maps, get_method, frozen_eval, upsample_maps, resolve_layers, model_input, dilated_last_stage
 from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, flatten_tfms, check_floor, cut_maps, check_upsample, crop_box
 from .boxtable import (check_margins, margin_eps, margin_cols, CropItem, item_path, failed_rows, is_multi_label,
                                       split_labels, LABEL_DELIM, crop_prob_col)
 
-
 # %% auto #0
 __all__ = ['ZOOM_MARGIN', 'dataset_paths', 'learner_items', 'user_cache_dir', 'frame_tfms', 'check_batch_tfms', 'image_class',
            'check_vision_learner', 'learner_task', 'special_file', 'ZoomItem', 'OpenImage', 'paths_dl', 'load_batches',
-           'feature_stride', 'native_size', 'native_buckets', 'native_batches', 'crop_batch', 'deletion_insertion',
-           'zoom_windows', 'zoom_boxes', 'box_chunk', 'BoxPlan', 'box_pass']
+           'feature_stride', 'native_size', 'native_buckets', 'Framing', 'BoxOptions', 'native_batches', 'crop_batch',
+           'deletion_insertion', 'zoom_windows', 'zoom_boxes', 'box_chunk', 'BoxPlan', 'box_pass']
 
 # %% ../nbs/05b_boxpass.ipynb #b5396abf
 def _labels(ds, vocab):
@@ -109,6 +110,7 @@ def _cache_dir(learn, cache):
 
 def _write_pickle(df, path): return atomic_write(path, lambda tmp: df.to_pickle(tmp), suffix='.pkl')
 
+# %% ../nbs/05b_boxpass.ipynb #7ce86bf0
 def frame_tfms(learn, frame=None) -> list:
     "The validation item transforms that shape the model input (without `AttentionCrop`, which leaves uncropped items alone); `frame`: item transform(s) in place of its resizing ones."
     tfms = [t for t in learn.dls.valid.after_item.fs if getattr(type(t), 'crops_items', False) is not True]   # `AttentionCrop` says so
@@ -216,6 +218,7 @@ def check_vision_learner(learn):
 _TASK_TARGETS = {'regression': 'RegressionBlock numbers', 'segmentation': 'MaskBlock masks', 'keypoint': 'PointBlock points',
                  'bounding-box': 'BBoxBlock boxes'}
 
+# %% ../nbs/05b_boxpass.ipynb #10a8ca26
 def learner_task(learn) -> str:
     "What the learner predicts, from its targets' pipeline: 'single-label', 'multi-label', 'regression', 'segmentation', 'keypoint', 'bounding-box' or 'unknown'."
     from fastai.data.transforms import Categorize, MultiCategorize, EncodedMultiCategorize, RegressionSetup
@@ -241,6 +244,7 @@ def special_file(path) -> str | None:
                                  (stat.S_ISBLK, 'block device'), (stat.S_ISDIR, 'folder')) if f(mode)), 'special file')
     return f"not a regular file (a {kind}): refused without opening it"
 
+# %% ../nbs/05b_boxpass.ipynb #77e573f9
 class ZoomItem(NamedTuple):
     "An image file `path` seen through `window` (x0, y0, x1, y1: integer pixels of the image as the learner's image class opens it): a zoomed look's item."
     path: str
@@ -290,6 +294,7 @@ def _probe(learn, cls, paths, item_tfms=None) -> dict:
         except Exception as e: bad[i] = error_reason(e)
     return bad
 
+# %% ../nbs/05b_boxpass.ipynb #2a87aa40
 def load_batches(learn, paths, positions=None, bs=64, failures:dict=None, on_error='report', item_tfms=None):
     "Yield `(positions, xb)` batches of the image files `paths`; those that fail go to `failures` ({position: reason}) or raise; `item_tfms`: the item transforms (default: the learner's validation ones)."
     cls = check_vision_learner(learn)
@@ -357,16 +362,118 @@ def _check_native(max_side, stride):
     if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < (stride or 1)):
         raise ValueError(f"`max_side` must be None or an integer >= the stride ({stride or 1}), got {max_side!r}")
 
-def native_batches(learn, paths, positions=None, bs=64, failures:dict=None, on_error='report', sizes=None, max_side=None, stride=None):
-    "`load_batches` with each image at its `native_size`: the images of one input size batched together (buckets in order of first appearance)."
+# %% ../nbs/05b_boxpass.ipynb #b75562df
+@dataclass(frozen=True)
+class Framing:
+    "How the box pass frames each image for the model, one choice checked where it is made: the learner's input (`native=False`), a `frame` in place of its resizing, each image at its own size (`native=True`) or the larger images only (`native=None`)."
+    native:bool=None     # None: images larger than the learner's input at their own size (`native_size`), the others at its input; True: every image at its own size; False: every image at the learner's input size
+    max_side:int=None    # native: the longest side at most this many pixels (None: twice the learner's input side with `native=None`, else the image's own size)
+    stride:int=None      # native: sides rounded to a multiple of this (None: the saliency layer's, `feature_stride`)
+    frame:object=None    # batched: item transform(s) in place of the learner's resizing ones, e.g. `Resize(224, method='pad')` (implies `native=False`)
+    def __post_init__(self):
+        if self.native is not None and not isinstance(self.native, bool): raise ValueError(f"`native` must be None, True or False, got {self.native!r}")
+        if self.native is None and self.frame is not None: object.__setattr__(self, 'native', False)   # a `frame` is a batched input: no native resolution
+        if self.native and self.frame is not None: raise ValueError("`frame` sets the batched input; `native=True` sizes each image itself: pass one of them")
+        _check_native(self.max_side, self.stride)
+        if self.native is False and (self.max_side, self.stride) != (None, None): raise ValueError("`max_side` and `stride` are for `native=True` (or None)")
+
+    def settled(self, model:nn.Module, layers=None, input_wh=(64, 48)) -> Framing:
+        "The framing a pass runs on `model` (saliency layers `layers`, input size `input_wh`): `native=None` is False for a model that takes one input size (a ViT); `max_side` and `stride` filled in."
+        native, max_side, stride = self.native, self.max_side, self.stride
+        if native is None:   # auto: images larger than the input at their own size, up to twice it, when the model takes other sizes
+            stride = _auto_stride(model, layers, stride)
+            if stride is None: native = False
+            else: max_side = max_side or 2*max(input_wh)
+        if native: stride = stride or feature_stride(model, layers)
+        out = object.__new__(Framing)   # settled values, not a user's choice: not checked again
+        for k, v in dict(native=native, max_side=max_side, stride=stride, frame=self.frame).items(): object.__setattr__(out, k, v)
+        return out
+
+    def key(self) -> dict:
+        "The cache key's entries of a settled framing (none for the batched input, so that such a pass keeps its old key)."
+        if self.native: return {'native': (self.max_side, self.stride)}
+        return {'auto': (self.max_side, self.stride)} if self.native is None else {}
+
+# %% ../nbs/05b_boxpass.ipynb #2380e09d
+@dataclass(frozen=True)
+class BoxOptions:
+    "Every option of a box pass, each declared, checked and documented here once: `box_pass(learn, items, opts=BoxOptions(...))` is `box_pass(learn, items, **kwargs)`; `.targets` and `.framing` are its grouped values."
+    method:object='gradcam'          # a saliency method's name, or a `MapMaker` (`SmoothGrad`, a fitted `DDT`)
+    margins:tuple=(0.95, 0.8, 0.6)   # the retention margins of the boxes
+    target:object=None               # None: the predicted class(es); 'label': the item's label; or a class name
+    area_tau:float=0.5               # the activated-area ratio's threshold, relative to each map's maximum
+    bs:int=None                      # batch size (default: the learner's validation batch size)
+    chunk_batches:int=8              # batches per chunk (the unit of caching and resuming)
+    on_error:str='report'            # an unreadable image: 'report' (an `error` row) or 'raise'
+    k:int=1                          # single-label: a row for each of the `k` most probable classes
+    multi_label:bool=None            # None: from the learner's DataLoaders (`MultiCategoryBlock`)
+    thresh:float=0.75                # multi-label: the probability a class must exceed to be boxed...
+    max_k:int=20                     # ... among the `max_k` most probable
+    trust:bool=False                 # add `prob_crop_<m>`: one more forward pass over the crops
+    auc_steps:int=0                  # > 0: add `deletion_auc`, `insertion_auc` with this many steps
+    native:bool=None                 # None: images larger than the learner's input at their own size (`native_size`), the others at its input; True: every image at its own size; False: every image at the learner's input size
+    max_side:int=None                # native: the longest side at most this many pixels (None: twice the learner's input side with `native=None`, else the image's own size)
+    stride:int=None                  # native: sides rounded to a multiple of this (None: the saliency layer's, `feature_stride`)
+    frame:object=None                # batched: item transform(s) in place of the learner's resizing ones, e.g. `Resize(224, method='pad')`
+    floor:float=0.8                  # the quantile removed before the mass cut from maps concentrated on a small object (`remove_floor`); 0: the raw map
+    zoom:int=0                       # zoomed second looks (`zoom_boxes`): each item's box padded, cut from the file, explained again
+    zoom_pad:float=0.5               # zoom: the context around the first box, a share of its size per side
+    dilate:bool=False                # the last stage dilated (`dilated_last_stage`): maps at twice the resolution
+    upsample:int=2                   # the cut sees each map this many times finer (`cut_maps`: bilinear, before the floor); 1: as computed
+
+    def __post_init__(self):
+        check_margins(self.margins)
+        if self.on_error not in ('report', 'raise'): raise ValueError(f"`on_error` must be 'report' or 'raise', got {self.on_error!r}")
+        if not 0 <= self.area_tau < 1: raise ValueError(f"`area_tau` must be in [0, 1), got {self.area_tau!r}")
+        for v, name in ((self.bs, 'bs'), (self.chunk_batches, 'chunk_batches')):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+                raise ValueError(f"`{name}` must be an integer >= 1, got {v!r}")
+        object.__setattr__(self, 'targets', Targets(**{f.name: getattr(self, f.name) for f in fields(Targets)}))
+        if isinstance(self.auc_steps, bool) or not isinstance(self.auc_steps, (int, np.integer)) or self.auc_steps < 0:
+            raise ValueError(f"`auc_steps` must be an integer >= 0, got {self.auc_steps!r}")
+        object.__setattr__(self, 'framing', Framing(**{f.name: getattr(self, f.name) for f in fields(Framing)}))
+        check_floor(self.floor); check_upsample(self.upsample)
+        z, zp = self.zoom, self.zoom_pad
+        if isinstance(z, bool) or not isinstance(z, (int, np.integer)) or z < 0: raise ValueError(f"`zoom` must be an integer >= 0 (zoomed passes), got {z!r}")
+        if isinstance(zp, bool) or not isinstance(zp, (int, float, np.integer, np.floating)) or not zp >= 0:
+            raise ValueError(f"`zoom_pad` must be >= 0 (context around the first box, a share of its size per side), got {zp!r}")
+        if not isinstance(self.dilate, bool): raise ValueError(f"`dilate` must be True or False, got {self.dilate!r}")
+
+# %% ../nbs/05b_boxpass.ipynb #1cb83a90
+@patch(cls_method=True)
+def of(cls:BoxOptions, opts:BoxOptions=None, **kwargs) -> BoxOptions:
+    "`opts` (default: `BoxOptions()`) with the options `kwargs` replaced; a `TypeError` naming an unknown option."
+    base = cls() if opts is None else opts
+    if not isinstance(base, cls): raise TypeError(f"`opts` must be a BoxOptions, got {type(opts).__name__}")
+    bad = sorted(set(kwargs) - {f.name for f in fields(cls)})
+    if bad: raise TypeError(f"unknown box pass option(s) {bad}: the options are the fields of `BoxOptions` ({', '.join(f.name for f in fields(cls))})")
+    return replace(base, **kwargs) if kwargs else base
+
+@patch(cls_method=True)
+def split(cls:BoxOptions, opts:BoxOptions=None, **kwargs) -> tuple:
+    "(`BoxOptions.of(opts, **options)`, the other `kwargs`): the options of an entry point that takes them beside its own keywords (a fitting method's, ...)."
+    names = {f.name for f in fields(cls)}
+    return cls.of(opts, **{k: v for k, v in kwargs.items() if k in names}), {k: v for k, v in kwargs.items() if k not in names}
+
+@patch
+def rule(self:BoxOptions) -> dict:
+    "The options that decide the box of a given class (the method, the framing, the cut), by name: what a pass over other items with the same rule (`zoom_predict`) takes."
+    skip = {f.name for f in fields(Targets)} | {'margins', 'area_tau', 'bs', 'chunk_batches', 'on_error', 'trust', 'auc_steps'}
+    return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+
+# %% ../nbs/05b_boxpass.ipynb #6adfa53b
+def native_batches(learn, paths, positions=None, bs=64, failures:dict=None, on_error='report', sizes=None, framing:Framing=None, **kwargs):
+    "`load_batches` with each image at its `native_size` (`framing`'s `max_side` and `stride`, or the keywords `max_side`, `stride`): the images of one input size batched together (buckets in order of first appearance)."
+    fr = Framing(native=True, **kwargs) if framing is None else framing
+    max_side, stride = fr.max_side, fr.stride
     _check_native(max_side, stride)
     todo = list(range(len(paths)) if positions is None else positions)
     if sizes is None: sizes = _model_sizes(*_image_sizes(paths)[::2])[0]
     stride = stride or feature_stride(learn.model)
     tfms = frame_tfms(learn)
     for wh, idx in native_buckets(np.asarray(sizes)[todo], max_side, stride).items():
-        yield from load_batches(learn, paths, [todo[i] for i in idx], bs, failures, on_error,
-                                _with_frame(tfms, _native_resize(wh)))
+        yield from load_batches(learn, paths, [todo[i] for i in idx], bs=bs, failures=failures, on_error=on_error,
+                                item_tfms=_with_frame(tfms, _native_resize(wh)))
 
 def _native_resize(wh):
     from fastai.vision.augment import Resize
@@ -426,10 +533,10 @@ def zoom_windows(boxes, wh, pad=0.5, aspect=None) -> np.ndarray:
 
 ZOOM_MARGIN = 0.95   # the margin of the first box a zoomed look's window is cut around
 
-def zoom_boxes(learn, paths, wh, boxes, target, method='gradcam', margins=(0.95, 0.8, 0.6), floor=0., pad=0.5, bs=64,
-               tfms=None, keep=None, dilate=False, upsample=1) -> np.ndarray:
-    "Boxes (n, M, 4) of `margins` from a second look at the images `paths` (sizes `wh`) through windows around `boxes` (n, M, 4, original pixels; the box of margin `ZOOM_MARGIN`, which `margins` must hold), for class `target[i]`."
-    margins = check_margins(margins)
+def zoom_boxes(learn, paths, wh, boxes, target, opts:BoxOptions=None, tfms=None, keep=None, **kwargs) -> np.ndarray:
+    "Boxes (n, M, 4) of `opts.margins` from a second look at the images `paths` (sizes `wh`) through windows around `boxes` (n, M, 4, original pixels; the box of margin `ZOOM_MARGIN`, which the margins must hold), for class `target[i]`; `opts` (or the options `kwargs`): the `method`, `margins`, the cut (`floor`, `upsample`; default: the classic cut, 0 and 1), `zoom_pad`, `bs`, `dilate`."
+    o = BoxOptions.of(BoxOptions(floor=0., upsample=1) if opts is None else opts, **kwargs)
+    margins, method, floor, pad, bs, dilate, upsample = check_margins(o.margins), o.method, o.floor, o.zoom_pad, o.bs or 64, o.dilate, o.upsample
     w = [j for j, m in enumerate(margins) if math.isclose(m, ZOOM_MARGIN)]
     if not w: raise ValueError(f"`margins` must hold the zoom window's margin {ZOOM_MARGIN}, got {margins}")
     boxes = np.asarray(boxes, float).reshape(len(paths), len(margins), 4)
@@ -476,6 +583,7 @@ def _targets(target, vocab, labels):
     names = [str(v) for v in vocab]
     return [names.index(str(l)) for l in labels] if target == 'label' else [names.index(target)]*len(labels)
 
+# %% ../nbs/05b_boxpass.ipynb #4fd3f732
 def _frame_boxes(frames, tfms, wh, bx, W, H) -> np.ndarray:
     "Boxes `bx` (n, M, 4, input pixels) of images of original sizes `wh` (n, 2) in the original images' pixels."
     out = np.empty(tuple(bx.shape))
@@ -506,286 +614,319 @@ def _shown_boxes(bx, orient, mwh, whole=None) -> np.ndarray:
         out[whole] = np.concatenate([np.zeros((int(np.sum(whole)), 2)), sw[whole]], 1)[:, None]
     return out
 
-def box_chunk(learn:Learner, chunk:pd.DataFrame, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5,
-              bs=64, on_error='report', sizes=None, frames:dict=None, tick=None, k=1, multi_label=False, thresh=0.75,
-              max_k=20, trust=False, auc_steps=0, native=None, max_side=None, stride=None, frame=None, floor=0.8,
-              zoom=0, zoom_pad=0.5, dilate=False, upsample=2) -> pd.DataFrame:
-    "Rows of the boxes table (see `box_pass`) for the items of `chunk` (columns `item`, `split`, `label`)."
-    margins, vocab, tfms = check_margins(margins), getattr(learn.dls, 'vocab', None), frame_tfms(learn, frame)
+# %% ../nbs/05b_boxpass.ipynb #dac3aa2d
+@dataclass
+class _Chunk:
+    "What the steps of `box_chunk` share: its learner, options, settled framing, items and their sizes, and the frames of the original sizes."
+    learn: Learner
+    opts: BoxOptions
+    framing: Framing
+    paths: list          # the image files
+    labels: np.ndarray   # their labels (None when unknown)
+    wh: np.ndarray       # (n, 2) the sizes of what the model is given
+    orient: np.ndarray   # (n,) their EXIF orientations
+    failures: dict       # {position: reason} of the items that could not be read (filled as they are met)
+    frames: dict         # {original size: `InputFrame`}
+    tfms: list           # the item transforms that frame the input (`frame_tfms`)
+    @property
+    def margins(self): return check_margins(self.opts.margins)
+    @property
+    def vocab(self): return getattr(self.learn.dls, 'vocab', None)
+
+def _chunk_of(learn, chunk:pd.DataFrame, opts:BoxOptions, framing:Framing, sizes=None, frames:dict=None) -> _Chunk:
+    "The items of `chunk` with their sizes (`sizes`: from `_image_sizes`, else read here); an unreadable one raises with `on_error='raise'`."
     paths = chunk['item'].astype(str).tolist()
-    n, M = len(paths), len(margins)
     wh, failures, orient = sizes if sizes is not None else _image_sizes(paths)
     wh, orient = _model_sizes(wh, orient)   # sizes of what the model is given (see the text)
     failures = dict(failures)
-    if failures and on_error == 'raise': i = min(failures); raise UnreadableImageError(paths[i], failures[i])
-    todo = [i for i in range(n) if i not in failures]
-    frames = {} if frames is None else frames
+    if failures and opts.on_error == 'raise': i = min(failures); raise UnreadableImageError(paths[i], failures[i])
+    return _Chunk(learn, opts, framing, paths=paths, labels=chunk['label'].to_numpy(), wh=wh, orient=orient, failures=failures,
+                  frames={} if frames is None else frames, tfms=frame_tfms(learn, framing.frame))
+
+def _chunk_batches(ch:_Chunk):
+    "Step 1 of `box_chunk`: yield `(positions, xb)` of its readable items, those at their own size first (`native`), by input size, then the others at the learner's input."
+    fr, opts = ch.framing, ch.opts
+    todo = [i for i in range(len(ch.paths)) if i not in ch.failures]
+    native, max_side, stride = fr.native, fr.max_side, fr.stride
     if native is None:   # auto: the images larger than the learner's input at their own size (up to `max_side`), the others batched
-        in_side = max(InputFrame.from_tfms(tfms, (64, 48)).input_wh)
+        in_side = max(InputFrame.from_tfms(ch.tfms, (64, 48)).input_wh)
         max_side = max_side or 2*in_side
-        big, todo = [i for i in todo if max(wh[i]) > in_side], [i for i in todo if max(wh[i]) <= in_side]
+        big, todo = [i for i in todo if max(ch.wh[i]) > in_side], [i for i in todo if max(ch.wh[i]) <= in_side]
     else: big = todo if native else []
     if big:   # each image at its own size: a frame per original size, the batches by input size
-        stride = stride or feature_stride(learn.model, getattr(method, 'layers', None))
-        frames.update({s: InputFrame.from_tfms(_with_frame(tfms, _native_resize(native_size(s, max_side, stride))), s)
-                       for s in {tuple(x) for x in wh[big].tolist()}})
-    batches = itertools.chain(native_batches(learn, paths, big, bs, failures, on_error, wh, max_side, stride) if big else [],
-                              load_batches(learn, paths, todo, bs, failures, on_error, None if frame is None else tfms) if not native else [])
-    labels = chunk['label'].to_numpy()
-    cols = ('pos', 'target', 'prob', 'rank', 'area', 'zero', 'fallback', 'boxes', 'crop', 'dele', 'ins')
-    parts = {c: [] for c in cols}
-    def add(**kw):
-        for c in cols: parts[c].append(kw[c])
-    for pos, xb in batches:
-        pos = np.asarray(pos)
-        with _dilated(learn, xb, dilate):
-            sm = saliency_maps(learn, xb, method, target=_targets(target, vocab, labels[pos]), k=k if target is None else 1,
-                               multi_label=multi_label, thresh=thresh, max_k=max_k)
-        H, W = sm.input_size
-        ii = sm.img_idx.cpu().numpy()
-        ms = margins + [ZOOM_MARGIN] if zoom else margins   # a zoomed look's window: the box at `ZOOM_MARGIN`, whatever the margins asked
-        cm = cut_maps(sm.maps, floor, upsample)   # what the cut sees: finer than the map, its floor removed
-        bx = torch.stack([mass_box(cm, margin_eps(m), size=(W, H)) for m in ms], 1).double().cpu()  # (rows, M, 4)
-        R = len(ii)
-        zero = fallback_maps(sm.maps).cpu().numpy()
-        ob = _frame_boxes(frames, tfms, wh[pos[ii]], bx, W, H)              # (rows, M, 4) in the original images' pixels
-        for _ in range(zoom):
-            ob = zoom_boxes(learn, [paths[i] for i in pos[ii]], wh[pos[ii]], ob, sm.target.cpu().numpy(), method, ms,
-                            floor, zoom_pad, bs, tfms, keep=zero, dilate=dilate, upsample=upsample)
-        ob, bx = ob[:, :M], bx[:, :M]
-        if zoom and trust and R:   # the trust crops are those of the final boxes, on the first pass's input
-            bx = torch.as_tensor(np.stack([frames[tuple(s)].to_input(b).numpy() for s, b in zip(wh[pos[ii]].tolist(), ob)]))
-        crop = np.full((R, M), np.nan); dele = ins = np.full(R, np.nan)
-        if trust and R:
-            cb = torch.cat([crop_batch(xb[sm.img_idx], bx[:, j], (H, W)) for j in range(M)])   # (M*rows, C, H, W)
-            pc = _model_probs(learn.model, cb, multi_label, bs)
-            crop = pc[torch.arange(M*R, device=pc.device), sm.target.repeat(M).to(pc.device)].view(M, R).T.cpu().numpy()
-        if auc_steps and R:
-            dele, ins = (v.numpy() for v in deletion_insertion(learn.model, xb[sm.img_idx], sm.maps, sm.target, auc_steps, multi_label, bs))
-        add(pos=pos[ii], target=sm.target.cpu().numpy(), prob=sm.prob.float().cpu().numpy(), rank=sm.rank.cpu().numpy(),
-            area=threshold_masks(sm.maps, area_tau).flatten(1).float().mean(1).cpu().numpy(), zero=zero,
-            fallback=np.where(zero, 'zero_map', None), crop=crop, boxes=_shown_boxes(ob, orient[pos[ii]], wh[pos[ii]], zero),
-            dele=dele, ins=ins)
-        low = np.setdiff1d(np.arange(len(pos)), ii)    # multi-label: no class above `thresh`, the top one, the whole image
-        if len(low):
-            p, t = _model_probs(learn.model, xb[torch.as_tensor(low, device=xb.device)], True, bs).max(1)
-            full = _shown_boxes(np.zeros((len(low), 1, 4)), orient[pos[low]], wh[pos[low]], np.ones(len(low), bool))[:, 0]
-            add(pos=pos[low], target=t.cpu().numpy(), prob=p.cpu().numpy(), rank=np.zeros(len(low), int), area=np.full(len(low), np.nan),
-                zero=np.zeros(len(low), bool), fallback=np.full(len(low), 'low_confidence', object),
-                boxes=np.repeat(full[:, None], M, 1), crop=np.repeat(p.cpu().numpy()[:, None], M, 1),
-                dele=np.full(len(low), np.nan), ins=np.full(len(low), np.nan))
-        if tick is not None: tick()
-    bad = np.array(sorted(failures), int)
-    if len(bad): add(pos=bad, target=np.full(len(bad), -1), prob=np.full(len(bad), np.nan), rank=np.zeros(len(bad), int),
-                     area=np.full(len(bad), np.nan), zero=np.zeros(len(bad), bool), fallback=np.full(len(bad), 'unreadable', object),
-                     boxes=np.full((len(bad), M, 4), np.nan), crop=np.full((len(bad), M), np.nan), dele=np.full(len(bad), np.nan),
-                     ins=np.full(len(bad), np.nan))
-    cat = {c: np.concatenate(parts[c]) if parts[c] else np.zeros((0,) + ((M, 4) if c == 'boxes' else (M,) if c == 'crop' else ()))
-           for c in cols}
+        stride = stride or feature_stride(ch.learn.model, getattr(opts.method, 'layers', None))
+        ch.frames.update({s: InputFrame.from_tfms(_with_frame(ch.tfms, _native_resize(native_size(s, max_side, stride))), s)
+                          for s in {tuple(x) for x in ch.wh[big].tolist()}})
+        yield from native_batches(ch.learn, ch.paths, big, bs=opts.bs, failures=ch.failures, on_error=opts.on_error, sizes=ch.wh,
+                                  framing=Framing(native=True, max_side=max_side, stride=stride))
+    if not native:
+        yield from load_batches(ch.learn, ch.paths, todo, bs=opts.bs, failures=ch.failures, on_error=opts.on_error,
+                                item_tfms=None if fr.frame is None else ch.tfms)
+
+# %% ../nbs/05b_boxpass.ipynb #e8b73a6c
+_ROW_PARTS = {   # a chunk's rows before they are a table: part -> (filler value, shape of one row's value; 'M': the margins)
+    'pos': (0, ()), 'target': (-1, ()), 'prob': (np.nan, ()), 'rank': (0, ()), 'area': (np.nan, ()), 'zero': (False, ()),
+    'fallback': (None, ()), 'boxes': (np.nan, ('M', 4)), 'crop': (np.nan, ('M',)), 'dele': (np.nan, ()), 'ins': (np.nan, ())}
+
+def _part_shape(part, n, M) -> tuple: return (n,) + tuple(M if s == 'M' else s for s in _ROW_PARTS[part][1])
+
+def _filler_rows(pos, M:int, fallback:str, **given) -> dict:
+    "Step 3 of `box_chunk`: the parts of the rows of items `pos` without a box of their own (`fallback`: why, one of `FALLBACKS`), every part not `given` at its filler value (`_ROW_PARTS`)."
+    n = len(pos)
+    out = {c: np.full(_part_shape(c, n, M), fill, dtype=object if fill is None else None) for c, (fill, _) in _ROW_PARTS.items()}
+    out.update(pos=np.asarray(pos), fallback=np.full(n, fallback, object), **given)
+    return out
+
+# %% ../nbs/05b_boxpass.ipynb #dd3fc6da
+def _trust_probs(learn, xb, sm, bx, multi_label=False, bs=64) -> np.ndarray:
+    "The trust numbers (rows, M): each row's class probability on the crops of input `xb` at its boxes `bx` (rows, M, 4, input pixels)."
+    H, W = sm.input_size
+    R, M = len(sm.img_idx), bx.shape[1]
+    cb = torch.cat([crop_batch(xb[sm.img_idx], bx[:, j], (H, W)) for j in range(M)])   # (M*rows, C, H, W)
+    pc = _model_probs(learn.model, cb, multi_label, bs)
+    return pc[torch.arange(M*R, device=pc.device), sm.target.repeat(M).to(pc.device)].view(M, R).T.cpu().numpy()
+
+def _batch_rows(ch:_Chunk, pos:np.ndarray, xb:torch.Tensor) -> list:
+    "Step 2 of `box_chunk`: the parts of the rows of one batch `xb` (the items `pos` of the chunk), and of its items without a class above `thresh` (multi-label)."
+    o, learn, margins = ch.opts, ch.learn, ch.margins
+    M = len(margins)
+    with _dilated(learn, xb, o.dilate):
+        sm = saliency_maps(learn, xb, o.method, target=_targets(o.target, ch.vocab, ch.labels[pos]), k=o.k if o.target is None else 1,
+                           multi_label=o.multi_label, thresh=o.thresh, max_k=o.max_k)
+    H, W = sm.input_size
+    ii = sm.img_idx.cpu().numpy()
+    ms = margins + [ZOOM_MARGIN] if o.zoom else margins   # a zoomed look's window: the box at `ZOOM_MARGIN`, whatever the margins asked
+    cm = cut_maps(sm.maps, o.floor, o.upsample)   # what the cut sees: finer than the map, its floor removed
+    bx = torch.stack([mass_box(cm, margin_eps(m), size=(W, H)) for m in ms], 1).double().cpu()  # (rows, M, 4)
+    R, wh = len(ii), ch.wh[pos[ii]]
+    zero = fallback_maps(sm.maps).cpu().numpy()
+    ob = _frame_boxes(ch.frames, ch.tfms, wh, bx, W, H)              # (rows, M, 4) in the original images' pixels
+    for _ in range(o.zoom):
+        ob = zoom_boxes(learn, [ch.paths[i] for i in pos[ii]], wh, ob, sm.target.cpu().numpy(), opts=replace(o, margins=ms),
+                        tfms=ch.tfms, keep=zero)
+    ob, bx = ob[:, :M], bx[:, :M]
+    if o.zoom and o.trust and R:   # the trust crops are those of the final boxes, on the first pass's input
+        bx = torch.as_tensor(np.stack([ch.frames[tuple(s)].to_input(b).numpy() for s, b in zip(wh.tolist(), ob)]))
+    crop = _trust_probs(learn, xb, sm, bx, o.multi_label, o.bs) if o.trust and R else np.full((R, M), np.nan)
+    dele = ins = np.full(R, np.nan)
+    if o.auc_steps and R:
+        dele, ins = (v.numpy() for v in deletion_insertion(learn.model, xb[sm.img_idx], sm.maps, sm.target, o.auc_steps, o.multi_label, o.bs))
+    out = [dict(pos=pos[ii], target=sm.target.cpu().numpy(), prob=sm.prob.float().cpu().numpy(), rank=sm.rank.cpu().numpy(),
+                area=threshold_masks(sm.maps, o.area_tau).flatten(1).float().mean(1).cpu().numpy(), zero=zero,
+                fallback=np.where(zero, 'zero_map', None), crop=crop, boxes=_shown_boxes(ob, ch.orient[pos[ii]], wh, zero),
+                dele=dele, ins=ins)]
+    low = np.setdiff1d(np.arange(len(pos)), ii)    # multi-label: no class above `thresh`, the top one, the whole image
+    if len(low):
+        p, t = _model_probs(learn.model, xb[torch.as_tensor(low, device=xb.device)], True, o.bs).max(1)
+        full = _shown_boxes(np.zeros((len(low), 1, 4)), ch.orient[pos[low]], ch.wh[pos[low]], np.ones(len(low), bool))[:, 0]
+        out.append(_filler_rows(pos[low], M, 'low_confidence', target=t.cpu().numpy(), prob=p.cpu().numpy(),
+                                boxes=np.repeat(full[:, None], M, 1), crop=np.repeat(p.cpu().numpy()[:, None], M, 1)))
+    return out
+
+# %% ../nbs/05b_boxpass.ipynb #954bf7fe
+def _correct(targets, labels, ok, multi_label=False) -> np.ndarray:
+    "Whether each row's class explained is its item's label (multi-label: one of its labels); False without a label or a class (`ok`)."
+    if multi_label: hit = [o and str(t) in split_labels(l) for t, l, o in zip(targets, labels, ok)]
+    else: hit = labels.notna() & (labels.astype(str) == targets.astype(str)) & ok
+    return np.asarray(hit, bool)
+
+def _rows_table(ch:_Chunk, chunk:pd.DataFrame, parts:list) -> pd.DataFrame:
+    "The rows of the boxes table (`BOX_COLUMNS`) from the parts of a chunk's rows: the items in order, each item's classes by rank."
+    margins, o = ch.margins, ch.opts
+    M = len(margins)
+    cat = {c: np.concatenate([p[c] for p in parts]) if parts else np.zeros(_part_shape(c, 0, M)) for c in _ROW_PARTS}
     order = np.lexsort((cat['rank'], cat['pos']))    # the items in order, each item's classes by rank
     cat = {c: v[order] for c, v in cat.items()}
-    pos, tgt = cat['pos'].astype(int), cat['target'].astype(int)
+    pos, tgt, vocab = cat['pos'].astype(int), cat['target'].astype(int), ch.vocab
     ok = tgt >= 0
     out = chunk.reset_index(drop=True).iloc[pos].reset_index(drop=True).copy()
-    out['target'] = [str(vocab[t]) if o else None for t, o in zip(tgt, ok)] if vocab is not None else np.where(ok, tgt, -1)
+    out['target'] = [str(vocab[t]) if k else None for t, k in zip(tgt, ok)] if vocab is not None else np.where(ok, tgt, -1)
     out['prob'] = cat['prob'].astype(float)
-    if multi_label: hit = [o and str(t) in split_labels(l) for t, l, o in zip(out['target'], out['label'], ok)]
-    else: hit = out['label'].notna() & (out['label'].astype(str) == out['target'].astype(str)) & ok
-    out['correct'] = np.asarray(hit, bool)
-    shown = _turned_sizes(wh, orient)     # the sizes a viewer sees
+    out['correct'] = _correct(out['target'], out['label'], ok, o.multi_label)
+    shown = _turned_sizes(ch.wh, ch.orient)     # the sizes a viewer sees
     out['width'], out['height'] = shown[pos, 0], shown[pos, 1]
     out['area_ratio'], out['zero'] = cat['area'].astype(float), cat['zero'].astype(bool)
     for j, m in enumerate(margins):
         for c, name in enumerate(margin_cols(m)): out[name] = cat['boxes'][:, j, c]
     out['rank'] = cat['rank'].astype(int)
-    out['instance'] = [f"{p}#{t if o else ''}" for p, t, o in zip(out['item'], out['target'], ok)]
+    out['instance'] = [f"{p}#{t if k else ''}" for p, t, k in zip(out['item'], out['target'], ok)]
     out['fallback'] = pd.Series(list(cat['fallback']), dtype=object)
-    if trust:
+    if o.trust:
         for j, m in enumerate(margins): out[crop_prob_col(m)] = cat['crop'][:, j].astype(float)
-    if auc_steps: out['deletion_auc'], out['insertion_auc'] = cat['dele'].astype(float), cat['ins'].astype(float)
-    out['error'] = pd.Series([failures.get(i) for i in pos], dtype=object)
+    if o.auc_steps: out['deletion_auc'], out['insertion_auc'] = cat['dele'].astype(float), cat['ins'].astype(float)
+    out['error'] = pd.Series([ch.failures.get(i) for i in pos], dtype=object)
     return out
 
+# %% ../nbs/05b_boxpass.ipynb #f721f105
+@delegates(BoxOptions)
+def box_chunk(learn:Learner,
+              chunk:pd.DataFrame,       # the items: columns `item`, `split`, `label`
+              opts:BoxOptions=None,     # the pass's options (default: `BoxOptions()`)
+              framing:Framing=None,     # the framing settled on the model (`Framing.settled`; default: `opts.framing`)
+              sizes=None,               # the items' sizes, failures and orientations (`_image_sizes`), when read ahead
+              frames:dict=None,         # {original size: `InputFrame`}, shared by the chunks of a pass
+              tick=None,                # called after each batch (a progress bar)
+              **kwargs                  # options of `BoxOptions` in place of those of `opts`
+             ) -> pd.DataFrame:
+    "Rows of the boxes table (see `box_pass`) for the items of `chunk`, in three steps: choose the batches, one batch's rows, the filler rows of the unreadable items."
+    opts = BoxOptions.of(opts, **kwargs)
+    if opts.bs is None: opts = replace(opts, bs=64)
+    ch = _chunk_of(learn, chunk, opts, opts.framing if framing is None else framing, sizes=sizes, frames=frames)
+    parts = []
+    for pos, xb in _chunk_batches(ch):
+        parts += _batch_rows(ch, np.asarray(pos), xb)
+        if tick is not None: tick()
+    if ch.failures: parts.append(_filler_rows(np.array(sorted(ch.failures), int), len(ch.margins), 'unreadable'))
+    return _rows_table(ch, chunk, parts)
+box_chunk.__delwrap__ = BoxOptions   # the options' docs are the dataclass's (`delegates` points at its generated `__init__`, which has no source)
+
 # %% ../nbs/05b_boxpass.ipynb #5be51ee0
+def _pass_key_params(learn, opts:BoxOptions, framing:Framing, tfms, chunk:int) -> dict:
+    "What the cache key of a pass with settled options `opts` and `framing` holds besides the model and the items (a pass with the old settings keeps its old key)."
+    return dict(method=repr(opts.method), margins=opts.margins, target=opts.target, area_tau=opts.area_tau, bs=opts.bs, chunk=chunk,
+                tfms=repr(tfms), k=opts.k, multi_label=opts.multi_label, thresh=opts.thresh, max_k=opts.max_k, trust=opts.trust,
+                auc_steps=opts.auc_steps, after_batch=repr(learn.dls.valid.after_batch), version=fastai_attncrop.__version__,
+                **framing.key(), **{n: v for n, v in (('floor', opts.floor), ('zoom', opts.zoom), ('dilate', opts.dilate)) if v},
+                **({'zoom_pad': opts.zoom_pad} if opts.zoom else {}), **({'upsample': opts.upsample} if opts.upsample != 1 else {}))
+
+# %% ../nbs/05b_boxpass.ipynb #471fb437
 @dataclass
 class BoxPlan:
     "A box pass, checked and cut into chunks: what `box_pass` runs in one process and `distributed` shares among ranks."
     df: pd.DataFrame               # the items: `item`, `split`, `label`
     chunks: list                   # `df` cut into chunks of `bs` x `chunk_batches` rows (the unit of caching and sharing)
-    bs: int                        # batch size
-    method: object                 # the saliency method (a `Method` or a `MapMaker`)
-    margins: list                  # the retention margins
-    target: object                 # None, 'label' or a class name
-    area_tau: float                # the activated-area ratio's threshold
-    on_error: str                  # 'report' or 'raise'
+    opts: BoxOptions               # the options, settled on the learner: the method an object, `margins` a list, `bs` and `multi_label` set
+    framing: Framing               # the framing, settled on the model (`Framing.settled`)
     final: Path = None             # the finished table's cache file (None: no cache)
     parts: Path = None             # the folder of the finished chunks of a pass not yet complete
-    extra: dict = field(default_factory=dict)   # `box_chunk`'s other arguments (k, multi_label, trust, native, ...)
 
     @classmethod
-    def make(cls, learn, items=None, method='gradcam', margins=(0.95, 0.8, 0.6), target=None, area_tau=0.5, bs=None,
-             cache=True, chunk_batches=8, on_error='report', k=1, multi_label=None, thresh=0.75, max_k=20, trust=False,
-             auc_steps=0, native=None, max_side=None, stride=None, frame=None, floor=0.8, zoom=0, zoom_pad=0.5,
-             dilate=False, upsample=2) -> BoxPlan:
-        "The plan of `box_pass(learn, items, ...)` (same arguments, but `progress`): every argument checked before any work."
-        margins = check_margins(margins)
-        if on_error not in ('report', 'raise'): raise ValueError(f"`on_error` must be 'report' or 'raise', got {on_error!r}")
-        if not 0 <= area_tau < 1: raise ValueError(f"`area_tau` must be in [0, 1), got {area_tau!r}")
-        for v, name in ((bs, 'bs'), (chunk_batches, 'chunk_batches')):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
-                raise ValueError(f"`{name}` must be an integer >= 1, got {v!r}")
-        for v, name, lo in ((k, 'k', 1), (max_k, 'max_k', 1), (auc_steps, 'auc_steps', 0)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo: raise ValueError(f"`{name}` must be an integer >= {lo}, got {v!r}")
-        if not 0 <= thresh <= 1: raise ValueError(f"`thresh` must be in [0, 1], got {thresh!r}")
-        meth = get_method(method, learn)   # a name, a `Method` or a `MapMaker`; 'ddt': fitted on the training set once
+    def make(cls, learn, items=None, opts:BoxOptions=None, cache=True, **kwargs) -> BoxPlan:
+        "The plan of `box_pass(learn, items, opts=opts, cache=cache, **kwargs)`: every option checked before any work."
+        opts = BoxOptions.of(opts, **kwargs)
+        meth = get_method(opts.method, learn)   # a name, a `Method` or a `MapMaker`; 'ddt': fitted on the training set once
         check_vision_learner(learn)
         df = _as_items(learn, items)
         vocab = getattr(learn.dls, 'vocab', None)
-        multi_label = is_multi_label(learn.dls) if multi_label is None else bool(multi_label)
-        if multi_label and k != 1: raise ValueError("`k` is for single-label learners: a multi-label box pass explains the classes above `thresh` (at most `max_k`)")
-        if vocab is not None and k > len(vocab): raise ValueError(f"`k` must be at most the number of classes ({len(vocab)}), got {k}")
-        _check_target(target, vocab, df['label'], multi_label)
-        bs = int(bs or learn.dls.valid.bs or 64)
-        cs = bs*int(chunk_batches)
-        if native is not None and not isinstance(native, bool): raise ValueError(f"`native` must be None, True or False, got {native!r}")
-        if native is None and frame is not None: native = False   # a `frame` is a batched input: no native resolution
-        if native and frame is not None: raise ValueError("`frame` sets the batched input; `native=True` sizes each image itself: pass one of them")
-        _check_native(max_side, stride)
-        if native is False and (max_side, stride) != (None, None): raise ValueError("`max_side` and `stride` are for `native=True` (or None)")
-        check_floor(floor); check_upsample(upsample)
-        if isinstance(zoom, bool) or not isinstance(zoom, (int, np.integer)) or zoom < 0: raise ValueError(f"`zoom` must be an integer >= 0 (zoomed passes), got {zoom!r}")
-        if isinstance(zoom_pad, bool) or not isinstance(zoom_pad, (int, float, np.integer, np.floating)) or not zoom_pad >= 0:
-            raise ValueError(f"`zoom_pad` must be >= 0 (context around the first box, a share of its size per side), got {zoom_pad!r}")
-        if not isinstance(dilate, bool): raise ValueError(f"`dilate` must be True or False, got {dilate!r}")
-        tfms = frame_tfms(learn, frame)
+        multi_label = is_multi_label(learn.dls) if opts.multi_label is None else bool(opts.multi_label)
+        if multi_label and opts.k != 1: raise ValueError("`k` is for single-label learners: a multi-label box pass explains the classes above `thresh` (at most `max_k`)")
+        if vocab is not None and opts.k > len(vocab): raise ValueError(f"`k` must be at most the number of classes ({len(vocab)}), got {opts.k}")
+        _check_target(opts.target, vocab, df['label'], multi_label)
+        opts = replace(opts, method=meth, margins=check_margins(opts.margins), bs=int(opts.bs or learn.dls.valid.bs or 64),
+                       multi_label=multi_label, trust=bool(opts.trust))
+        tfms = frame_tfms(learn, opts.framing.frame)
         in_wh = InputFrame.from_tfms(tfms, (64, 48)).input_wh   # an item transform the box mapping does not know fails here, before any work
         check_batch_tfms(learn, in_wh)   # ... and so does a valid-time crop in the batch transforms
-        if native is None:   # auto: images larger than the input at their own size, up to twice it, when the model takes other sizes
-            stride = _auto_stride(learn.model, getattr(meth, 'layers', None), stride)
-            if stride is None: native = False
-            else: max_side = max_side or 2*max(in_wh)
-        if native: stride = stride or feature_stride(learn.model, getattr(meth, 'layers', None))
-        params = dict(method=repr(meth), margins=margins,
-                      target=target, area_tau=area_tau, bs=bs, chunk=cs, tfms=repr(tfms), k=k, multi_label=multi_label, thresh=thresh,
-                      max_k=max_k, trust=bool(trust), auc_steps=auc_steps,
-                      after_batch=repr(learn.dls.valid.after_batch), version=fastai_attncrop.__version__,
-                      **({'native': (max_side, stride)} if native else {}), **({'auto': (max_side, stride)} if native is None else {}),
-                      **{n: v for n, v in (('floor', floor), ('zoom', zoom), ('dilate', dilate)) if v},
-                      **({'zoom_pad': zoom_pad} if zoom else {}), **({'upsample': upsample} if upsample != 1 else {}))   # a pass with the old settings keeps its old key
-        cdir = _cache_dir(learn, cache)
-        final = parts = None
+        framing = opts.framing.settled(learn.model, getattr(meth, 'layers', None), in_wh)
+        cs = opts.bs*int(opts.chunk_batches)
+        cdir, final, parts = _cache_dir(learn, cache), None, None
         if cdir is not None:
-            key = _cache_key(learn, df, params)
+            key = _cache_key(learn, df, _pass_key_params(learn, opts, framing, tfms, cs))
             final, parts = cdir/f"boxes-{key}.pkl", cdir/f"boxes-{key}.parts"
-        return cls(df, [df.iloc[s:s+cs] for s in range(0, len(df), cs)], bs, meth, margins, target, area_tau, on_error, final, parts,
-                   dict(k=k, multi_label=multi_label, thresh=thresh, max_k=max_k, trust=bool(trust), auc_steps=auc_steps,
-                        native=native, max_side=max_side, stride=stride, frame=frame, floor=floor, zoom=zoom, zoom_pad=zoom_pad,
-                        dilate=dilate, upsample=upsample))
+        return cls(df, [df.iloc[s:s+cs] for s in range(0, len(df), cs)], opts, framing, final, parts)
 
-    def cached(self) -> pd.DataFrame | None:
-        "The finished table from the cache, or None."
-        if self.final is None: return None
-        try: return pd.read_pickle(self.final)
-        except FileNotFoundError: return None
+    @property
+    def bs(self) -> int: return self.opts.bs
 
-    def saved(self) -> dict:
-        "The chunks of an interrupted pass that are already on disk, by chunk index."
-        if self.parts is None: return {}
-        out = {}
-        for c in range(len(self.chunks)):
-            try: out[c] = pd.read_pickle(self.parts/f"{c:05d}.pkl")
-            except Exception: pass     # not done, removed by a second process that finished the pass, or cut off: done again
-        return out
+# %% ../nbs/05b_boxpass.ipynb #b7c3c050
+@patch
+def cached(self:BoxPlan) -> pd.DataFrame | None:
+    "The finished table from the cache, or None."
+    if self.final is None: return None
+    try: return pd.read_pickle(self.final)
+    except FileNotFoundError: return None
 
-    def todo(self, done:dict) -> list:
-        "The indices of the chunks not in `done`, in order."
-        return [c for c in range(len(self.chunks)) if c not in done]
+@patch
+def saved(self:BoxPlan) -> dict:
+    "The chunks of an interrupted pass that are already on disk, by chunk index."
+    if self.parts is None: return {}
+    out = {}
+    for c in range(len(self.chunks)):
+        try: out[c] = pd.read_pickle(self.parts/f"{c:05d}.pkl")
+        except Exception: pass     # not done, removed by a second process that finished the pass, or cut off: done again
+    return out
 
-    def save(self, c:int, rows:pd.DataFrame) -> pd.DataFrame:
-        "Write chunk `c` atomically (with a cache) and return it as read back, so that resumed and fresh results are identical."
-        if self.parts is None: return rows
-        f = self.parts/f"{c:05d}.pkl"
-        for attempt in range(3):       # a second process sharing the cache may remove the folder of chunks when it finishes
-            try: _write_pickle(rows, f); return pd.read_pickle(f)
-            except FileNotFoundError:
-                if attempt == 2: break
-        buf = io.BytesIO(); rows.to_pickle(buf)      # the same round trip, in memory
-        return pd.read_pickle(io.BytesIO(buf.getvalue()))
+@patch
+def todo(self:BoxPlan, done:dict) -> list:
+    "The indices of the chunks not in `done`, in order."
+    return [c for c in range(len(self.chunks)) if c not in done]
 
-    def run(self, learn:Learner, todo:list, progress=True):
-        "Yield `(c, rows)`: `box_chunk` of each chunk index `c` of `todo`, in order, with one progress bar over their batches."
-        total = sum(-(-len(self.chunks[c])//self.bs) for c in todo)
-        bar = progress_bar(range(total), leave=False) if progress and total else None
-        count = [0]
-        def tick():
-            count[0] = min(count[0] + 1, total)
-            if bar is not None: bar.update(count[0])
-        if bar is not None: bar.update(0)
-        frames = {}
-        # The original sizes come from the files' headers, read by a thread ahead of the model: opening every file a
-        # second time cost as much as 10% of the pass when done in line.
-        ex = ThreadPoolExecutor(1)
-        try:
-            sizes = {c: ex.submit(_image_sizes, self.chunks[c]['item'].astype(str).tolist()) for c in todo}
-            for c in todo:
-                yield c, box_chunk(learn, self.chunks[c], self.method, self.margins, self.target, self.area_tau, self.bs,
-                                   self.on_error, sizes[c].result(), frames, tick, **self.extra)
-        finally: ex.shutdown(wait=True, cancel_futures=True)
-        if bar is not None: bar.on_iter_end()
+# %% ../nbs/05b_boxpass.ipynb #8fb7f013
+@patch
+def save(self:BoxPlan, c:int, rows:pd.DataFrame) -> pd.DataFrame:
+    "Write chunk `c` atomically (with a cache) and return it as read back, so that resumed and fresh results are identical."
+    if self.parts is None: return rows
+    f = self.parts/f"{c:05d}.pkl"
+    for attempt in range(3):       # a second process sharing the cache may remove the folder of chunks when it finishes
+        try: _write_pickle(rows, f); return pd.read_pickle(f)
+        except FileNotFoundError:
+            if attempt == 2: break
+    buf = io.BytesIO(); rows.to_pickle(buf)      # the same round trip, in memory
+    return pd.read_pickle(io.BytesIO(buf.getvalue()))
 
-    def table(self, done:dict) -> pd.DataFrame:
-        "The chunks of `done` in order as one table; with a cache, written once (atomically) and the chunk files removed."
-        out = pd.concat([done[c] for c in range(len(self.chunks))], ignore_index=True) if self.chunks else pd.DataFrame()
-        if self.final is not None:
-            _write_pickle(out, self.final)
-            shutil.rmtree(self.parts, ignore_errors=True)
-        return out
+@patch
+def run(self:BoxPlan, learn:Learner, todo:list, progress=True):
+    "Yield `(c, rows)`: `box_chunk` of each chunk index `c` of `todo`, in order, with one progress bar over their batches."
+    total = sum(-(-len(self.chunks[c])//self.bs) for c in todo)
+    bar = progress_bar(range(total), leave=False) if progress and total else None
+    count = [0]
+    def tick():
+        count[0] = min(count[0] + 1, total)
+        if bar is not None: bar.update(count[0])
+    if bar is not None: bar.update(0)
+    frames = {}
+    # The original sizes come from the files' headers, read by a thread ahead of the model: opening every file a
+    # second time cost as much as 10% of the pass when done in line.
+    ex = ThreadPoolExecutor(1)
+    try:
+        sizes = {c: ex.submit(_image_sizes, self.chunks[c]['item'].astype(str).tolist()) for c in todo}
+        for c in todo:
+            yield c, box_chunk(learn, self.chunks[c], self.opts, self.framing, sizes=sizes[c].result(), frames=frames, tick=tick)
+    finally: ex.shutdown(wait=True, cancel_futures=True)
+    if bar is not None: bar.on_iter_end()
 
-    def checked(self, out:pd.DataFrame) -> pd.DataFrame:
-        "`out`, after warning about (`on_error='report'`) or raising `UnreadableImageError` for (`'raise'`) its unreadable images."
-        bad = failed_rows(out)
-        if bad.any():
-            first = out[bad].iloc[0]
-            if self.on_error == 'raise': raise UnreadableImageError(first['item'], first['error'])
-            warnings.warn(f"box pass: {bad.sum()} of {len(out)} images could not be read and have no boxes (see the `error` "
-                          f"column), e.g. {first['item']}: {first['error']}")
-        return out
+# %% ../nbs/05b_boxpass.ipynb #9c17ef7c
+@patch
+def table(self:BoxPlan, done:dict) -> pd.DataFrame:
+    "The chunks of `done` in order as one table; with a cache, written once (atomically) and the chunk files removed."
+    out = pd.concat([done[c] for c in range(len(self.chunks))], ignore_index=True) if self.chunks else pd.DataFrame()
+    if self.final is not None:
+        _write_pickle(out, self.final)
+        shutil.rmtree(self.parts, ignore_errors=True)
+    return out
 
+@patch
+def checked(self:BoxPlan, out:pd.DataFrame) -> pd.DataFrame:
+    "`out`, after warning about (`on_error='report'`) or raising `UnreadableImageError` for (`'raise'`) its unreadable images."
+    bad = failed_rows(out)
+    if bad.any():
+        first = out[bad].iloc[0]
+        if self.opts.on_error == 'raise': raise UnreadableImageError(first['item'], first['error'])
+        warnings.warn(f"box pass: {bad.sum()} of {len(out)} images could not be read and have no boxes (see the `error` "
+                      f"column), e.g. {first['item']}: {first['error']}")
+    return out
 
 # %% ../nbs/05b_boxpass.ipynb #2a16788c
+@delegates(BoxOptions)
 def box_pass(learn:Learner,
-             items=None,              # image paths or a DataFrame with `item` (and `split`, `label`); default: the learner's items
-             method='gradcam',        # a saliency method's name, or a `MapMaker` (`SmoothGrad`, a fitted `DDT`)
-             margins=(0.95, 0.8, 0.6),# the retention margins of the boxes
-             target=None,             # None: the predicted class(es); 'label': the item's label; or a class name
-             area_tau=0.5,            # the activated-area ratio's threshold, relative to each map's maximum
-             bs=None,                 # batch size (default: the learner's validation batch size)
-             cache=True,              # a folder, True (`learn.path/learn.model_dir/'attncrop'`) or False
-             chunk_batches=8,         # batches per chunk (the unit of caching and resuming)
-             progress=True,           # show a progress bar
-             on_error='report',       # an unreadable image: 'report' (an `error` row) or 'raise'
-             k=1,                     # single-label: a row for each of the `k` most probable classes
-             multi_label=None,        # None: from the learner's DataLoaders (`MultiCategoryBlock`)
-             thresh=0.75,             # multi-label: the probability a class must exceed to be boxed...
-             max_k=20,                # ... among the `max_k` most probable
-             trust=False,             # add `prob_crop_<m>`: one more forward pass over the crops
-             auc_steps=0,             # > 0: add `deletion_auc`, `insertion_auc` with this many steps
-             native=None,             # None: images larger than the learner's input at their own size (`native_size`), the others at its input; True: every image at its own size; False: every image at the learner's input size
-             max_side=None,           # native: the longest side at most this many pixels (None: twice the learner's input side with `native=None`, else the image's own size)
-             stride=None,             # native: sides rounded to a multiple of this (None: the saliency layer's, `feature_stride`)
-             frame=None,              # batched: item transform(s) in place of the learner's resizing ones, e.g. `Resize(224, method='pad')`
-             floor=0.8,               # the quantile removed before the mass cut from maps concentrated on a small object (`remove_floor`); 0: the raw map
-             zoom=0,                  # zoomed second looks (`zoom_boxes`): each item's box padded, cut from the file, explained again
-             zoom_pad=0.5,            # zoom: the context around the first box, a share of its size per side
-             dilate=False,            # the last stage dilated (`dilated_last_stage`): maps at twice the resolution
-             upsample=2,              # the cut sees each map this many times finer (`cut_maps`: bilinear, before the floor); 1: as computed
+             items=None,               # image paths or a DataFrame with `item` (and `split`, `label`); default: the learner's items
+             method='gradcam',         # a saliency method's name, or a `MapMaker` (`SmoothGrad`, a fitted `DDT`)
+             margins=(0.95, 0.8, 0.6), # the retention margins of the boxes
+             target=None,              # None: the predicted class(es); 'label': the item's label; or a class name
+             *,
+             cache=True,               # a folder, True (`learn.path/learn.model_dir/'attncrop'`) or False
+             progress=True,            # show a progress bar
+             opts:BoxOptions=None,     # the options as one value; `method`, `margins`, `target` and `kwargs` given here replace its values
+             **kwargs                  # the other options of `BoxOptions`: `k`, `thresh`, `native`, `floor`, `zoom`, `trust`, ...
             ) -> pd.DataFrame:
     "Boxes DataFrame (its columns: `fastai_attncrop.boxtable.BOX_COLUMNS`) of `items` (default: the learner's training and validation items)."
-    plan = BoxPlan.make(learn, items, method, margins, target, area_tau, bs, cache, chunk_batches, on_error, k, multi_label,
-                        thresh, max_k, trust, auc_steps, native, max_side, stride, frame, floor, zoom, zoom_pad, dilate,
-                        upsample)
+    given = dict(method=method, margins=margins, target=target)
+    if opts is not None: given = {n: v for n, v in given.items() if v is not _BOX_PASS_DEFAULTS[n]}   # the defaults leave `opts` alone
+    plan = BoxPlan.make(learn, items, BoxOptions.of(opts, **given, **kwargs), cache=cache)
     if (out := plan.cached()) is not None: return plan.checked(out)
     done = plan.saved()
     for c, rows in plan.run(learn, plan.todo(done), progress): done[c] = plan.save(c, rows)
     return plan.checked(plan.table(done))
 
+_BOX_PASS_DEFAULTS = {n: p.default for n, p in inspect.signature(box_pass).parameters.items() if n in ('method', 'margins', 'target')}
+box_pass.__delwrap__ = BoxOptions   # the options' docs: `BoxOptions`'s

@@ -59,6 +59,7 @@ def _clear_run(out:Path):
         if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
         elif p.exists() or p.is_symlink(): p.unlink()
 
+# %% ../nbs/09b_cli.ipynb #cb19d0e8
 def _formats(format) -> list:
     from fastai_attncrop.export import EXPORT_FORMATS
     fmts = [f.strip().lower() for f in (format or '').split(',') if f.strip() and f.strip().lower() != 'none']
@@ -86,6 +87,7 @@ def _ls_root(files, document_root, url_prefix):
                              "its document root only; choose a folder above the images")
     return doc
 
+# %% ../nbs/09b_cli.ipynb #7f911c96
 def _learner_file(fname) -> Path:
     p = Path(fname)
     if not p.is_file(): raise CliError(f"LEARNER: {p} {'is a folder' if p.is_dir() else 'does not exist'}: give the file `learn.export()` wrote")
@@ -97,6 +99,69 @@ def _load_learner(p:Path):
     except Exception as e:
         raise CliError(f"LEARNER: could not load {p} with fastai's `load_learner` ({type(e).__name__}: {e}); "
                        "the functions and classes the learner was made with must be importable here") from e
+
+# %% ../nbs/09b_cli.ipynb #279fb22c
+def _check_options(format, margin, method, bs, cls, links, document_root, url_prefix) -> tuple:
+    "`boxes`'s options checked before any work (each error names its option): the formats, the margin and the URL prefix as the run uses them."
+    from fastai_attncrop.saliency import METHODS, MAKERS
+    from fastai_attncrop.crop import check_margins
+    from fastai_attncrop.export import CLASS_CHOICES
+    fmts = _formats(format)
+    try: margin = float(check_margins(margin)[0])
+    except (ValueError, TypeError) as e: raise CliError(f"--margin: {e}") from None
+    if method not in METHODS:
+        why = " (it is fitted on the learner's training set, which an exported learner does not carry)" if method in MAKERS else ''
+        raise CliError(f"--method: {method!r} is not one of {', '.join(sorted(METHODS))}{why}")
+    if bs is not None and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1): raise CliError(f"--bs must be an integer >= 1, got {bs!r}")
+    if cls not in CLASS_CHOICES: raise CliError(f"--cls must be one of {', '.join(CLASS_CHOICES)}, got {cls!r}")
+    if links not in ('relative', 'absolute'): raise CliError(f"--links must be relative or absolute, got {links!r}")
+    url_prefix = url_prefix or None
+    if document_root is not None and url_prefix is not None:
+        raise CliError("--document-root and --url-prefix: give one (--document-root: Label Studio serves the images; --url-prefix: they are served elsewhere)")
+    if 'labelstudio' not in fmts:
+        for o, v in (('--document-root', document_root), ('--url-prefix', url_prefix)):
+            if v is not None: raise CliError(f"{o} is an option of the Label Studio export: add labelstudio to --format, or leave it out")
+    return fmts, margin, url_prefix
+
+def _check_outside(out:Path, images, files, crops=False):
+    "Refuse an `out` inside an image folder of `images` (or, with `crops`, inside the tree the crops mirror)."
+    folders = [Path(os.path.abspath(p)) for p in images if Path(p).is_dir()]
+    if crops: folders.append(Path(os.path.commonpath([str(p.parent) for p in files])))   # the tree the crops mirror
+    for src in folders:
+        if out == src or src in out.parents:
+            raise CliError(f"--out {out} lies inside the image folder {src}: what it writes would be mixed with the images "
+                           "(and read as new images by the next run); choose a folder outside it")
+
+# %% ../nbs/09b_cli.ipynb #b2d8f48e
+def _write_outputs(table, out:Path, rec:dict, resume=False, overwrite=False, progress=True) -> tuple:
+    "Write the outputs of a `boxes` run into `out` from its boxes `table`, as its record `rec` says (formats, margin, crops, review, ...): (the outputs written, their counts, notes)."
+    from fastai_attncrop.data import write_csv_atomic
+    from fastai_attncrop.crop import failed_rows, export_crops
+    from fastai_attncrop.export import export_boxes, review_sheet
+    fmts, margin, cls, links, files = rec['format'], rec['margin'], rec['cls'], rec['links'], rec['n_images']
+    doc = None if rec['document_root'] is None else Path(rec['document_root'])
+    url_prefix, model_version, crops, review = rec['url_prefix'], rec['model_version'], rec['crops'], rec['review']
+    written, notes = ['boxes.pkl', 'boxes.csv'], {}
+    bad = failed_rows(table)
+    if bad.any():
+        write_csv_atomic(table.loc[bad, ['item', 'error']], out/'unreadable.csv'); written.append('unreadable.csv')
+    counts = dict(images=files, rows=len(table), unreadable=int(bad.sum()), skipped={})
+    for f in fmts:
+        if resume and (out/f).is_dir(): shutil.rmtree(out/f)   # a half-written export of the interrupted run: written anew
+        kw = dict(document_root=doc, url_prefix=url_prefix, model_version=model_version) if f == 'labelstudio' else {}
+        # the run owns its export folders (new, resumed, or cleared by --overwrite): each export replaces what is there
+        try: res = export_boxes(table, out/f, f, margin=margin, cls=cls, overwrite=True, progress=progress, **kw)
+        except ValueError as e: raise CliError(f"--format {f}: {e}") from e
+        written.append(f); counts[f] = int(res['boxes']); counts['skipped'][f] = int(res['skipped'])
+        if res['skipped']: notes[f] = f"{res['skipped']} left out, see {f}/skipped.csv"
+        if f == 'labelstudio' and res.get('local_storage') is not None:
+            rec['labelstudio_local_storage'] = str(res['local_storage'])
+            notes[f] = '; '.join(([notes[f]] if f in notes else []) + [f"in the Label Studio project, add a Local Storage of {res['local_storage']}"])
+    if crops:
+        res = export_crops(table, out/'crops', margin=margin, overwrite=overwrite, progress=progress)
+        written.append('crops'); counts['crops'] = int(res['error'].isna().sum())
+    if review: review_sheet(table, out/'review', margin=margin, links=links, progress=progress); written.append('review')
+    return written, counts, notes
 
 # %% ../nbs/09b_cli.ipynb #7d273bd3
 @call_parse
@@ -120,37 +185,16 @@ def boxes(learner:str,                 # the exported learner: the file `learn.e
          ) -> dict:
     "Boxes of an exported learner on new images: the boxes table, pre-annotations, crops and a review sheet in one folder."
     from fastai_attncrop.data import atomic_write, write_csv_atomic, write_text_atomic
-    from fastai_attncrop.saliency import METHODS, MAKERS
-    from fastai_attncrop.crop import check_margins, failed_rows, export_crops
     from fastai_attncrop.boxpass import box_pass
-    from fastai_attncrop.export import export_boxes, review_sheet, CLASS_CHOICES
     t0 = time.time()
     learner = _learner_file(learner)
     if out is None: raise CliError("--out is required: the folder to write into")
     out = Path(os.path.abspath(out))
-    fmts = _formats(format)
-    try: margin = float(check_margins(margin)[0])
-    except (ValueError, TypeError) as e: raise CliError(f"--margin: {e}") from None
-    if method not in METHODS:
-        why = " (it is fitted on the learner's training set, which an exported learner does not carry)" if method in MAKERS else ''
-        raise CliError(f"--method: {method!r} is not one of {', '.join(sorted(METHODS))}{why}")
-    if bs is not None and (isinstance(bs, bool) or not isinstance(bs, int) or bs < 1): raise CliError(f"--bs must be an integer >= 1, got {bs!r}")
-    if cls not in CLASS_CHOICES: raise CliError(f"--cls must be one of {', '.join(CLASS_CHOICES)}, got {cls!r}")
-    if links not in ('relative', 'absolute'): raise CliError(f"--links must be relative or absolute, got {links!r}")
-    url_prefix = url_prefix or None
-    if document_root is not None and url_prefix is not None:
-        raise CliError("--document-root and --url-prefix: give one (--document-root: Label Studio serves the images; --url-prefix: they are served elsewhere)")
-    if 'labelstudio' not in fmts:
-        for o, v in (('--document-root', document_root), ('--url-prefix', url_prefix)):
-            if v is not None: raise CliError(f"{o} is an option of the Label Studio export: add labelstudio to --format, or leave it out")
+    fmts, margin, url_prefix = _check_options(format, margin, method, bs=bs, cls=cls, links=links, document_root=document_root,
+                                               url_prefix=url_prefix)
     files = image_files(images)
     doc = _ls_root(files, document_root, url_prefix) if 'labelstudio' in fmts else None
-    folders = [Path(os.path.abspath(p)) for p in images if Path(p).is_dir()]
-    if crops: folders.append(Path(os.path.commonpath([str(p.parent) for p in files])))   # the tree the crops mirror
-    for src in folders:
-        if out == src or src in out.parents:
-            raise CliError(f"--out {out} lies inside the image folder {src}: what it writes would be mixed with the images "
-                           "(and read as new images by the next run); choose a folder outside it")
+    _check_outside(out, images, files, crops)
     resume = _check_out(out, overwrite)
     learn = _load_learner(learner)
     if overwrite: _clear_run(out)
@@ -167,26 +211,7 @@ def boxes(learner:str,                 # the exported learner: the file `learn.e
     table = box_pass(learn, items=[str(p) for p in files], method=method, margins=margins, bs=bs, cache=cache, progress=progress)
     atomic_write(out/'boxes.pkl', lambda tmp: table.to_pickle(tmp), suffix='.pkl')
     write_csv_atomic(table, out/'boxes.csv')
-    written, notes = ['boxes.pkl', 'boxes.csv'], {}
-    bad = failed_rows(table)
-    if bad.any():
-        write_csv_atomic(table.loc[bad, ['item', 'error']], out/'unreadable.csv'); written.append('unreadable.csv')
-    counts = dict(images=len(files), rows=len(table), unreadable=int(bad.sum()), skipped={})
-    for f in fmts:
-        if resume and (out/f).is_dir(): shutil.rmtree(out/f)   # a half-written export of the interrupted run: written anew
-        kw = dict(document_root=doc, url_prefix=url_prefix, model_version=model_version) if f == 'labelstudio' else {}
-        # the run owns its export folders (new, resumed, or cleared by --overwrite): each export replaces what is there
-        try: res = export_boxes(table, out/f, f, margin=margin, cls=cls, overwrite=True, progress=progress, **kw)
-        except ValueError as e: raise CliError(f"--format {f}: {e}") from e
-        written.append(f); counts[f] = int(res['boxes']); counts['skipped'][f] = int(res['skipped'])
-        if res['skipped']: notes[f] = f"{res['skipped']} left out, see {f}/skipped.csv"
-        if f == 'labelstudio' and res.get('local_storage') is not None:
-            rec['labelstudio_local_storage'] = str(res['local_storage'])
-            notes[f] = '; '.join(([notes[f]] if f in notes else []) + [f"in the Label Studio project, add a Local Storage of {res['local_storage']}"])
-    if crops:
-        res = export_crops(table, out/'crops', margin=margin, overwrite=overwrite, progress=progress)
-        written.append('crops'); counts['crops'] = int(res['error'].isna().sum())
-    if review: review_sheet(table, out/'review', margin=margin, links=links, progress=progress); written.append('review')
+    written, counts, notes = _write_outputs(table, out, rec, resume=resume, overwrite=overwrite, progress=progress)
     rec.update(finished=True, outputs=written, counts=counts, seconds=round(time.time() - t0, 1))
     write_text_atomic(json.dumps(rec, indent=1), out/RUN_FILE)
     for w in written: print(f"wrote {out/w}{'/' if (out/w).is_dir() else ''}{' (' + notes[w] + ')' if w in notes else ''}")

@@ -8,6 +8,7 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/distributed.html.md"""
 # %% ../nbs/08_distributed.ipynb #996a7b62
 from __future__ import annotations
 import contextlib, json, time, traceback
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 import pandas as pd, torch, torch.distributed as dist
@@ -19,7 +20,7 @@ from fastai.learner import Learner
 from fastai.distributed import DistributedDL, teardown_distrib
 from accelerate import PartialState
 from .data import atomic_write
-from .boxpass import box_pass, BoxPlan
+from .boxpass import box_pass, BoxPlan, BoxOptions
 from .learner import box_margins
 
 # %% auto #0
@@ -109,18 +110,17 @@ def distrib_fit(learn:Learner, *args, fit='fit_one_cycle', sync_bn:bool=None, **
         return getattr(learn, fit)(*args, **kwargs)
 
 @patch
-@delegates(Learner.attention_crop, but=['boxes'])
-def distrib_attention_crop(self:Learner, epochs=3, lr=None, margins=(0.95, 0.8, 0.6), valid_margin=None,
-                           method='gradcam', target=None, cache=True, bs=None, fit='fit_one_cycle', progress=True,
-                           chunk_batches=8, native=None, max_side=None, frame=None, floor=0.8, zoom=0, zoom_pad=0.5, dilate=False,
-                           upsample=2, **kwargs):
+@delegates(Learner.attention_crop, keep=True, but=['boxes'])
+def distrib_attention_crop(self:Learner, epochs=3, lr=None, margins=(0.95, 0.8, 0.6), valid_margin=None, cache=True,
+                           fit='fit_one_cycle', progress=True, box_opts:BoxOptions=None, **kwargs):
     "`learn.attention_crop` with the box pass sharded over the process group and fastai's distributed re-fit."
-    rule = dict(native=native, max_side=max_side, frame=frame, floor=floor, zoom=zoom, zoom_pad=zoom_pad, dilate=dilate, upsample=upsample)
-    boxes = distrib_box_pass(self, method=method, margins=box_margins(margins, valid_margin), target=target, bs=bs,
-                             cache=cache, chunk_batches=chunk_batches, progress=progress and _world()[0] == 0, **rule)
+    bo, rest = BoxOptions.split(box_opts, **kwargs)
+    boxes = distrib_box_pass(self, cache=cache, progress=progress and _world()[0] == 0,
+                             opts=replace(bo, margins=box_margins(margins, valid_margin)))
     fit_fn = partial(distrib_fit, fit=fit) if _world()[1] > 1 else fit
-    return self.attention_crop(epochs, lr, margins=margins, valid_margin=valid_margin, method=method, target=target,
-                               cache=cache, bs=bs, fit=fit_fn, progress=progress, boxes=boxes, **rule, **kwargs)
+    return self.attention_crop(epochs, lr, margins=margins, valid_margin=valid_margin, cache=cache, fit=fit_fn, progress=progress,
+                               boxes=boxes, box_opts=bo, **rest)
+Learner.distrib_attention_crop.__delwrap__ = Learner.attention_crop   # its options documented as `attention_crop`'s
 
 # %% ../nbs/08_distributed.ipynb #7970a5f8
 def _learner(data, arch, size, bs, seed, device):
@@ -136,28 +136,22 @@ def _learner(data, arch, size, bs, seed, device):
     learn.model.to(device)
     return learn
 
-def run_folder(data, out='boxes.pkl', arch='small_cnn', size=64, bs=64, weights=None, fit_epochs=0, lr=1e-2,
-        margins=(0.95, 0.8, 0.6), method='gradcam', cache=None, refit_epochs=0, chunk_batches=8, seed=0) -> dict:
-    "The launched script: learner, sharded box pass (and re-fit) in this process's share; rank 0 writes `out`."
-    state = setup_distributed()
+def run_folder(learn:Learner, out='boxes.pkl', weights=None, fit_epochs=0, lr=1e-2, refit_epochs=0, **kwargs) -> dict:
+    "The launched script's work on `learn` in this process's share: weights or a distributed fit, the sharded box pass (options `kwargs`: `margins`, `method`, `cache`, ...), and with `refit_epochs` the re-fit; rank 0 writes `out`."
     rank, world = _world()
-    learn = _learner(data, arch, size, bs, seed, state.device)
     if weights: learn.model.load_state_dict(torch.load(weights, map_location='cpu'))
     if fit_epochs: distrib_fit(learn, fit_epochs, lr)
-    cache = False if str(cache).lower() == 'none' else (True if cache is None else Path(cache))
     t0 = time.perf_counter()
     if refit_epochs:
-        res = learn.distrib_attention_crop(refit_epochs, lr, margins=list(margins), method=method, cache=cache,
-                                           chunk_batches=chunk_batches)
+        res = learn.distrib_attention_crop(refit_epochs, lr, **kwargs)
         boxes, metrics = res.boxes, {'before': res.metrics_before, 'after': res.metrics_after}
-    else:
-        boxes, metrics = distrib_box_pass(learn, method=method, margins=list(margins), cache=cache,
-                                          chunk_batches=chunk_batches, progress=rank == 0), {}
+    else: boxes, metrics = distrib_box_pass(learn, progress=rank == 0, **kwargs), {}
     summary = dict(items=len(boxes), processes=world, backend=dist.get_backend() if world > 1 else None,
                    seconds=round(time.perf_counter() - t0, 3), out=str(out), **metrics)
     if rank == 0: atomic_write(out, lambda tmp: boxes.to_pickle(tmp), suffix='.pkl')
     return summary
 
+# %% ../nbs/08_distributed.ipynb #bce3f3f0
 @call_parse
 def main(data:str=None,             # image folder with train/ and valid/ (one subfolder per class)
          out:str='boxes.pkl',       # the boxes DataFrame (pickle), written by rank 0
@@ -176,7 +170,9 @@ def main(data:str=None,             # image folder with train/ and valid/ (one s
     "Sharded box pass (and re-fit) of an image folder; launch with `torchrun` or `accelerate launch`."
     if data is None: raise SystemExit("--data is required: an image folder with train/ and valid/")
     try:
-        summary = run_folder(data, out, arch, size, bs, weights, fit_epochs, lr, [float(m) for m in margins.split(',')],
-                      method, cache, refit_epochs, chunk_batches, seed)
+        learn = _learner(data, arch=arch, size=size, bs=bs, seed=seed, device=setup_distributed().device)
+        cache = False if str(cache).lower() == 'none' else (True if cache is None else Path(cache))
+        summary = run_folder(learn, out, weights=weights, fit_epochs=fit_epochs, lr=lr, refit_epochs=refit_epochs,
+                             margins=[float(m) for m in margins.split(',')], method=method, cache=cache, chunk_batches=chunk_batches)
         if _world()[0] == 0: print(json.dumps(summary))
     finally: teardown_distrib()

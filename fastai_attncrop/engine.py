@@ -7,7 +7,7 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/engine.html.md"""
 
 # %% ../nbs/01c_engine.ipynb #6edf8245
 from __future__ import annotations
-import contextlib
+import contextlib, numbers
 from dataclasses import dataclass, field
 from typing import Callable
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -15,10 +15,14 @@ from .layers import frozen_eval, ActivationCut, MapLayout, is_fastai_vision, res
 from .methods import Method, MapMaker, get_method, guided_relus, Rescore, cam_head_weights
 
 # %% auto #0
-__all__ = ['select_targets', 'normalize_maps', 'upsample_maps', 'SaliencyMaps', 'sanitize_maps', 'combine_maps', 'model_input',
-           'pass_input', 'pass_targets', 'saliency_maps']
+__all__ = ['select_targets', 'Targets', 'normalize_maps', 'upsample_maps', 'SaliencyMaps', 'sanitize_maps', 'combine_maps',
+           'model_input', 'pass_input', 'pass_targets', 'saliency_maps']
 
 # %% ../nbs/01c_engine.ipynb #c89fc9b9
+def _check_thresh(thresh):
+    "The one check of a multi-label threshold (`select_targets`, `Targets`)."
+    if not 0 <= thresh <= 1: raise ValueError(f"`thresh` must be in [0, 1], got {thresh!r}")
+
 def select_targets(logits, target=None, k=1, multi_label=False, thresh=0.75, max_k=20, vocab=None):
     "Rows `(img_idx, target, rank)` of the classes to explain, from `logits` (B, n_classes)."
     B, n = logits.shape
@@ -38,7 +42,7 @@ def select_targets(logits, target=None, k=1, multi_label=False, thresh=0.75, max
         idx = torch.arange(B, device=dev)
         return idx, t, torch.zeros_like(t)
     if multi_label:
-        if not 0 <= thresh <= 1: raise ValueError(f"`thresh` must be in [0, 1], got {thresh}")
+        _check_thresh(thresh)
         probs = logits.float().sigmoid()
         kk = min(int(max_k), n)
         top, cls = probs.topk(kk, 1)
@@ -50,6 +54,22 @@ def select_targets(logits, target=None, k=1, multi_label=False, thresh=0.75, max
     cls = logits.topk(k, 1).indices
     return (torch.arange(B, device=dev)[:, None].expand(B, k).reshape(-1), cls.reshape(-1),
             torch.arange(k, device=dev).expand(B, k).reshape(-1))
+
+# %% ../nbs/01c_engine.ipynb #96cbfabb
+def _check_count(v, name, lo=1):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo: raise ValueError(f"`{name}` must be an integer >= {lo}, got {v!r}")
+
+@dataclass(frozen=True)
+class Targets:
+    "Which classes a pass explains: checked where it is made (a class name: against the vocab, when the pass is planned)."
+    target:object=None      # None: the predicted class(es); 'label': each item's label; or a class name
+    k:int=1                 # single-label: a row for each of the `k` most probable classes
+    multi_label:bool=None   # None: from the learner's DataLoaders (`MultiCategoryBlock`)
+    thresh:float=0.75       # multi-label: the probability a class must exceed to be explained...
+    max_k:int=20            # ... among the `max_k` most probable
+    def __post_init__(self):
+        for v, name in ((self.k, 'k'), (self.max_k, 'max_k')): _check_count(v, name)
+        _check_thresh(self.thresh)
 
 # %% ../nbs/01c_engine.ipynb #da1a27e4
 def normalize_maps(maps:torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ Docs: https://fastai-attncrop.github.io/fastai_attncrop/learner.html.md"""
 # %% ../nbs/06_learner.ipynb #69fd41e5
 from __future__ import annotations
 import contextlib, copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd, torch, torch.nn as nn
@@ -26,9 +26,8 @@ from .data import shown_image, shown_size, show_box, exif_orientation, turn_box
 from .saliency import saliency_maps, show_saliency, frozen_eval
 from .boxes import InputFrame, check_adjust
 from .crop import check_margins, margin_eps, margin_cols, df_margins, CropItem, attention_dls, crop_image, crop_box, failed_rows
-from .boxpass import box_pass, check_vision_learner, frame_tfms, item_path, paths_dl, learner_items
+from .boxpass import BoxOptions, box_pass, check_vision_learner, frame_tfms, item_path, paths_dl, learner_items
 from .boxpass import dataset_paths, learner_task, ZoomItem
-
 
 # %% auto #0
 __all__ = ['ADAPTIVE_MARGINS', 'FIT_METHODS', 'AttentionCropResult', 'fresh_model', 'box_margins', 'AttentionCropCallback',
@@ -84,6 +83,7 @@ def _crop_windows(paths, boxes:pd.DataFrame, margin=0.95, pad_rel=0.) -> list:
         out.append(crop_box(box, wh, pad_rel))
     return out
 
+# %% ../nbs/06_learner.ipynb #e1cc3c71
 @patch
 @delegates(box_pass, but=['learn', 'items', 'margins', 'cache', 'progress', 'bs', 'target', 'k', 'multi_label', 'thresh', 'max_k',
                           'trust', 'auc_steps', 'chunk_batches'])
@@ -153,6 +153,7 @@ class AttentionCropResult:
         plt.tight_layout()
         return axs
 
+# %% ../nbs/06_learner.ipynb #5a134357
 def _zoom_metrics(learn, dl, boxes=None, **kwargs) -> dict:
     "The error of look-then-zoom prediction (`learn.zoom_predict(dl, ...)`) on `dl`."
     probs, targs = learn.zoom_predict(dl, boxes=boxes, **kwargs)
@@ -226,7 +227,21 @@ def _check_boxes_cover(learn, boxes:pd.DataFrame):
                          f"{its[~have].iloc[0]!r}): `attention_crop` re-fits on every training and validation item, so pass "
                          "boxes of all of them (box_pass(learn, margins=...)), or boxes=None to compute them")
 
+def _refit(learn:Learner, dls, fresh:bool, fit, epochs, lr, progress=True, fit_kwargs:dict=None):
+    "Fit `learn` (with `fresh`: a re-initialized copy of it) on `dls` with `fit`; without `fresh`, an interrupted fit is undone. Returns the learner fitted."
+    learn = _fresh_learner(learn, dls) if fresh else learn
+    with (contextlib.nullcontext() if fresh else _undone_on_failure(learn)):
+        learn.dls = dls
+        fit_fn = getattr(learn, fit) if isinstance(fit, str) else partial(fit, learn)
+        args = [] if lr is None else [lr]
+        if progress: fit_fn(epochs, *args, **(fit_kwargs or {}))
+        else:
+            with learn.no_bar(), learn.no_logging(): fit_fn(epochs, *args, **(fit_kwargs or {}))
+    return learn
+
+# %% ../nbs/06_learner.ipynb #e1517f17
 @patch
+@delegates(BoxOptions, keep=True)
 def attention_crop(self:Learner,
                    epochs=3,                  # epochs of the re-fit
                    lr=None,                   # its learning rate (None: the fitting method's default)
@@ -234,68 +249,44 @@ def attention_crop(self:Learner,
                    crop_share=0.5,            # share of the training items that are crops
                    crop_valid=False,          # crop the validation items too (metrics after are also given on them)
                    valid_margin=None,         # with `crop_valid`: the validation crops' margin (default: the largest)
-                   method='gradcam',          # saliency method: a name ('ddt' too) or a `MapMaker`
-                   target=None,               # the class explained: None (predicted), 'label' or a class name
                    fresh=False,               # re-fit a re-initialized copy of the model instead of continuing
                    fit='fit_one_cycle',       # a Learner fitting method's name, or fit(learn, epochs, lr, **kwargs)
                    cache=True,                # the box pass's cache: a folder, True (learn.path/models/attncrop) or False
-                   bs=None,                   # batch size of the box pass and the mixed DataLoaders
                    pad_rel=0.,                # grow every crop by this share of its size per side
                    aspect=None,               # grow crops to this width / height ratio (e.g. 1 before a square Resize)
                    seed=0,                    # seeds the crops drawn, a fresh model and the shuffling
                    item_tfms=None,            # the mixed DataLoaders' item transforms (default: the learner's, without its crop)
                    batch_tfms=None,           # their batch transforms (default: the learner's)
                    progress=True,             # progress bars of the box pass and the fit
-                   on_error='report',         # an unreadable image: reported and left out ('report') or 'raise'
                    boxes=None,                # boxes of every training and validation item (`box_pass(learn)`): skips the box pass; missing items are an error
-                   k=1,                       # single-label: box the k most probable classes
-                   thresh=0.75,               # multi-label: the probability a class must exceed to be boxed...
-                   max_k=20,                  # ... among the max_k most probable
                    label_margin=None,         # multi-label: the margin whose boxes decide a crop's other labels
                    inside=0.5,                # ... a class is a crop's label when this share of its box lies inside
-                   native=None,               # box pass at each image's own size: None (images larger than the input), True, False (see `box_pass`)
-                   max_side=None,             # native: longest side at most this many pixels
-                   frame=None,                # batched box pass: item transform(s) in place of the learner's resizing ones
-                   floor=0.8,                 # the quantile removed before the mass cut from maps of small objects (`remove_floor`; 0: the raw map)
-                   zoom=0,                    # zoomed second looks at each item (see `zoom_boxes`)
-                   zoom_pad=0.5,              # zoom: context around the first box, a share of its size per side
-                   dilate=False,              # the box pass with the last stage dilated
-                   upsample=2,                # the cut sees each map this many times finer (`cut_maps`); 1: as computed
                    zoom_valid=True,           # also report look-then-zoom prediction's error (`zoom_predict`) before and after (single-label)
-                   **fit_kwargs               # passed on to the fitting method
+                   box_opts:BoxOptions=None,  # the box pass's options as one value (its margins: those of the crops)
+                   **kwargs                   # the box pass's options (`BoxOptions`: `method`, `target`, `bs` (the mixed DataLoaders' too), `k`, `thresh`, `native`, `floor`, `zoom`, ...); the others go to the fitting method
                   ) -> AttentionCropResult:
     "Box the learner's items with saliency maps, mix crops into its DataLoaders and re-fit; metrics before and after."
+    bo, fit_kwargs = BoxOptions.split(box_opts, **kwargs)
     grid = box_margins(margins, valid_margin)
     if not 0 <= crop_share <= 1: raise ValueError(f"`crop_share` must be in [0, 1], got {crop_share!r}")
     check_adjust(pad_rel=pad_rel, aspect=aspect)   # a bad `pad_rel` or `aspect` fails before any work
-    _check_fit(self, fit)
-    check_vision_learner(self)
-    _check_training_set(self)
+    _check_fit(self, fit); check_vision_learner(self); _check_training_set(self)
     if boxes is not None: _check_boxes_cover(self, boxes)
     valid0 = _uncropped_valid(self.dls)   # a second call after one with `crop_valid=True` still compares uncropped images
     before = _metrics(self, valid0)
-    rule = dict(method=method, native=native, max_side=max_side, frame=frame, floor=floor, zoom=zoom, zoom_pad=zoom_pad, dilate=dilate,
-                upsample=upsample)
-    if boxes is None:
-        boxes = box_pass(self, margins=grid, target=target, bs=bs, cache=cache, progress=progress, on_error=on_error,
-                         k=k, thresh=thresh, max_k=max_k, **rule)
+    if boxes is None: boxes = box_pass(self, cache=cache, progress=progress, opts=replace(bo, margins=grid))
     zoom_valid = zoom_valid and learner_task(self) == 'single-label'
-    zkw = dict(margin=max(grid), pad_rel=pad_rel, bs=bs, progress=progress, **rule)   # the predicted class's box, as the re-fit's crops
-    zb = _zoom_metrics(self, valid0, boxes if target is None else None, **zkw) if zoom_valid else None
+    zkw = dict(margin=max(grid), pad_rel=pad_rel, bs=bo.bs, progress=progress, **bo.rule())   # the predicted class's box, as the re-fit's crops
+    zb = _zoom_metrics(self, valid0, boxes if bo.target is None else None, **zkw) if zoom_valid else None
     set_seed(seed)   # the crops drawn, a fresh model's weights and the shuffling: the same call gives the same result
     dls = attention_dls(self.dls, boxes, margins, crop_share=crop_share, crop_valid=crop_valid, valid_margin=valid_margin,
-                        pad_rel=pad_rel, aspect=aspect, item_tfms=item_tfms, batch_tfms=batch_tfms, bs=bs, seed=seed,
+                        pad_rel=pad_rel, aspect=aspect, item_tfms=item_tfms, batch_tfms=batch_tfms, bs=bo.bs, seed=seed,
                         label_margin=label_margin, inside=inside)
-    learn = _fresh_learner(self, dls) if fresh else self
-    with (contextlib.nullcontext() if fresh else _undone_on_failure(learn)):
-        learn.dls = dls
-        fit_fn = getattr(learn, fit) if isinstance(fit, str) else partial(fit, learn)
-        if progress: fit_fn(epochs, *([] if lr is None else [lr]), **fit_kwargs)
-        else:
-            with learn.no_bar(), learn.no_logging(): fit_fn(epochs, *([] if lr is None else [lr]), **fit_kwargs)
+    learn = _refit(self, dls, fresh=fresh, fit=fit, epochs=epochs, lr=lr, progress=progress, fit_kwargs=fit_kwargs)
     return AttentionCropResult(boxes, dls, learn, before, _metrics(learn, valid0),
                                _metrics(learn, dls.valid) if crop_valid else None,
                                zb, _zoom_metrics(learn, valid0, **zkw) if zoom_valid else None)
+Learner.attention_crop.__delwrap__ = BoxOptions   # the box pass's options documented as `BoxOptions` documents them
 
 # %% ../nbs/06_learner.ipynb #5c9913c1
 class AttentionCropCallback(Callback):

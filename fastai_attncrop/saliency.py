@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 from typing import Callable
+from fastcore.basics import patch
 import numpy as np, torch, torch.nn as nn
 import matplotlib.pyplot as plt
 from fastprogress.fastprogress import progress_bar
@@ -106,32 +107,35 @@ class DDT(MapMaker):
                              f"{getattr(y, 'shape', type(y).__name__)} for {n} images (use per_class=False for other labels)")
         return y.as_subclass(torch.Tensor).long().cpu()
 
-    def __repr__(self):
-        if self.direction is None: return f"DDT(layers={self.layers!r}, per_class={self.per_class}, not fit)"
-        digest = hashlib.sha1(torch.cat([torch.cat([self.mean[g], self.direction[g]]) for g in sorted(self.direction)]).numpy().tobytes()).hexdigest()[:10]
-        return f"DDT(layers={self.layers!r}, per_class={self.per_class}, {len(self.direction)} directions from {self.n_images} images, {digest})"
+# %% ../nbs/01d_saliency.ipynb #dca6df64
+@patch
+def __repr__(self:DDT):
+    if self.direction is None: return f"DDT(layers={self.layers!r}, per_class={self.per_class}, not fit)"
+    digest = hashlib.sha1(torch.cat([torch.cat([self.mean[g], self.direction[g]]) for g in sorted(self.direction)]).numpy().tobytes()).hexdigest()[:10]
+    return f"DDT(layers={self.layers!r}, per_class={self.per_class}, {len(self.direction)} directions from {self.n_images} images, {digest})"
 
-    def __call__(self, model, xb, target=None, layers=None, k=1, multi_label=False, thresh=0.75, max_k=20, vocab=None, channels_last=None,
-                 reshape=None):
-        if self.direction is None: raise ValueError("DDT has no directions yet: call `.fit(learn)` (or `.fit(model, dl)`) first")
-        if layers is not None: raise ValueError(f"DDT maps the layer it was fit on (`DDT(layers=...)`), not `layers`={layers!r}")
-        if reshape is not None and reshape is not self.reshape:
-            raise ValueError("DDT maps its layer with the `reshape` it was made with (`DDT(reshape=...)`), not another one")
-        model, vocab, device, xb = pass_input(model, xb, vocab, channels_last)
-        lays = resolve_layers(model, self.layers, xb, self.reshape)
-        with frozen_eval(model), torch.no_grad(), ActivationCut(lays) as cut:
-            out = model(xb)
-            A = self._map(model, lays, cut, xb).float()
-        img_idx, tgt, rank, prob = pass_targets(out, target, k, multi_label, thresh, max_k, vocab)
-        groups = tgt.tolist() if self.per_class else [0]*len(tgt)
-        missing = sorted(set(groups) - set(self.direction))
-        if missing: raise ValueError(f"DDT was fit on no image of class(es) {[vocab[g] if vocab is not None else g for g in missing]}: "
-                                     "fit it on a set with every class it will explain")
-        P = torch.stack([self.direction[g] for g in groups]).to(device) if groups else A.new_zeros(0, A.shape[1])
-        M = torch.stack([self.mean[g] for g in groups]).to(device) if groups else A.new_zeros(0, A.shape[1])
-        proj = torch.einsum('nchw,nc->nhw', A[img_idx], P) - (P*M).sum(1)[:, None, None]
-        maps, bad = sanitize_maps(proj - proj.flatten(1).amin(1)[:, None, None] if len(proj) else proj)
-        return SaliencyMaps(maps, img_idx, tgt, prob, rank, tuple(xb.shape[-2:]), 'ddt', bad)
+@patch
+def __call__(self:DDT, model, xb, target=None, layers=None, vocab=None, channels_last=None, reshape=None, **targets):
+    "Maps of the classes `target` (or the options `targets` of `select_targets`: `k`, `multi_label`, `thresh`, `max_k`) of batch `xb`: each image's features projected on its class's direction, as `saliency_maps` calls a `MapMaker`."
+    if self.direction is None: raise ValueError("DDT has no directions yet: call `.fit(learn)` (or `.fit(model, dl)`) first")
+    if layers is not None: raise ValueError(f"DDT maps the layer it was fit on (`DDT(layers=...)`), not `layers`={layers!r}")
+    if reshape is not None and reshape is not self.reshape:
+        raise ValueError("DDT maps its layer with the `reshape` it was made with (`DDT(reshape=...)`), not another one")
+    model, vocab, device, xb = pass_input(model, xb, vocab, channels_last)
+    lays = resolve_layers(model, self.layers, xb, self.reshape)
+    with frozen_eval(model), torch.no_grad(), ActivationCut(lays) as cut:
+        out = model(xb)
+        A = self._map(model, lays, cut, xb).float()
+    img_idx, tgt, rank, prob = pass_targets(out, target, vocab=vocab, **targets)
+    groups = tgt.tolist() if self.per_class else [0]*len(tgt)
+    missing = sorted(set(groups) - set(self.direction))
+    if missing: raise ValueError(f"DDT was fit on no image of class(es) {[vocab[g] if vocab is not None else g for g in missing]}: "
+                                 "fit it on a set with every class it will explain")
+    P = torch.stack([self.direction[g] for g in groups]).to(device) if groups else A.new_zeros(0, A.shape[1])
+    M = torch.stack([self.mean[g] for g in groups]).to(device) if groups else A.new_zeros(0, A.shape[1])
+    proj = torch.einsum('nchw,nc->nhw', A[img_idx], P) - (P*M).sum(1)[:, None, None]
+    maps, bad = sanitize_maps(proj - proj.flatten(1).amin(1)[:, None, None] if len(proj) else proj)
+    return SaliencyMaps(maps, img_idx, tgt, prob, rank, tuple(xb.shape[-2:]), 'ddt', bad)
 
 # %% ../nbs/01d_saliency.ipynb #c1fb35d9
 @register_maker('ddt')

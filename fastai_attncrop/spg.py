@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import torch, torch.nn as nn, torch.nn.functional as F
 from fastcore.foundation import L
+from fastcore.basics import patch
 from fastai.callback.core import Callback
 from fastai.callback.hook import hook_outputs
 from fastai.layers import ConvLayer
@@ -130,6 +131,7 @@ class _SPGLossValue(Metric):
     @property
     def name(self): return f'spg_{self.key}'
 
+# %% ../nbs/07_spg.ipynb #a2b2e022
 class SPGCallback(Callback):
     "Self-produced guidance (SPG): auxiliary heads trained on the model's own attention masks, in training only."
     order = 20
@@ -164,99 +166,115 @@ class SPGCallback(Callback):
     def before_train(self): self._sums, self._n = {k: 0. for k in self.KEYS}, 0
 
     # --- optimizer membership of the heads' parameters
-    def _opt_lists(self):
-        opt = self.learn.opt
-        return [g['params'] for g in opt.opt.param_groups] if isinstance(opt, OptimWrapper) else opt.param_lists
-    def _add_params(self):
-        opt, lists = self.learn.opt, self._opt_lists()
-        have = {id(p) for pl in lists for p in pl}
-        new = [p for p in self.heads.parameters() if id(p) not in have]
-        for p in new: opt.state.setdefault(p, {})   # a loaded optimizer's state is a plain dict (`Optimizer.load_state_dict`)
-        if isinstance(opt, OptimWrapper): lists[-1].extend(new)
-        else: lists[-1] = L(list(lists[-1]) + new)
-        if not self.learn.wd_bn_bias:
-            for p in norm_bias_params(self.heads, True): opt.state.setdefault(p, {})['do_wd'] = False
-    def _remove_params(self):
-        if self.heads is None or getattr(self.learn, 'opt', None) is None: return
-        opt, lists, ids = self.learn.opt, self._opt_lists(), {id(p) for p in self.heads.parameters()}
-        for i in range(len(lists)):
-            keep = [p for p in lists[i] if id(p) not in ids]
-            if isinstance(opt, OptimWrapper): lists[i][:] = keep
-            else: lists[i] = L(keep)
-        for p in self.heads.parameters(): opt.state.pop(p, None)
-        if isinstance(opt, OptimWrapper):
-            for p in self.heads.parameters(): opt.opt.state.pop(p, None)
 
-    # --- hooks (fastai's `Hooks`: the outputs of the shallow stage, the deep stage and the body), only around a training forward pass
-    def _remove_hooks(self):
-        if self._hooks is not None: self._hooks.remove()
-        self._hooks = None
+# %% ../nbs/07_spg.ipynb #f2df71bd
+@patch
+def _opt_lists(self:SPGCallback):
+    opt = self.learn.opt
+    return [g['params'] for g in opt.opt.param_groups] if isinstance(opt, OptimWrapper) else opt.param_lists
+@patch
+def _add_params(self:SPGCallback):
+    opt, lists = self.learn.opt, self._opt_lists()
+    have = {id(p) for pl in lists for p in pl}
+    new = [p for p in self.heads.parameters() if id(p) not in have]
+    for p in new: opt.state.setdefault(p, {})   # a loaded optimizer's state is a plain dict (`Optimizer.load_state_dict`)
+    if isinstance(opt, OptimWrapper): lists[-1].extend(new)
+    else: lists[-1] = L(list(lists[-1]) + new)
+    if not self.learn.wd_bn_bias:
+        for p in norm_bias_params(self.heads, True): opt.state.setdefault(p, {})['do_wd'] = False
+@patch
+def _remove_params(self:SPGCallback):
+    if self.heads is None or getattr(self.learn, 'opt', None) is None: return
+    opt, lists, ids = self.learn.opt, self._opt_lists(), {id(p) for p in self.heads.parameters()}
+    for i in range(len(lists)):
+        keep = [p for p in lists[i] if id(p) not in ids]
+        if isinstance(opt, OptimWrapper): lists[i][:] = keep
+        else: lists[i] = L(keep)
+    for p in self.heads.parameters(): opt.state.pop(p, None)
+    if isinstance(opt, OptimWrapper):
+        for p in self.heads.parameters(): opt.opt.state.pop(p, None)
 
-    def _build(self, xb):
-        model = self.learn.model
-        mods = spg_layers(model, xb, self.layers) + [model[0]]
-        with hook_outputs(mods, detach=False) as hs, frozen_eval(model[0]), torch.no_grad(): model[0](xb[:1])
-        if any(o is None for o in hs.stored): raise ValueError("`layers`: an auxiliary head's stage does not run in the body's forward pass")
-        p = next(model.parameters())
-        with torch.random.fork_rng(devices=[]):   # the same random stream for the data as without the callback
-            self.heads = SPGHeads(*(o.shape[1] for o in hs.stored), width=self.width).to(p.device)
-        self._mods = mods
+# --- hooks (fastai's `Hooks`: the outputs of the shallow stage, the deep stage and the body), only around a training forward pass
+@patch
+def _remove_hooks(self:SPGCallback):
+    if self._hooks is not None: self._hooks.remove()
+    self._hooks = None
+
+@patch
+def _build(self:SPGCallback, xb):
+    model = self.learn.model
+    mods = spg_layers(model, xb, self.layers) + [model[0]]
+    with hook_outputs(mods, detach=False) as hs, frozen_eval(model[0]), torch.no_grad(): model[0](xb[:1])
+    if any(o is None for o in hs.stored): raise ValueError("`layers`: an auxiliary head's stage does not run in the body's forward pass")
+    p = next(model.parameters())
+    with torch.random.fork_rng(devices=[]):   # the same random stream for the data as without the callback
+        self.heads = SPGHeads(*(o.shape[1] for o in hs.stored), width=self.width).to(p.device)
+    self._mods = mods
+    self._add_params()
+
+# %% ../nbs/07_spg.ipynb #a3fdf77c
+@patch
+def before_fit(self:SPGCallback):
+    # `learn.validate` and `get_preds` send before_fit / after_fit too, outside a fit or inside one: only a real fit
+    # gets heads and columns, and a validation inside a fit leaves the fit's state alone
+    if _validating(self.learn): return
+    self._fitting = True
+    if not is_fastai_vision(self.learn.model):
+        raise ValueError("SPGCallback needs a vision learner's model: nn.Sequential(body, head) with a pooling head")
+    self._remove_hooks()
+    if self.heads is not None:
+        self.heads.to(next(self.learn.model.parameters()).device)
         self._add_params()
+    self._mets = [_SPGLossValue(self, k) for k in self.KEYS]
+    # columns of an earlier fit that ended in an exception (fastai then sends no after_fit) are dropped first
+    self.learn.metrics = [m for m in self.learn.metrics if not isinstance(m, _SPGLossValue)] + self._mets
 
-    def before_fit(self):
-        # `learn.validate` and `get_preds` send before_fit / after_fit too, outside a fit or inside one: only a real fit
-        # gets heads and columns, and a validation inside a fit leaves the fit's state alone
-        if _validating(self.learn): return
-        self._fitting = True
-        if not is_fastai_vision(self.learn.model):
-            raise ValueError("SPGCallback needs a vision learner's model: nn.Sequential(body, head) with a pooling head")
-        self._remove_hooks()
-        if self.heads is not None:
-            self.heads.to(next(self.learn.model.parameters()).device)
-            self._add_params()
-        self._mets = [_SPGLossValue(self, k) for k in self.KEYS]
-        # columns of an earlier fit that ended in an exception (fastai then sends no after_fit) are dropped first
-        self.learn.metrics = [m for m in self.learn.metrics if not isinstance(m, _SPGLossValue)] + self._mets
+@patch
+def before_batch(self:SPGCallback):
+    if not (self._fitting and self.training) or self.pct_train < self.start: return
+    if self.heads is None: self._build(self.xb[0])
+    self._remove_hooks()
+    self._hooks = hook_outputs(self._mods, detach=False)    # removed in after_pred (or after_batch, after_fit)
 
-    def before_batch(self):
-        if not (self._fitting and self.training) or self.pct_train < self.start: return
-        if self.heads is None: self._build(self.xb[0])
-        self._remove_hooks()
-        self._hooks = hook_outputs(self._mods, detach=False)    # removed in after_pred (or after_batch, after_fit)
+@patch
+def after_pred(self:SPGCallback):
+    if self._hooks is None: return
+    acts = dict(zip(self.KEYS, (_plain(o) for o in self._hooks.stored)))
+    self._remove_hooks()
+    if any(a is None for a in acts.values()): raise RuntimeError("SPGCallback: a hooked stage did not run in the forward pass")
+    y = _plain(self.yb[0]) if len(self.yb) else None
+    if y is None or y.ndim != 1 or y.is_floating_point():
+        raise ValueError("SPGCallback needs single-label classification targets (one class index per image)")
+    self.heads.train()
+    logits = self.heads(acts['shallow'], acts['deep'], acts['final'])
+    att = head_attention(self.learn.model[1], acts['final'], y, self.attention)
+    self._out = (att, logits)
 
-    def after_pred(self):
-        if self._hooks is None: return
-        acts = dict(zip(self.KEYS, (_plain(o) for o in self._hooks.stored)))
-        self._remove_hooks()
-        if any(a is None for a in acts.values()): raise RuntimeError("SPGCallback: a hooked stage did not run in the forward pass")
-        y = _plain(self.yb[0]) if len(self.yb) else None
-        if y is None or y.ndim != 1 or y.is_floating_point():
-            raise ValueError("SPGCallback needs single-label classification targets (one class index per image)")
-        self.heads.train()
-        logits = self.heads(acts['shallow'], acts['deep'], acts['final'])
-        att = head_attention(self.learn.model[1], acts['final'], y, self.attention)
-        self._out = (att, logits)
+# %% ../nbs/07_spg.ipynb #a748ee4f
+@patch
+def after_loss(self:SPGCallback):
+    if self._out is None: return
+    att, logits = self._out
+    self._out = None
+    losses, _ = spg_losses(att, *logits, deep_th=self.deep_th, shallow_th=self.shallow_th, fused_th=self.fused_th)
+    self.learn.loss_grad = self.loss_grad + sum(w * losses[k] for w, k in zip(self.weights, self.KEYS))
+    for k in self.KEYS: self._sums[k] += losses[k].detach()     # summed on the device: no sync per batch
+    self._n += 1
 
-    def after_loss(self):
-        if self._out is None: return
-        att, logits = self._out
-        self._out = None
-        losses, _ = spg_losses(att, *logits, deep_th=self.deep_th, shallow_th=self.shallow_th, fused_th=self.fused_th)
-        self.learn.loss_grad = self.loss_grad + sum(w * losses[k] for w, k in zip(self.weights, self.KEYS))
-        for k in self.KEYS: self._sums[k] += losses[k].detach()     # summed on the device: no sync per batch
-        self._n += 1
+@patch
+def after_batch(self:SPGCallback): self._remove_hooks(); self._out = None
+@patch
+def after_cancel_batch(self:SPGCallback): self.after_batch()
 
-    def after_batch(self): self._remove_hooks(); self._out = None
-    def after_cancel_batch(self): self.after_batch()
-
-    def after_fit(self):
-        self._remove_hooks(); self._out = None
-        if _validating(self.learn) or not self._fitting: return
-        self._fitting = False
-        self._remove_params()
-        mets = {id(m) for m in self._mets}
-        self.learn.metrics = [m for m in self.learn.metrics if id(m) not in mets]
-        self._mets = []
+@patch
+def after_fit(self:SPGCallback):
+    self._remove_hooks(); self._out = None
+    if _validating(self.learn) or not self._fitting: return
+    self._fitting = False
+    self._remove_params()
+    mets = {id(m) for m in self._mets}
+    self.learn.metrics = [m for m in self.learn.metrics if id(m) not in mets]
+    self._mets = []
 
 # %% ../nbs/07_spg.ipynb #7038bd73
 @torch.no_grad()

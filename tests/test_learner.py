@@ -13,7 +13,7 @@ import fastai_attncrop.learner as L, fastai_attncrop.boxpass as BP
 from fastai_attncrop.data import make_shapes, read_boxes_csv
 from fastai_attncrop.models import small_cnn
 from fastai_attncrop.crop import gt_recall, margin_cols, CropImage, AttentionCrop, crop_box
-from fastai_attncrop.boxpass import box_pass, learner_items
+from fastai_attncrop.boxpass import box_pass, learner_items, BoxOptions
 from fastai_attncrop.learner import AttentionCropCallback, AttentionCropResult
 from fastai_attncrop.saliency import DDT, saliency_maps, dilated_last_stage
 
@@ -317,9 +317,14 @@ def test_native_argument_errors_and_attention_crop_passes_it_on(setup, monkeypat
     def fake(*a, **k): raise Called(k)
     monkeypatch.setattr(L, 'box_pass', fake)
     with pytest.raises(Called) as e: learn.attention_crop(native=True, max_side=96, cache=False, progress=False)
-    assert e.value.args[0]['native'] is True and e.value.args[0]['max_side'] == 96
+    o = e.value.args[0]['opts']   # the box pass's options, as one `BoxOptions`
+    assert o.native is True and o.max_side == 96
     with pytest.raises(Called) as e: learn.attention_crop(floor=0.5, zoom=1, zoom_pad=0.25, dilate=True, cache=False, progress=False)
-    assert {k: e.value.args[0][k] for k in ('floor', 'zoom', 'zoom_pad', 'dilate')} == dict(floor=0.5, zoom=1, zoom_pad=0.25, dilate=True)
+    o = e.value.args[0]['opts']
+    assert (o.floor, o.zoom, o.zoom_pad, o.dilate) == (0.5, 1, 0.25, True)
+    with pytest.raises(Called) as e: learn.attention_crop(box_opts=BoxOptions(floor=0.5, k=2), cache=False, progress=False)
+    o = e.value.args[0]['opts']
+    assert (o.floor, o.k, o.margins) == (0.5, 2, [0.95, 0.8, 0.6])   # `box_opts`, with the crops' margins
 
 # --- look-then-zoom prediction --------------------------------------------------------------------------------------
 def test_zoom_predict_on_files_and_on_an_exported_learner(setup, tmp_path):
