@@ -30,8 +30,8 @@ demo: install
 	$(PY) -m fastai_attncrop.demo --out $(OUT)
 
 ## Tests: notebooks and modules in sync, every notebook executed by nbdev-test, the docs site built from those runs,
-## then pytest (tests/test_docs.py opens the site in headless Chromium when it is installed)
-test: install-dev sync-check nbtest docs pytest
+## then pytest (tests/test_docs.py opens the site in headless Chromium when it is installed), then the benchmarks' smoke run
+test: install-dev sync-check nbtest docs pytest bench-smoke
 
 ## Docs: the static site in _site/ (offline, no quarto): notebooks executed (only those that changed since the last
 ## run), processed by nbdev's processors, rendered by nbconvert; open _site/index.html
