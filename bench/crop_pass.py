@@ -25,8 +25,7 @@ import harness as H   # noqa: E402
 def setup(size, n_img, threads):
     import torch
     if threads: torch.set_num_threads(threads)
-    root = H.make_shapes_quiet(Path(tempfile.gettempdir())/f'attncrop_bench_{size}_{n_img}', n_train=n_img, n_valid=2, classes=4, size=size, seed=0)
-    learn = H.shapes_learner(root, size=size, bs=64)
+    learn = H.shapes_learner(Path(tempfile.gettempdir())/f'attncrop_bench_{size}_{n_img}', bs=64, n_train=n_img, n_valid=2, classes=4, size=size)
     return learn, [str(p) for p in learn.dls.train_ds.items]
 
 # The rule before issue 29 (no floor removed, batched maps, no finer cut): the 'today' of its cost goal.

@@ -13,8 +13,8 @@ writes to the git-ignored `bench/out/` instead, so that it never replaces a real
     ...
     H.finish('crop_pass', result, md, a, settings=vars(a))
 
-The learner builders (`shapes_learner`, `pretrained_shapes_learner`) are the one place the scripts build a "synthetic
-folder -> DataLoaders -> learner" block: point them at a package helper here and every script follows.
+The learner builder `shapes_learner` (the package's `fastai_attncrop.models.shapes_learner`, quiet) is the one place the
+scripts build a "synthetic folder -> DataLoaders -> learner" block.
 """
 import argparse, datetime, json, os, platform, shlex, subprocess, sys
 from pathlib import Path
@@ -159,26 +159,19 @@ def skipped(name:str, reason:str, args, keys=(), settings=None) -> dict:
     return finish(name, {'skipped': reason, **{k: None for k in keys}}, f"Skipped: {reason}.", args, settings=settings)
 
 # ------------------------------------------------------------------------------------------------------------ learners
-def shapes_dls(root, size:int=64, bs:int=64, seed=None, **kw):
-    "DataLoaders of a `make_shapes` folder (`train/`, `valid/`), squashed to `size`, no workers."
-    from fastai.vision.all import ImageDataLoaders, Resize
-    return ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(size), bs=bs, num_workers=0, seed=seed, **kw)
-
-def shapes_learner(root, size:int=64, bs:int=64, widths=None, metrics=None, seed:int=0):
-    "A from-scratch `small_cnn` learner (`widths`: its channels) on a `make_shapes` folder, after `set_seed(seed)`."
+def shapes_learner(path, arch=None, widths=None, metrics=None, **kwargs):
+    """`fastai_attncrop.models.shapes_learner` for the scripts: the set made at `path` without its progress bar (reused when made
+    with the same settings), `small_cnn` from scratch (`widths`: its channels), a model function or a `PRETRAINED` name, no metrics
+    unless asked; `kwargs`: the helper's (`input_size`, `bs`, `seed`, `epochs`, `lr`, `make_shapes`'s settings, the learner's)."""
+    import contextlib, io, torch
     from functools import partial
-    from fastai.vision.all import vision_learner, set_seed
-    from fastai_attncrop.models import small_cnn
-    set_seed(seed)
-    arch = small_cnn if widths is None else partial(small_cnn, widths=tuple(widths))
-    return vision_learner(shapes_dls(root, size, bs), arch, pretrained=False, metrics=metrics)
-
-def pretrained_shapes_learner(root, size:int=128, bs:int=32, arch:str='tf_efficientnet_lite0', metrics=None, seed:int=0):
-    "An ImageNet-pretrained learner (`pretrained_learner`: offline weights) on a `make_shapes` folder, after `set_seed(seed)`."
-    from fastai.vision.all import set_seed
-    from fastai_attncrop.models import pretrained_learner
-    set_seed(seed)
-    return pretrained_learner(shapes_dls(root, size, bs), arch, metrics=metrics)
+    from fastai_attncrop.models import small_cnn, shapes_learner as build
+    if widths is not None: arch = partial(small_cnn, widths=tuple(widths))
+    cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark   # `set_seed(reproducible=True)` sets them
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return build(arch, path, metrics=metrics, **kwargs)
+    finally: torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn   # the timings run as before
 
 def make_shapes_quiet(*args, **kwargs):
     "`make_shapes` without its progress bar."

@@ -34,8 +34,7 @@ warnings.filterwarnings('ignore')
 import psutil, torch, torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as H   # noqa: E402
-from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, resnet18, resnet34
-from fastai_attncrop.data import make_shapes
+from fastai.vision.all import resnet18, resnet34
 from fastai_attncrop.saliency import saliency_maps, normalize_maps, find_target_layer
 from fastai_attncrop.engine import _use_channels_last
 
@@ -128,15 +127,10 @@ def release_freed_memory():
     except OSError: return False
 
 def make_models():
-    tmp = Path(tempfile.mkdtemp())
-    path = make_shapes(tmp/'shapes', n_train=4, n_valid=4, classes=4, size=64, seed=0)
-    dls = ImageDataLoaders.from_folder(path, train='train', valid='valid', item_tfms=Resize(224), bs=4, num_workers=0)
-    models = {}
-    for name, arch in [('resnet18', resnet18), ('resnet34', resnet34)]:
-        torch.manual_seed(0)
-        learn = vision_learner(dls, arch, pretrained=False)
-        models[name] = learn.model.eval()
-    return models
+    "Untrained (seed 0) fastai resnet18 and resnet34 learners' models for 4 classes at 224 px (`harness.shapes_learner`)."
+    path = Path(tempfile.mkdtemp())/'shapes'
+    return {name: H.shapes_learner(path, arch, input_size=224, bs=4, n_train=4, n_valid=4, classes=4, size=64).model.eval()
+            for name, arch in [('resnet18', resnet18), ('resnet34', resnet34)]}
 
 # ------------------------------------------------------------------------------------------- timm rows (issue 22)
 TF_ARCHS = ['tf_efficientnet_lite0', 'convnext_atto', 'vit_tiny_patch16_224']

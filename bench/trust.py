@@ -29,16 +29,16 @@ def main(args):
     from fastai_attncrop.boxpass import box_pass, learner_items
     from fastai_attncrop.crop import margin_cols, crop_prob_col, trust_score, trust_margin, adaptive_margin, trust_summary
     from fastai_attncrop.metrics import box_scores
+    from fastai_attncrop.models import PRETRAINED
     t_start = time.time()
     H.setup(args)
-    root = H.make_shapes_quiet(Path(tempfile.gettempdir())/f'attncrop_trust_{args.background}_{args.size}_{args.n_train}_{args.n_valid}', n_train=args.n_train,
-                               n_valid=args.n_valid, classes=3, size=args.size, obj_frac=(0.1, 0.5), background=args.background, seed=0)
-    if args.arch == 'small_cnn':
-        learn = H.shapes_learner(root, size=args.size, bs=32, widths=(16, 32, 64, 64), metrics=accuracy)
-        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(args.epochs, 3e-3)
-    else:
-        learn = H.pretrained_shapes_learner(root, size=args.size, bs=32, arch=args.arch, metrics=accuracy)
-        with learn.no_bar(), learn.no_logging(): learn.fine_tune(args.epochs, 3e-3)
+    if args.arch != 'small_cnn' and args.arch not in PRETRAINED: raise SystemExit(f"--arch: 'small_cnn' or one of {list(PRETRAINED)}, got {args.arch!r}")
+    small = args.arch == 'small_cnn'     # from scratch, fit_one_cycle(epochs); else the pretrained arch, fine_tune(epochs)
+    learn = H.shapes_learner(Path(tempfile.gettempdir())/f'attncrop_trust_{args.background}_{args.size}_{args.n_train}_{args.n_valid}',
+                             None if small else args.arch, widths=(16, 32, 64, 64) if small else None, bs=32, epochs=args.epochs, lr=3e-3,
+                             metrics=accuracy, n_train=args.n_train, n_valid=args.n_valid, classes=3, size=args.size, obj_frac=(0.1, 0.5),
+                             background=args.background)
+    root = learn.dls.path
     items = learner_items(learn).query("split == 'valid'")
     t0 = time.perf_counter()
     bx = box_pass(learn, items, margins=MARGINS, trust=True, auc_steps=args.auc_steps, cache=False, progress=False)

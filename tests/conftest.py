@@ -9,21 +9,19 @@ def one_thread():
     yield
     torch.set_num_threads(n)
 
+def shapes_settings(n_train, size=48, classes=3):
+    "`make_shapes`'s settings of `fit_shapes`'s sets (a script run apart rebuilds the same learner with `models.shapes_learner`)."
+    return dict(n_train=n_train, n_valid=8, classes=classes, size=size, obj_frac=(0.2, 0.4), background='plain')
+
 @pytest.fixture(scope='session')
 def fit_shapes():
     "A factory: `fit_shapes(tmp, n_train, bs, widths, epochs)` -> (root, learner) fitted on a small synthetic set (`models.shapes_learner`)."
     from functools import partial
     from fastai_attncrop.models import small_cnn, shapes_learner
     def make(tmp, n_train, bs, widths, epochs, size=48, classes=3):
-        learn = shapes_learner(partial(small_cnn, widths=widths), tmp/'shapes', bs=bs, epochs=epochs, n_train=n_train, n_valid=8,
-                               classes=classes, size=size, obj_frac=(0.2, 0.4), background='plain')
+        learn = shapes_learner(partial(small_cnn, widths=widths), tmp/'shapes', bs=bs, epochs=epochs, **shapes_settings(n_train, size, classes))
         return learn.dls.path, learn
     return make
-
-@pytest.fixture(scope='session')
-def shapes_learner(fit_shapes):
-    "The old name of `fit_shapes` (kept for the test modules that still ask for it)."
-    return fit_shapes
 
 def exif_shown_box(box, o, w, h):
     "Box (x0, y0, x1, y1) in the stored pixels (w x h) of a file of EXIF orientation `o`, in the pixels a viewer shows (the tests' own reference, written apart from `data.turn_box`)."

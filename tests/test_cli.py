@@ -10,15 +10,11 @@ from fastcore.script import anno_parser
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
     "(path of an exported small learner, a folder of new images in two class folders)."
-    from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, set_seed
     from fastai_attncrop.data import make_shapes
-    from fastai_attncrop.models import small_cnn
+    from fastai_attncrop.models import small_cnn, shapes_learner
     tmp = tmp_path_factory.mktemp('cli')
-    root = make_shapes(tmp/'shapes', n_train=8, n_valid=4, classes=2, size=48, obj_frac=(0.2, 0.4), background='plain', seed=0)
-    set_seed(0)
-    dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(48), bs=8, num_workers=0)
-    learn = vision_learner(dls, partial(small_cnn, widths=(8, 16, 16, 16)), pretrained=False)
-    with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    learn = shapes_learner(partial(small_cnn, widths=(8, 16, 16, 16)), tmp/'shapes', bs=8, epochs=1, metrics=None,
+                           n_train=8, n_valid=4, classes=2, size=48, obj_frac=(0.2, 0.4), background='plain')
     learn.export(tmp/'model.pkl')
     new = make_shapes(tmp/'drawn', n_train=6, n_valid=0, classes=2, size=(56, 44), obj_frac=(0.2, 0.4), background='plain', seed=1)/'train'
     return tmp/'model.pkl', new

@@ -5,9 +5,8 @@ import json, os, re, socket, subprocess, sys, warnings
 from pathlib import Path
 import pandas as pd, pytest, torch
 from fastai.vision.all import set_seed
-from fastai_attncrop.data import make_shapes
+from fastai_attncrop.models import shapes_learner
 from fastai_attncrop.boxpass import box_pass
-from fastai_attncrop.distributed import _learner
 
 warnings.filterwarnings('ignore')
 WORKER = Path(__file__).parent/'_distrib_worker.py'
@@ -18,9 +17,9 @@ N_BATCHES = 9          # 72 items in batches of 8, one batch per chunk: 5 rounds
 def setup(tmp_path_factory):
     "A synthetic set, a briefly trained learner (weights saved for the launched ranks) and its one-process table."
     tmp = tmp_path_factory.mktemp('distrib')
-    root = make_shapes(tmp/'shapes', n_train=20, n_valid=4, classes=3, size=32, obj_frac=(0.2, 0.4), background='plain', seed=0)
-    learn = _learner(root, 'small_cnn', 32, 8, 0, 'cpu')
-    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(2, 3e-3)
+    learn = shapes_learner(None, tmp/'shapes', bs=8, epochs=2, n_train=20, n_valid=4, classes=3, size=32, obj_frac=(0.2, 0.4),
+                           background='plain')       # the ranks rebuild it with the launched script's `_learner` and load its weights
+    root = learn.dls.path
     torch.save(learn.model.state_dict(), tmp/'weights.pth')
     ref = box_pass(learn, margins=MARGINS, cache=False, chunk_batches=1, progress=False)
     assert len(ref) == 72 and ref['x0_95'].nunique() > 10 and ref['zero'].mean() < 0.5   # real boxes, not all whole-image

@@ -1,7 +1,7 @@
 """Issue #8, bad input, faults and long runs: unreadable files are reported and the pass goes on; every image mode and
 EXIF orientation; tiny and huge images; degenerate maps; models, learners and transforms that cannot give boxes;
 wrong arguments; nothing lost after an exception or Ctrl-C; deterministic results. CPU, tiny images, seconds each."""
-import copy, hashlib, os, shutil, signal, subprocess, sys, time, warnings
+import copy, hashlib, json, os, shutil, signal, subprocess, sys, time, warnings
 from functools import partial
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, torch, torch.nn as nn, torch.nn.functional as F
@@ -17,16 +17,16 @@ from fastai_attncrop.boxes import mass_box, threshold_box, fallback_maps
 from fastai_attncrop.saliency import saliency_maps, SmoothGrad, frozen_eval
 from fastai_attncrop.crop import check_margins, margin_cols, export_crops, mixed_items
 from fastai_attncrop.boxpass import box_pass, box_chunk, learner_items
-from conftest import exif_shown_box
+from conftest import exif_shown_box, shapes_settings
 
 warnings.filterwarnings('ignore')
 
 class Interrupted(Exception): "Stands for a crash in the middle of a pass."
 
 @pytest.fixture(scope='module')
-def setup(tmp_path_factory, shapes_learner):
+def setup(tmp_path_factory, fit_shapes):
     tmp = tmp_path_factory.mktemp('faults')
-    root, learn = shapes_learner(tmp, n_train=40, bs=8, widths=(16, 32, 32, 32), epochs=4)
+    root, learn = fit_shapes(tmp, n_train=40, bs=8, widths=(16, 32, 32, 32), epochs=4)   # `_SIGINT_SCRIPT` rebuilds it
     return tmp, root, learn
 
 def _valid(learn): return learner_items(learn).query("split=='valid'").item.tolist()
@@ -302,15 +302,13 @@ def test_writes_are_atomic(setup, tmp_path, monkeypatch):
     assert [p for p in (tmp_path/'crops').rglob('*') if p.is_file()] == []
 
 _SIGINT_SCRIPT = '''
-import signal, sys, time, torch
+import json, signal, sys, time, torch
 signal.signal(signal.SIGINT, signal.default_int_handler)   # a shell's background job starts with Ctrl-C ignored
 from functools import partial
-from fastai.vision.all import ImageDataLoaders, Resize, vision_learner
 import fastai_attncrop.learner as L, fastai_attncrop.boxpass as BP
-from fastai_attncrop.models import small_cnn
-root, weights, cache = sys.argv[1:4]
-dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(48), bs=8, num_workers=0)
-learn = vision_learner(dls, partial(small_cnn, widths=(16, 32, 32, 32)), pretrained=False)
+from fastai_attncrop.models import small_cnn, shapes_learner
+root, weights, cache, settings = sys.argv[1:5]             # the set's folder is reused: made with the same settings
+learn = shapes_learner(partial(small_cnn, widths=(16, 32, 32, 32)), root, bs=8, **json.loads(settings))
 learn.model.load_state_dict(torch.load(weights))
 real = BP.saliency_maps
 def slow(*a, **k): time.sleep(0.25); return real(*a, **k)
@@ -325,7 +323,8 @@ def test_sigint_mid_box_pass_resumes_to_the_same_result(setup, tmp_path, monkeyp
     torch.save(learn.model.state_dict(), tmp_path/'w.pt')
     (tmp_path/'run.py').write_text(_SIGINT_SCRIPT)
     env = {**os.environ, 'PYTHONPATH': str(Path(L.__file__).parents[1]), 'OMP_NUM_THREADS': '1'}
-    proc = subprocess.Popen([sys.executable, str(tmp_path/'run.py'), str(root), str(tmp_path/'w.pt'), str(tmp_path/'c')],
+    proc = subprocess.Popen([sys.executable, str(tmp_path/'run.py'), str(root), str(tmp_path/'w.pt'), str(tmp_path/'c'),
+                             json.dumps(shapes_settings(40))],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # finished chunk files only: `atomic_write`'s temporary file (.00000.pkl.XXXX.pkl) matches '*.pkl' while it is written,
     # and a Ctrl-C then rightly removes it, leaving no chunk (the CI run of stop 14 failed on that race)

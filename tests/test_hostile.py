@@ -21,9 +21,9 @@ warnings.filterwarnings('ignore')
 ROOT = Path(__file__).parent.parent
 
 @pytest.fixture(scope='module')
-def setup(tmp_path_factory, shapes_learner):
+def setup(tmp_path_factory, fit_shapes):
     tmp = tmp_path_factory.mktemp('hostile')
-    root, learn = shapes_learner(tmp, n_train=16, bs=8, widths=(16, 32, 32, 32), epochs=2)
+    root, learn = fit_shapes(tmp, n_train=16, bs=8, widths=(16, 32, 32, 32), epochs=2)
     return tmp, root, learn
 
 def _valid(learn): return learner_items(learn).query("split=='valid'").item.tolist()

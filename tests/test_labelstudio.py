@@ -181,9 +181,9 @@ def test_real_labelstudio_round_trip(server, tmp_path):
         labelled.to_csv(FIXTURES/'labelled.csv', index=False)
         (FIXTURES/'skipped.txt').write_text(skipped_image + '\n')
 
-def test_real_labelstudio_command_line(server, shapes_learner, tmp_path):
+def test_real_labelstudio_command_line(server, fit_shapes, tmp_path):
     "The command line's Label Studio export of an exported learner's boxes on new images, imported with the setup it prints."
-    _, learn = shapes_learner(tmp_path, n_train=8, bs=8, widths=(8, 16, 16, 16), epochs=1, classes=2)
+    _, learn = fit_shapes(tmp_path, n_train=8, bs=8, widths=(8, 16, 16, 16), epochs=1, classes=2)
     learn.export(tmp_path/'model.pkl')
     new = make_shapes(server.docroot/'new', n_train=3, n_valid=0, classes=2, size=(56, 44), obj_frac=(0.2, 0.4), background='plain', seed=3)/'train'
     first = sorted(new.rglob('*.png'))[0]

@@ -8,10 +8,9 @@ from PIL import Image
 from conftest import exif_shown_box
 import matplotlib; matplotlib.use('Agg')
 import matplotlib.pyplot as plt
-from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, set_seed
 import fastai_attncrop.learner as L, fastai_attncrop.boxpass as BP
-from fastai_attncrop.data import make_shapes, read_boxes_csv
-from fastai_attncrop.models import small_cnn
+from fastai_attncrop.data import read_boxes_csv
+from fastai_attncrop.models import small_cnn, shapes_learner
 from fastai_attncrop.crop import gt_recall, margin_cols, CropImage, AttentionCrop, crop_box
 from fastai_attncrop.boxpass import box_pass, learner_items, BoxOptions
 from fastai_attncrop.learner import AttentionCropCallback, AttentionCropResult
@@ -22,9 +21,9 @@ warnings.filterwarnings('ignore')
 class Interrupted(Exception): "Stands for a crash or Ctrl-C in the middle of a pass."
 
 @pytest.fixture(scope='module')
-def setup(tmp_path_factory, shapes_learner):
+def setup(tmp_path_factory, fit_shapes):
     tmp = tmp_path_factory.mktemp('learner')
-    root, learn = shapes_learner(tmp, n_train=100, bs=16, widths=(16, 32, 64, 64), epochs=8)
+    root, learn = fit_shapes(tmp, n_train=100, bs=16, widths=(16, 32, 64, 64), epochs=8)
     return tmp, root, learn, read_boxes_csv(root/'boxes.csv')
 
 def _counting(monkeypatch, fail_at=None):
@@ -178,16 +177,10 @@ def test_box_pass_with_dilated_last_stage(setup):
 @pytest.fixture(scope='module')
 def multi(tmp_path_factory):
     "A multi-label learner (MultiCategoryBlock through from_df, label_delim=' ') on two objects per image, one epoch."
-    from fastai.vision.all import accuracy_multi
-    root = make_shapes(tmp_path_factory.mktemp('multi')/'ml', n_train=10, n_valid=3, classes=3, size=32, multi_label=True,
-                       n_objects=2, background='plain', seed=0)
-    labels = pd.read_csv(root/'labels.csv')
-    set_seed(0)
-    dls = ImageDataLoaders.from_df(labels, root, fn_col='image', label_col='labels', label_delim=' ', valid_col='is_valid',
-                                   item_tfms=Resize(32), bs=16, num_workers=0)
-    learn = vision_learner(dls, partial(small_cnn, widths=(8, 16, 16, 16)), pretrained=False, metrics=accuracy_multi)
-    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 3e-3)
-    return root, labels, learn
+    learn = shapes_learner(partial(small_cnn, widths=(8, 16, 16, 16)), tmp_path_factory.mktemp('multi')/'ml', bs=16, epochs=1,
+                           n_train=10, n_valid=3, classes=3, size=32, multi_label=True, n_objects=2, background='plain')
+    root = learn.dls.path
+    return root, pd.read_csv(root/'labels.csv'), learn
 
 def test_multi_label_loop_end_to_end(multi, tmp_path):
     "The issue's crash: attention_crop on a multi-label learner. One box row per (item, class above thresh), crops per true class."

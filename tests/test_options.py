@@ -11,9 +11,9 @@ import torch
 warnings.filterwarnings('ignore')
 
 @pytest.fixture(scope='module')
-def setup(tmp_path_factory, shapes_learner):
+def setup(tmp_path_factory, fit_shapes):
     tmp = tmp_path_factory.mktemp('options')
-    root, learn = shapes_learner(tmp, n_train=12, bs=8, widths=(8, 16, 16, 16), epochs=1, size=32)
+    root, learn = fit_shapes(tmp, n_train=12, bs=8, widths=(8, 16, 16, 16), epochs=1, size=32)
     return tmp, learn
 
 @pytest.mark.parametrize('kw, name', [(dict(thresh=1.5), 'thresh'), (dict(k=0), 'k'), (dict(max_k=True), 'max_k')])

@@ -8,8 +8,8 @@ import functools
 from functools import partial
 import numpy as np, pytest, torch, torch.nn as nn, torch.nn.functional as F
 import torchvision
-from fastai.vision.all import (ImageDataLoaders, Resize, vision_learner, resnet18, xresnet18, densenet121, vgg11_bn)
-from fastai_attncrop.data import make_shapes
+from fastai.vision.all import (vision_learner, resnet18, xresnet18, densenet121, vgg11_bn)
+from fastai_attncrop.models import shapes_learner
 from fastai_attncrop.saliency import (saliency_maps, METHODS, Method, SmoothGrad, DDT, GuidedReLU, find_target_layer,
                                       resolve_layers, normalize_maps, upsample_maps, gradcampp_weights, get_method,
                                       maps_by_item)
@@ -22,8 +22,8 @@ CLASSES = ['circle', 'star', 'cross']
 # ---------------------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope='module')
 def dls(tmp_path_factory):
-    path = make_shapes(tmp_path_factory.mktemp('sal')/'shapes', n_train=4, n_valid=4, classes=CLASSES, size=SIZE, seed=1)
-    return ImageDataLoaders.from_folder(path, train='train', valid='valid', item_tfms=Resize(SIZE), bs=4, num_workers=0)
+    "The DataLoaders of a small set (`shapes_learner`'s); `make_learner` puts learners of other archs and seeds on them."
+    return shapes_learner(None, tmp_path_factory.mktemp('sal')/'shapes', bs=4, seed=1, n_train=4, n_valid=4, classes=CLASSES, size=SIZE).dls
 
 @pytest.fixture(scope='module')
 def xb(dls):

@@ -3,9 +3,8 @@ with SPGCallback (recorder columns, losses that reach the body, frozen/fine_tune
 import math, warnings
 from functools import partial
 import pytest, torch, torch.nn.functional as F
-from fastai.vision.all import ImageDataLoaders, Resize, vision_learner, accuracy, set_seed, load_learner
-from fastai_attncrop.data import make_shapes
-from fastai_attncrop.models import small_cnn
+from fastai.vision.all import load_learner
+from fastai_attncrop.models import small_cnn, shapes_learner
 from fastai_attncrop.saliency import saliency_maps
 from fastai_attncrop.spg import (SPGCallback, SPGHeads, tri_state_mask, masked_bce, spg_losses, head_attention,
                                  FG, BG, IGNORE)
@@ -13,20 +12,21 @@ from fastai_attncrop.spg import (SPGCallback, SPGHeads, tri_state_mask, masked_b
 warnings.filterwarnings('ignore')
 ARCH = partial(small_cnn, widths=(16, 32, 64, 128))
 
+SHAPES = dict(n_train=40, n_valid=8, classes=3, size=40, obj_frac=(0.15, 0.35), background='plain')
+
+def learner_at(path, **kwargs):
+    "A fresh `ARCH` learner on fresh DataLoaders of the set at `path` (`shapes_learner`: images, shuffling and weights seeded)."
+    return shapes_learner(ARCH, path, bs=16, **SHAPES, **kwargs)
+
 @pytest.fixture(scope='module')
-def root(tmp_path_factory):
-    return make_shapes(tmp_path_factory.mktemp('spg')/'shapes', n_train=40, n_valid=8, classes=3, size=40,
-                       obj_frac=(0.15, 0.35), background='plain', seed=0)
+def root(tmp_path_factory): return learner_at(tmp_path_factory.mktemp('spg')/'shapes').dls.path
 
 @pytest.fixture
-def dls(root): return new_dls(root)
+def dls(root): return learner_at(root).dls
 
-def new_dls(root): return ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(40), bs=16, num_workers=0, seed=0)
-
-def new_learner(dls, seed=0):
-    "A learner on fresh DataLoaders made after `set_seed` (their shuffling generator is seeded when they are made)."
-    set_seed(seed, reproducible=True)
-    return vision_learner(new_dls(dls.path), ARCH, pretrained=False, metrics=accuracy)
+def new_learner(dls, **kwargs):
+    "A fresh learner on fresh DataLoaders of `dls`'s set."
+    return learner_at(dls.path, **kwargs)
 
 def fit(learn, epochs, cb=None, lr=3e-3):
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr, cbs=[cb] if cb else [])
@@ -129,8 +129,7 @@ def test_frozen_fine_tune_fp16_and_cam(dls):
     fit(learn16, 1, SPGCallback())
     assert math.isfinite(learn16.recorder.values[-1][-1])
     # CAM straight from the head's weights needs a GAP -> Linear head
-    set_seed(0)
-    cam = vision_learner(dls, ARCH, pretrained=False, concat_pool=False, lin_ftrs=[], metrics=accuracy)
+    cam = new_learner(dls, concat_pool=False, lin_ftrs=[])
     fit(cam, 1, SPGCallback(attention='cam'))
     assert math.isfinite(cam.recorder.values[-1][-1])
 
