@@ -25,6 +25,7 @@ from scipy import ndimage
 warnings.filterwarnings('ignore')
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from small_objects import load_set, score_rule, table_row, MARGINS, MARGIN, MIN_RECALL
+from tries_maps import photo_maps
 from fastai_attncrop.saliency import saliency_maps
 from fastai_attncrop.boxes import cut_maps, mass_box
 from fastai_attncrop.crop import margin_eps, margin_cols
@@ -33,15 +34,6 @@ from fastai_attncrop.boxpass import native_batches, box_pass
 CLASSIC = dict(floor=0., native=False, upsample=1)
 DEMO_MARGINS = [0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999]
 OUT = Path(__file__).parent/'results'/'peak_prior_tries.md'
-
-def photo_maps(s, bs=32):
-    "Grad-CAM maps of the true class at each scene's own size (448 px), in `s.items` order."
-    paths, labels, vocab = s.items.item.tolist(), s.items.label.tolist(), list(s.learn.dls.vocab)
-    maps = [None]*len(paths)
-    for pos, xb in native_batches(s.learn, paths, bs=bs, max_side=448):
-        sm = saliency_maps(s.learn, xb, 'gradcam', target=[vocab.index(labels[p]) for p in pos])
-        for r in range(len(sm)): maps[pos[int(sm.img_idx[r])]] = sm.maps[r].detach().cpu()
-    return torch.stack(maps).double()
 
 def gauss_prior(maps, rel=None, sigma=None):
     "Each map times a Gaussian on its maximum: sd `rel` x the side of its area above half its maximum, or `sigma` x its side."
