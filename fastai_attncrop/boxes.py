@@ -13,8 +13,8 @@ from .data import mask_box
 
 # %% auto #0
 __all__ = ['FLOOR_MAX_AREA', 'fallback_maps', 'mass_edges', 'map_marginals', 'mass_box', 'check_floor', 'remove_floor',
-           'check_upsample', 'cut_maps', 'component_boxes', 'threshold_box', 'check_adjust', 'adjust_boxes', 'crop_box',
-           'flatten_tfms', 'InputFrame', 'threshold_masks', 'union_masks', 'graphcut_mask']
+           'check_upsample', 'cut_maps', 'check_adapt', 'item_eps', 'component_boxes', 'threshold_box', 'check_adjust',
+           'adjust_boxes', 'crop_box', 'flatten_tfms', 'InputFrame', 'threshold_masks', 'union_masks', 'graphcut_mask']
 
 # %% ../nbs/02_boxes.ipynb #2e75504c
 def _as_batch(maps):
@@ -72,14 +72,25 @@ def _power_of_two_scaled(m):
     half = torch.floor(e/2)   # in two steps: 2**1074 (a subnormal's scale) overflows a float64, its square root does not
     return w * torch.exp2(half)[:, None, None] * torch.exp2(e - half)[:, None, None]
 
+def _check_eps(eps, n):
+    "`eps` as given (a number), or a (n, 1) float64 tensor of one ε per map; a `ValueError` naming `eps` outside [0, 0.5) or of another length."
+    if np.ndim(eps) == 0:
+        if not 0 <= eps < 0.5: raise ValueError(f"`eps` must be in [0, 0.5), got {eps!r}")
+        return eps
+    e = torch.as_tensor(eps.detach().cpu() if isinstance(eps, torch.Tensor) else np.asarray(eps, float), dtype=torch.float64).reshape(-1)
+    if len(e) != n: raise ValueError(f"`eps` must be a number or one per map ({n} maps), got {len(e)} values")
+    if not ((e >= 0) & (e < 0.5)).all(): raise ValueError(f"`eps` must be in [0, 0.5), got {e.tolist()}")
+    return e[:, None]
+
 def mass_box(maps, eps=0.025, size=None, upsample='bilinear'):
-    "Boxes (B, 4) holding the middle `1-2*eps` of the mass of each map along x and y; whole image where `fallback_maps`."
-    if not 0 <= eps < 0.5: raise ValueError(f"`eps` must be in [0, 0.5), got {eps!r}")
+    "Boxes (B, 4) holding the middle `1-2*eps` of the mass of each map along x and y (`eps` a number, or one per map); whole image where `fallback_maps`."
     if upsample not in ('bilinear', 'scale'): raise ValueError(f"`upsample` must be 'bilinear' or 'scale', got {upsample!r}")
     m, single = _as_batch(maps)
+    eps = _check_eps(eps, len(m))
     h, w = m.shape[-2:]
     W, H = (w, h) if size is None else size
     mx, my = map_marginals(_power_of_two_scaled(m), size if upsample=='bilinear' else None)
+    if isinstance(eps, torch.Tensor): eps = eps.to(mx.device, mx.dtype)
     (x0, x1), (y0, y1) = mass_edges(mx, eps), mass_edges(my, eps)
     box = torch.stack([x0, y0, x1, y1], 1)
     if upsample=='scale': box = box * box.new_tensor([W/w, H/h, W/w, H/h])
@@ -95,6 +106,10 @@ def check_floor(q):
     "Raise a `ValueError` naming `floor` unless `q` is a quantile in [0, 1) (see `remove_floor`)."
     if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0 <= q < 1: raise ValueError(f"`floor` must be a quantile in [0, 1), got {q!r}")
 
+def _concentration(w, tau=0.5):
+    "The share (B,) of each map of `w` (B, H, W, finite) above `tau` of its maximum: small for a map concentrated on a small object."
+    return (w > tau*w.flatten(1).amax(1)[:, None, None]).flatten(1).to(w.dtype).mean(1)
+
 def remove_floor(maps, q=0.8, max_area=FLOOR_MAX_AREA) -> torch.Tensor:
     "`maps` (B, H, W) or (H, W) minus each map's `q`-quantile, clamped at 0, where less than `max_area` of the map is above half its maximum (`q=0`: unchanged)."
     check_floor(q)
@@ -102,7 +117,7 @@ def remove_floor(maps, q=0.8, max_area=FLOOR_MAX_AREA) -> torch.Tensor:
     m, single = _as_batch(maps)
     if q == 0 or m.numel() == 0: return maps if isinstance(maps, torch.Tensor) else m[0] if single else m
     w = torch.nan_to_num(m.to(_work_dtype(m.device)), nan=0., posinf=0., neginf=0.)
-    small = (w > 0.5*w.flatten(1).amax(1)[:, None, None]).flatten(1).to(w.dtype).mean(1) < max_area   # a concentrated map
+    small = _concentration(w) < max_area   # a concentrated map
     cut = torch.where(small, torch.quantile(w.flatten(1), float(q), dim=1), torch.zeros_like(small, dtype=w.dtype))[:, None, None]
     out = (w - cut).clamp(min=0).to(m.dtype if m.is_floating_point() else torch.get_default_dtype())
     flat = fallback_maps(m)   # a map that was flat or empty stays one (its box: the whole image)
@@ -123,6 +138,21 @@ def cut_maps(maps, floor=0.8, upsample=2, max_area=FLOOR_MAX_AREA) -> torch.Tens
         m = F.interpolate(m[:, None].to(_work_dtype(m.device)), scale_factor=int(upsample), mode='bilinear', align_corners=False)[:, 0]
     out = remove_floor(m, floor, max_area)
     return out[0] if single else out
+
+# %% ../nbs/02_boxes.ipynb #f393a5f6
+def check_adapt(g):
+    "Raise a `ValueError` naming `adapt` unless `g` is a finite number (see `item_eps`)."
+    if isinstance(g, bool) or not isinstance(g, numbers.Real) or not math.isfinite(g):
+        raise ValueError(f"`adapt` must be a finite number (the exponent of the per-map ε, 0: off), got {g!r}")
+
+def item_eps(maps, eps=0.025, adapt=0., ref=0.05):
+    "One ε per map (B,) of `maps` (B, H, W): `eps * (a/ref)**adapt` clipped to [1e-4, 0.45], `a` the map's share above half its maximum; `adapt=0`: `eps` itself."
+    check_adapt(adapt)
+    if adapt == 0: return eps
+    m, _ = _as_batch(maps)
+    w = torch.nan_to_num(m.to(_work_dtype(m.device)), nan=0., posinf=0., neginf=0.)
+    a = _concentration(w).clamp(min=1/w[0].numel())          # an empty map: one cell (its box is the whole image anyway)
+    return (eps * (a/ref)**float(adapt)).clamp(1e-4, 0.45)
 
 # %% ../nbs/02_boxes.ipynb #cfec68ac
 def _check_tau(tau):

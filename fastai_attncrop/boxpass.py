@@ -23,8 +23,10 @@ from fastai.data.core import Datasets
 from fasttransform import Transform, Pipeline
 import fastai_attncrop
 from .data import atomic_write, shown_size, shown_image, UnreadableImageError, error_reason, exif_orientation, turn_box
-from .saliency import Targets, saliency_maps, get_method, frozen_eval, upsample_maps, resolve_layers, model_input, dilated_last_stage
-from .boxes import mass_box, fallback_maps, threshold_masks, InputFrame, flatten_tfms, check_floor, cut_maps, check_upsample, crop_box
+from .saliency import (Targets, saliency_maps, get_method, frozen_eval, upsample_maps, resolve_layers, model_input,
+                                      dilated_last_stage, find_target_layer, finer_stage)
+from .boxes import (mass_box, fallback_maps, threshold_masks, InputFrame, flatten_tfms, check_floor, cut_maps, check_upsample,
+                                   crop_box, check_adapt, item_eps)
 from .boxtable import (check_margins, margin_eps, margin_cols, CropItem, item_path, failed_rows, is_multi_label,
                                       split_labels, LABEL_DELIM, crop_prob_col)
 
@@ -420,6 +422,8 @@ class BoxOptions:
     zoom_pad:float=0.5               # zoom: the context around the first box, a share of its size per side
     dilate:bool=False                # the last stage dilated (`dilated_last_stage`): maps at twice the resolution
     upsample:int=2                   # the cut sees each map this many times finer (`cut_maps`: bilinear, before the floor); 1: as computed
+    fuse:bool=False                  # the map averaged with the finer stage's (`finer_stage`: stride 16 in most CNNs), each normalized
+    adapt:float=0.                   # each map cut at its own ε (`item_eps`): < 0 cuts maps concentrated on a small blob tighter; 0: the margin's ε
 
     def __post_init__(self):
         check_margins(self.margins)
@@ -438,6 +442,8 @@ class BoxOptions:
         if isinstance(zp, bool) or not isinstance(zp, (int, float, np.integer, np.floating)) or not zp >= 0:
             raise ValueError(f"`zoom_pad` must be >= 0 (context around the first box, a share of its size per side), got {zp!r}")
         if not isinstance(self.dilate, bool): raise ValueError(f"`dilate` must be True or False, got {self.dilate!r}")
+        if not isinstance(self.fuse, bool): raise ValueError(f"`fuse` must be True or False, got {self.fuse!r}")
+        check_adapt(self.adapt)
 
 # %% ../nbs/05b_boxpass.ipynb #1cb83a90
 @patch(cls_method=True)
@@ -527,6 +533,19 @@ def _dilated(learn, xb, on):
     if not on: yield; return
     with dilated_last_stage(learn.model, xb): yield
 
+def _rule_maps(learn, xb, o:BoxOptions, **kwargs):
+    "`saliency_maps(learn, xb, o.method, **kwargs)` under the rule of `o`: the last stage dilated (`dilate`), the finer stage's map fused in (`fuse`)."
+    with _dilated(learn, xb, o.dilate):
+        if o.fuse and getattr(get_method(o.method, learn), 'on_input', False):
+            raise ValueError(f"`fuse=True` fuses two layers' maps; the method {o.method!r} maps the input, not a layer")
+        layers = [find_target_layer(learn.model, xb), finer_stage(learn.model, xb)] if o.fuse else None
+        return saliency_maps(learn, xb, o.method, layers=layers, **kwargs)
+
+def _rule_boxes(maps, margins, o:BoxOptions, W, H) -> torch.Tensor:
+    "Boxes (rows, M, 4, input pixels, float64 on the CPU) of `margins` cut from `maps` by the rule of `o`: `cut_maps(floor, upsample)`, each map at its ε (`adapt`)."
+    cm = cut_maps(maps, o.floor, o.upsample)
+    return torch.stack([mass_box(cm, item_eps(cm, margin_eps(m), o.adapt), size=(W, H)) for m in margins], 1).double().cpu()
+
 def zoom_windows(boxes, wh, pad=0.5, aspect=None) -> np.ndarray:
     "Integer windows (n, 4) in the original pixels of images of sizes `wh` (n, 2): `boxes` (n, 4) padded by `pad` of their size per side, shaped `aspect` (width / height), inside the image."
     return np.array([crop_box(b, s, pad, aspect) for b, s in zip(np.asarray(boxes, float).reshape(-1, 4), np.asarray(wh).reshape(-1, 2).tolist())], int).reshape(-1, 4)
@@ -534,9 +553,9 @@ def zoom_windows(boxes, wh, pad=0.5, aspect=None) -> np.ndarray:
 ZOOM_MARGIN = 0.95   # the margin of the first box a zoomed look's window is cut around
 
 def zoom_boxes(learn, paths, wh, boxes, target, opts:BoxOptions=None, tfms=None, keep=None, **kwargs) -> np.ndarray:
-    "Boxes (n, M, 4) of `opts.margins` from a second look at the images `paths` (sizes `wh`) through windows around `boxes` (n, M, 4, original pixels; the box of margin `ZOOM_MARGIN`, which the margins must hold), for class `target[i]`; `opts` (or the options `kwargs`): the `method`, `margins`, the cut (`floor`, `upsample`; default: the classic cut, 0 and 1), `zoom_pad`, `bs`, `dilate`."
+    "Boxes (n, M, 4) of `opts.margins` from a second look at the images `paths` (sizes `wh`) through windows around `boxes` (n, M, 4, original pixels; the box of margin `ZOOM_MARGIN`, which the margins must hold), for class `target[i]`; `opts` (or the options `kwargs`): the `method`, `margins`, the rule (`floor`, `upsample`, `dilate`, `fuse`, `adapt`; default: the classic cut, floor 0 and upsample 1), `zoom_pad`, `bs`."
     o = BoxOptions.of(BoxOptions(floor=0., upsample=1) if opts is None else opts, **kwargs)
-    margins, method, floor, pad, bs, dilate, upsample = check_margins(o.margins), o.method, o.floor, o.zoom_pad, o.bs or 64, o.dilate, o.upsample
+    margins, pad, bs = check_margins(o.margins), o.zoom_pad, o.bs or 64
     w = [j for j, m in enumerate(margins) if math.isclose(m, ZOOM_MARGIN)]
     if not w: raise ValueError(f"`margins` must hold the zoom window's margin {ZOOM_MARGIN}, got {margins}")
     boxes = np.asarray(boxes, float).reshape(len(paths), len(margins), 4)
@@ -551,10 +570,9 @@ def zoom_boxes(learn, paths, wh, boxes, target, opts:BoxOptions=None, tfms=None,
     target = np.asarray(target).reshape(-1)
     for pos, xz in load_batches(learn, items, todo, bs, {}, 'report', tfms):   # an image that fails now keeps its first box
         pos = np.asarray(pos)
-        with _dilated(learn, xz, dilate): sm = saliency_maps(learn, xz, method, target=target[pos].tolist())
+        sm = _rule_maps(learn, xz, o, target=target[pos].tolist())
         H, W = sm.input_size
-        cm = cut_maps(sm.maps, floor, upsample)
-        bz = torch.stack([mass_box(cm, margin_eps(m), size=(W, H)) for m in margins], 1).double().cpu()
+        bz = _rule_boxes(sm.maps, margins, o, W, H)
         flat = fallback_maps(sm.maps).cpu().numpy()
         for j, i in enumerate(pos):
             if flat[j]: continue                                        # nothing seen in the window: the first box stands
@@ -690,14 +708,12 @@ def _batch_rows(ch:_Chunk, pos:np.ndarray, xb:torch.Tensor) -> list:
     "Step 2 of `box_chunk`: the parts of the rows of one batch `xb` (the items `pos` of the chunk), and of its items without a class above `thresh` (multi-label)."
     o, learn, margins = ch.opts, ch.learn, ch.margins
     M = len(margins)
-    with _dilated(learn, xb, o.dilate):
-        sm = saliency_maps(learn, xb, o.method, target=_targets(o.target, ch.vocab, ch.labels[pos]), k=o.k if o.target is None else 1,
-                           multi_label=o.multi_label, thresh=o.thresh, max_k=o.max_k)
+    sm = _rule_maps(learn, xb, o, target=_targets(o.target, ch.vocab, ch.labels[pos]), k=o.k if o.target is None else 1,
+                    multi_label=o.multi_label, thresh=o.thresh, max_k=o.max_k)
     H, W = sm.input_size
     ii = sm.img_idx.cpu().numpy()
     ms = margins + [ZOOM_MARGIN] if o.zoom else margins   # a zoomed look's window: the box at `ZOOM_MARGIN`, whatever the margins asked
-    cm = cut_maps(sm.maps, o.floor, o.upsample)   # what the cut sees: finer than the map, its floor removed
-    bx = torch.stack([mass_box(cm, margin_eps(m), size=(W, H)) for m in ms], 1).double().cpu()  # (rows, M, 4)
+    bx = _rule_boxes(sm.maps, ms, o, W, H)   # (rows, M, 4): cut from the map made finer, its floor removed
     R, wh = len(ii), ch.wh[pos[ii]]
     zero = fallback_maps(sm.maps).cpu().numpy()
     ob = _frame_boxes(ch.frames, ch.tfms, wh, bx, W, H)              # (rows, M, 4) in the original images' pixels
@@ -787,7 +803,8 @@ def _pass_key_params(learn, opts:BoxOptions, framing:Framing, tfms, chunk:int) -
                 tfms=repr(tfms), k=opts.k, multi_label=opts.multi_label, thresh=opts.thresh, max_k=opts.max_k, trust=opts.trust,
                 auc_steps=opts.auc_steps, after_batch=repr(learn.dls.valid.after_batch), version=fastai_attncrop.__version__,
                 **framing.key(), **{n: v for n, v in (('floor', opts.floor), ('zoom', opts.zoom), ('dilate', opts.dilate)) if v},
-                **({'zoom_pad': opts.zoom_pad} if opts.zoom else {}), **({'upsample': opts.upsample} if opts.upsample != 1 else {}))
+                **({'zoom_pad': opts.zoom_pad} if opts.zoom else {}), **({'upsample': opts.upsample} if opts.upsample != 1 else {}),
+                **({'fuse': True} if opts.fuse else {}), **({'adapt': float(opts.adapt)} if opts.adapt else {}))
 
 # %% ../nbs/05b_boxpass.ipynb #471fb437
 @dataclass

@@ -16,7 +16,7 @@ from fastai.callback.hook import Hooks
 
 # %% auto #0
 __all__ = ['frozen_eval', 'ActivationCut', 'MapLayout', 'is_fastai_vision', 'layer_name', 'find_target_layer', 'resolve_layers',
-           'model_of', 'feature_maps', 'dilate_last_stage', 'dilated_last_stage']
+           'model_of', 'feature_maps', 'dilate_last_stage', 'dilated_last_stage', 'finer_stage']
 
 # %% ../nbs/01a_layers.ipynb #90d2d456
 @contextlib.contextmanager
@@ -298,3 +298,21 @@ def dilated_last_stage(model, xb:torch.Tensor=None):
     undo = dilate_last_stage(model, xb)
     try: yield model
     finally: undo()
+
+# %% ../nbs/01a_layers.ipynb #ee6ca492
+def finer_stage(model, xb:torch.Tensor, layer=None) -> nn.Module:
+    "The stage of `model` (or a Learner's) whose output is twice as fine as the map of `layer` (default: `find_target_layer`): the outermost such module, the last to run."
+    model = model_of(model)[0]
+    lay = resolve_layers(model, layer, xb)[0]
+    seen = {}    # module id -> (order it finished in, (h, w) of its 4-D output)
+    def hook(m, i, o):
+        if isinstance(o, torch.Tensor) and o.ndim == 4 and id(m) not in seen: seen[id(m)] = (len(seen), tuple(o.shape[-2:]))
+    with Hooks([m for m in model.modules() if m is not model], hook, detach=False), frozen_eval(model), torch.no_grad(): model(xb[:1])
+    name = layer_name(model, lay)
+    if id(lay) not in seen: raise ValueError(f"`finer_stage`: the layer {name!r} gives no (N, C, h, w) output: it needs a convolutional map")
+    h, w = seen[id(lay)][1]
+    twice = lambda s: 2*h - 1 <= s[0] <= 2*h and 2*w - 1 <= s[1] <= 2*w     # twice as fine, odd sides rounded up by a stride of 2
+    cands = [(n.count('.'), -seen[id(m)][0], m) for n, m in model.named_modules() if id(m) in seen and twice(seen[id(m)][1])]
+    if not cands: raise ValueError(f"{type(model).__name__} has no module whose output is twice as fine as the {h}x{w} map of {name!r}: "
+                                   "no finer stage to fuse (`fuse` needs one)")
+    return min(cands, key=lambda c: c[:2])[2]

@@ -246,3 +246,31 @@ def test_mass_box_of_a_subnormal_map_is_the_box_of_the_same_map_scaled():
     for eps in (0.375, 0.025, 0.2):
         assert mass_box(tiny, eps).tolist() == mass_box(big, eps).tolist()
         assert mass_box(tiny, eps, size=(30, 10)).tolist() == mass_box(big, eps, size=(30, 10)).tolist()
+
+# --- per-map ε (issue 29's `adapt`)
+
+def test_mass_box_takes_one_eps_per_map():
+    "`eps` as a (B,) sequence: each map cut at its own ε, exactly as one call per map."
+    import torch
+    from fastai_attncrop.boxes import mass_box
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(4, 7, 9, generator=g)
+    eps = [0.0, 0.05, 0.2, 0.45]
+    got = mass_box(maps, torch.tensor(eps), size=(90, 70))
+    want = torch.stack([mass_box(maps[i], e, size=(90, 70)) for i, e in enumerate(eps)])
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match='`eps`'): mass_box(maps, torch.tensor([0.1, 0.6, 0.1, 0.1]))
+    with pytest.raises(ValueError, match='`eps`'): mass_box(maps, [0.1, 0.1])   # one per map
+
+def test_item_eps_follows_the_maps_concentration():
+    "`item_eps`: `eps * (a/ref)**adapt`, `a` the share of a map above half its maximum; `adapt=0` gives `eps` back unchanged."
+    import torch
+    from fastai_attncrop.boxes import item_eps
+    peak = torch.zeros(20, 20); peak[9:11, 9:11] = 1          # 1% of the map above half its maximum
+    wide = torch.zeros(20, 20); wide[2:18, 2:18] = 1          # 64%
+    maps = torch.stack([peak, wide])
+    assert item_eps(maps, 0.025, 0.) == 0.025
+    e = item_eps(maps, 0.025, -1.)
+    assert e.shape == (2,) and e[0] > 0.025 > e[1]            # g < 0: concentrated maps cut at a larger ε (a tighter box)
+    assert torch.allclose(e, torch.tensor([min(0.45, 0.025*(0.01/0.05)**-1), 0.025*(0.64/0.05)**-1], dtype=e.dtype))
+    with pytest.raises(ValueError, match='`adapt`'): item_eps(maps, 0.025, float('inf'))

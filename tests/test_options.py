@@ -103,3 +103,61 @@ def test_delegated_options_are_documented():
         d = docments(f)
         for name in ('thresh', 'floor', 'native'):
             if name in d: assert d[name] == want[name], (f.__qualname__, name)
+
+# --- issue 29's last two levers as named options: `fuse` (the finer stage's map fused in) and `adapt` (a per-item ε)
+
+@pytest.mark.parametrize('kw, name', [(dict(fuse=1), 'fuse'), (dict(adapt='x'), 'adapt'), (dict(adapt=float('nan')), 'adapt'),
+                                      (dict(adapt=True), 'adapt')])
+def test_lever_options_errors_name_the_argument(kw, name):
+    with pytest.raises(ValueError, match=f'`{name}`'): BoxOptions(**kw)
+
+@pytest.mark.parametrize('kw, extra', [(dict(fuse=True), dict(fuse=True)), (dict(adapt=-1), dict(adapt=-1.0)),
+                                       (dict(fuse=False, adapt=0), dict())])
+def test_lever_options_in_cache_key(setup, kw, extra):
+    "A pass with `fuse` or `adapt` set has them in its key; at their defaults the key is the old one (a cached table is found)."
+    tmp, learn = setup
+    plan = BoxPlan.make(learn, cache=False, margins=(0.95, 0.6), bs=8, native=False, **kw)
+    got = BP._pass_key_params(learn, plan.opts, plan.framing, frame_tfms(learn), 64)
+    want = {**_old_params(learn, plan.opts.method, [0.95, 0.6], native=False), **extra}
+    assert repr(sorted(got.items())) == repr(sorted(want.items()))
+
+def _manual_boxes(learn, items, layers_of, eps_of, margins=(0.95, 0.6)):
+    "The boxes (n, M, 4) in the images' pixels cut the default way from `saliency_maps(layers=layers_of(model, xb))` at `eps_of(cut, eps)`: the tests' reference."
+    from fastai_attncrop.boxpass import paths_dl
+    from fastai_attncrop.saliency import saliency_maps
+    from fastai_attncrop.boxes import cut_maps, mass_box, InputFrame
+    from fastai_attncrop.boxtable import margin_eps
+    from fastai_attncrop.data import shown_size
+    xb = paths_dl(learn, items, len(items)).one_batch()[0]
+    sm = saliency_maps(learn, xb, 'gradcam', layers=layers_of(learn.model, xb))
+    H, W = sm.input_size
+    cm = cut_maps(sm.maps, 0.8, 2)
+    bx = torch.stack([mass_box(cm, eps_of(cm, margin_eps(m)), size=(W, H)) for m in margins], 1).double()
+    tfms = frame_tfms(learn)
+    return np.stack([InputFrame.from_tfms(tfms, shown_size(p)).to_image(b).numpy() for p, b in zip(items, bx)])
+
+def _table_boxes(df, margins=(0.95, 0.6)):
+    from fastai_attncrop.boxtable import margin_cols
+    return np.stack([df[margin_cols(m)].to_numpy(float) for m in margins], 1)
+
+def test_fuse_cuts_the_fused_map(setup):
+    "`fuse=True`: the boxes are cut from the saliency layer's map fused with the finer stage's (`finer_stage`), as `saliency_maps(layers=[...])` fuses."
+    from fastai_attncrop.saliency import find_target_layer, finer_stage
+    tmp, learn = setup
+    items = learner_items(learn).item.tolist()[:6]
+    got = box_pass(learn, items, margins=(0.95, 0.6), fuse=True, native=False, cache=False, progress=False)
+    base = box_pass(learn, items, margins=(0.95, 0.6), native=False, cache=False, progress=False)
+    want = _manual_boxes(learn, items, lambda m, xb: [find_target_layer(m, xb), finer_stage(m, xb)], lambda cm, e: e)
+    np.testing.assert_allclose(_table_boxes(got), want, atol=1e-6)
+    assert not np.allclose(_table_boxes(base), want)   # the fused map is another map
+
+def test_adapt_cuts_each_map_at_its_own_eps(setup):
+    "`adapt=g`: each map is cut at `item_eps(cut, eps, g)`: concentrated maps tighter for g < 0."
+    from fastai_attncrop.boxes import item_eps
+    tmp, learn = setup
+    items = learner_items(learn).item.tolist()[:6]
+    got = box_pass(learn, items, margins=(0.95, 0.6), adapt=-1., native=False, cache=False, progress=False)
+    want = _manual_boxes(learn, items, lambda m, xb: None, lambda cm, e: item_eps(cm, e, -1.))
+    np.testing.assert_allclose(_table_boxes(got), want, atol=1e-6)
+    same = _manual_boxes(learn, items, lambda m, xb: None, lambda cm, e: e)
+    np.testing.assert_allclose(_table_boxes(box_pass(learn, items, margins=(0.95, 0.6), native=False, cache=False, progress=False)), same, atol=1e-6)

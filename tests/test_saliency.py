@@ -571,3 +571,15 @@ def test_maps_by_item(learn, dls):
     with pytest.raises(ValueError, match='`k`=3'): maps_by_item(learn, k=3)
     with pytest.raises(ValueError, match='multi_label'): maps_by_item(learn, multi_label=True)
     with pytest.raises(ValueError, match='`dl`: a module'): maps_by_item(learn.model)
+
+def test_finer_stage_is_the_stage_at_twice_the_maps_resolution():
+    "`finer_stage`: the outermost module, the last to run, whose output is twice as fine as the saliency layer's (a ResNet's `layer3`, an EfficientNet's stride-16 stage)."
+    import timm, torchvision
+    from fastai_attncrop.saliency import finer_stage, layer_name, find_target_layer
+    from fastai_attncrop.models import small_cnn
+    xb = torch.zeros(1, 3, 224, 224)
+    for model, want in ((torchvision.models.resnet18(), 'layer3'), (timm.create_model('tf_efficientnet_lite0', pretrained=False), 'blocks.4'),
+                        (small_cnn(widths=(8, 8, 8, 8)), '3')):
+        assert layer_name(model, finer_stage(model, xb)) == want
+    m = small_cnn(widths=(8, 8), strides=(1, 1))                          # no finer stage than the map's
+    with pytest.raises(ValueError, match='finer'): finer_stage(m, torch.zeros(1, 3, 32, 32))
