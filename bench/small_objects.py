@@ -13,7 +13,7 @@ Three sets, each with exact boxes; each built once (deterministic, seeded) under
 * `full`: the dev photographs themselves (224 px, as bench/localization.py), the same classifier, the predicted class.
 
 Each row is a rule: a dict of `box_pass` keyword arguments (`RULES`: today's behaviour `TODAY`, each lever of `LEVERS` alone, the
-floor with a zoom, the chosen default `{}`, i.e. `box_pass`'s own defaults), plus two rows that are not rules: the oracle box (the box around the ground truth) and the best
+floor with a zoom, the chosen default with one option changed, the chosen default `{}`, i.e. `box_pass`'s own defaults), plus two rows that are not rules: the oracle box (the box around the ground truth) and the best
 centred box (one fixed centred size for the whole set). Columns, from the package's metrics (`evaluate_localization`, `box_accuracy`):
 recall, precision, IoU, area reduction at the default margin (0.95); the largest area reduction with recall >= 0.90 over the
 margins of one `box_pass` call (`MARGINS`; a zoomed rule: up to 0.95, see `rule_margins`) and the margin that gives it; on `full`
@@ -46,7 +46,7 @@ from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, ColReader, 
                                parent_label, GrandparentSplitter)
 from fastai_attncrop.data import make_shapes, read_boxes_csv, write_csv_atomic, write_text_atomic, save_image_atomic
 from fastai_attncrop.models import pretrained_learner
-from fastai_attncrop.saliency import saliency_maps, dilated_last_stage
+from fastai_attncrop.saliency import saliency_maps, dilated_last_stage, find_target_layer, finer_stage
 from fastai_attncrop.boxes import cut_maps
 from fastai_attncrop.metrics import evaluate_localization, score_boxes, box_accuracy, centred_box, centre_map
 from fastai_attncrop.boxtable import margin_cols, boxes_as_preds
@@ -76,13 +76,14 @@ QUICK_N = 20   # --quick: photographs a set
 MARGIN = 0.95   # the default margin
 MARGINS = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.985, 0.99, 0.995, 0.999]
 MIN_RECALL = 0.90
-TODAY = dict(floor=0, zoom=0, dilate=False, native=False, upsample=1)   # today's behaviour (before issue 29)
-LEVERS = dict(floor=0.8, zoom=1, dilate=True, native=True, upsample=2)  # each lever's setting in its own row
+TODAY = dict(floor=0, zoom=0, dilate=False, native=False, upsample=1, fuse=False, adapt=0.)   # today's behaviour (before issue 29)
+LEVERS = dict(floor=0.8, zoom=1, dilate=True, native=True, upsample=2, fuse=True, adapt=-1.)  # each lever's setting in its own row
 # a zoom alone looks again through a window around today's wide first box (padded by zoom_pad per side): mostly the whole
 # image; the row with the floor shows the zoom on a tight first box
 RULES = {'today': TODAY, **{f'{k}={v}': {**TODAY, k: v} for k, v in LEVERS.items()},
          'floor=0.8, zoom=1': {**TODAY, 'floor': LEVERS['floor'], 'zoom': LEVERS['zoom']},
-         'chosen default, upsample=1': {'upsample': 1}, 'chosen default': {}}
+         'chosen default, upsample=1': {'upsample': 1}, 'chosen default, fuse=True': {'fuse': True},
+         'chosen default, adapt=-1.0': {'adapt': -1.}, 'chosen default': {}}
 ORACLE, CENTRED = 'oracle box (the true box)', 'best centred box'
 QUICK_RULES = ('today', 'chosen default')   # --quick: the two rows the final JSON line reads
 
@@ -278,7 +279,7 @@ def baseline_rows(s:BoxSet, images) -> dict:
 
 def rule_maps(s:BoxSet, rule, target=None, bs=32) -> dict | None:
     """{image: map} of `rule` on the set's images, for MaxBoxAccV2: Grad-CAM of the learner's own input (`dilate`: the last stage
-    dilated, `dilated_last_stage`), upsampled and less its `floor` quantile (`cut_maps`), as `box_pass` cuts it; None for a rule with `zoom` (the
+    dilated, `dilated_last_stage`; `fuse`: with the finer stage's, `finer_stage`), upsampled and less its `floor` quantile (`cut_maps`), as `box_pass` cuts it; None for a rule with `zoom` (the
     zoomed look's map covers only the window). Only for sets whose images are the learner's input size (the maps are then on the
     images' pixels, and `native` changes nothing): `full`."""
     rule = {**TODAY, **default_rule(), **rule}
@@ -290,7 +291,8 @@ def rule_maps(s:BoxSet, rule, target=None, bs=32) -> dict | None:
     for pos, xb in load_batches(s.learn, s.items.item.tolist(), bs=bs):
         t = None if target is None else [vocab.index(labels[p]) for p in pos]
         with dilated_last_stage(s.learn.model, xb) if rule['dilate'] else contextlib.nullcontext():
-            sm = saliency_maps(s.learn, xb, 'gradcam', target=t)
+            lays = [find_target_layer(s.learn.model, xb), finer_stage(s.learn.model, xb)] if rule.get('fuse') else None
+            sm = saliency_maps(s.learn, xb, 'gradcam', target=t, layers=lays)
         m = cut_maps(sm.maps, rule['floor'], rule.get('upsample', 1)).cpu()
         for r in range(len(sm)): maps[keys[pos[int(sm.img_idx[r])]]] = m[r]
     return maps
@@ -315,9 +317,9 @@ def run_set(s:BoxSet, target, groups=None, maxboxacc=False, bs=32, log=print, ru
         if target is None and not acc:   # the classifier's accuracy on each group (the explained class is the prediction)
             key = boxes_at(bx, s, MARGIN).image.to_numpy()
             acc.update({g: float(bx['correct'][np.isin(key, images)].mean()) for g, images in groups.items()})
-        if maxboxacc:   # rules with the same map (on `full`: the same `dilate` and `floor`; none with `zoom`) share one computation
+        if maxboxacc:   # rules with the same map (on `full`: the same `dilate`, `floor`, `upsample`, `fuse`; none with `zoom`) share one computation
             eff = {**TODAY, **default_rule(), **rule}
-            mk = None if eff['zoom'] else (bool(eff['dilate']), float(eff['floor']))
+            mk = None if eff['zoom'] else (bool(eff['dilate']), float(eff['floor']), int(eff['upsample']), bool(eff['fuse']))
             if mk is None: v2[name] = np.nan
             else:
                 if mk not in v2_memo: v2_memo[mk] = box_accuracy(rule_maps(s, rule, target, bs), s.gt)['MaxBoxAccV2']
@@ -427,8 +429,8 @@ Columns: recall, precision, IoU, area reduction of the margin {MARGIN} boxes (`e
 area reduction whose recall is >= {MIN_RECALL} over the margins {MARGINS} (one `box_pass` call), `margin_at_recall90` the margin
 (a zoomed rule: the margins up to {MARGIN} only, since `zoom_boxes` windows each item at the call's largest margin's box);
 `s_per_image`: the whole `box_pass` call (cache off) over the set, `cost_vs_today` against the `today` row on the same images;
-MaxBoxAccV2 (`box_accuracy`, full set only): the rule's map as its boxes are cut from it (Grad-CAM, dilated or not, less its floor
-quantile, upsampled: `cut_maps`), `nan` for a zoomed rule (its second map covers only the window);
+MaxBoxAccV2 (`box_accuracy`, full set only): the rule's map as its boxes are cut from it (Grad-CAM, dilated or not, fused or not, less its floor
+quantile, upsampled: `cut_maps`; `adapt` moves the cut, not the map), `nan` for a zoomed rule (its second map covers only the window);
 the best centred box's is the centre map's (every centred size).
 
 {''.join(s + chr(10) for s in sections)}
