@@ -17,17 +17,16 @@ Each map is cut as `box_pass`'s default cuts (`cut_maps(floor=0.8, upsample=2)`,
 """
 import argparse, datetime, os, platform, sys, time, warnings
 from pathlib import Path
-import numpy as np, pandas as pd, torch, torch.nn as nn, torch.nn.functional as F
+import pandas as pd, torch, torch.nn as nn, torch.nn.functional as F
 warnings.filterwarnings('ignore')
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from small_objects import load_set, MARGINS, MARGIN, MIN_RECALL
-from peak_prior_tries import table_of_maps, DEMO_MARGINS
+from small_objects import load_set
+from peak_prior_tries import table_of_maps, demo_row
 from fastai_attncrop.saliency import saliency_maps, find_target_layer
-from fastai_attncrop.boxes import cut_maps, mass_box
-from fastai_attncrop.crop import margin_eps
+from fastai_attncrop.boxes import cut_maps
 from fastai_attncrop.boxpass import native_batches, load_batches
-from fastai_attncrop.metrics import box_accuracy, score_boxes
+from fastai_attncrop.metrics import box_accuracy
 
 OUT = Path(__file__).parent/'results'/'contrast_tries.md'
 
@@ -100,16 +99,7 @@ def demo_dev_part(log, size=256):
         for xb, _ in learn.dls.valid.new(after_item=tfms, bs=16):
             batches.append((list(range(i, i + len(xb))), xb)); i += len(xb)
         maps = cut_maps(maps_of(learn, batches, i, how), 0.8, 2)
-        res = {}
-        for m in DEMO_MARGINS:
-            b = mass_box(maps, margin_eps(m), size=(size, size)).numpy()
-            p = pd.DataFrame(dict(image=keys, xmin=b[:, 0], ymin=b[:, 1], xmax=b[:, 2], ymax=b[:, 3]))
-            res[m] = score_boxes(p, gt)[['recall', 'iou', 'area_reduction']].mean()
-        ok = [m for m in DEMO_MARGINS if res[m].recall >= MIN_RECALL]
-        best = max(ok, key=lambda m: res[m].area_reduction) if ok else None
-        rows[how] = dict(recall=res[MARGIN].recall, iou=res[MARGIN].iou, area_reduction=res[MARGIN].area_reduction,
-                         area_at_recall90=res[best].area_reduction if best else np.nan, margin_at_recall90=best,
-                         best_iou=max(v.iou for v in res.values()))
+        rows[how] = demo_row(maps, keys, gt, size)
         log(f"  demo-dev {how}: {rows[how]}")
     t = pd.DataFrame(rows).T
     log(t.round(3).to_string()); return t

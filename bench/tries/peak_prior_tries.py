@@ -86,11 +86,24 @@ def photos_part(log):
     log(cost.round(3).to_string())
     return quality, cost
 
+def demo_row(maps, keys, gt, size):
+    "The scores of the mass-cut boxes of `maps` (images `keys`, `size` px squares) against `gt` over `DEMO_MARGINS`: at `MARGIN`, the largest area cut at recall >= `MIN_RECALL`, the best IoU."
+    from fastai_attncrop.metrics import score_boxes
+    res = {}
+    for m in DEMO_MARGINS:
+        b = mass_box(maps, margin_eps(m), size=(size, size)).numpy()
+        p = pd.DataFrame(dict(image=keys, xmin=b[:, 0], ymin=b[:, 1], xmax=b[:, 2], ymax=b[:, 3]))
+        res[m] = score_boxes(p, gt)[['recall', 'iou', 'area_reduction']].mean()
+    ok = [m for m in DEMO_MARGINS if res[m].recall >= MIN_RECALL]
+    best = max(ok, key=lambda m: res[m].area_reduction) if ok else None
+    return dict(recall=res[MARGIN].recall, iou=res[MARGIN].iou, area_reduction=res[MARGIN].area_reduction,
+                area_at_recall90=res[best].area_reduction if best else np.nan, margin_at_recall90=best,
+                best_iou=max(v.iou for v in res.values()))
+
 def demo_dev_part(log, size=256):
     from fastai.vision.all import ImageDataLoaders, Resize, accuracy, set_seed
     from fastai_attncrop.data import make_shapes, read_boxes_csv
     from fastai_attncrop.models import pretrained_learner
-    from fastai_attncrop.metrics import score_boxes
     cache = Path(__file__).resolve().parents[1]/'cache'/'demo_dev'
     root = make_shapes(cache/'data', n_train=100, n_valid=25, classes=4, size=size, obj_frac=(0.04, 0.12), seed=1)
     dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(192), bs=32, num_workers=0, seed=1)
@@ -109,16 +122,7 @@ def demo_dev_part(log, size=256):
         raw = torch.cat([saliency_maps(learn, xb, 'gradcam').maps.detach().cpu() for xb, _ in learn.dls.valid.new(after_item=tfms, bs=16)]).double()
         for name, maps in {'default': cut_maps(raw, 0.8, 2), 'floor on every map': cut_maps(raw, 0.8, 2, max_area=1.),
                            'gauss, rel 1.5': gauss_prior(cut_maps(raw, 0.8, 2), rel=1.5)}.items():
-            res = {}
-            for m in DEMO_MARGINS:
-                b = mass_box(maps, margin_eps(m), size=(size, size)).numpy()
-                p = pd.DataFrame(dict(image=keys, xmin=b[:, 0], ymin=b[:, 1], xmax=b[:, 2], ymax=b[:, 3]))
-                res[m] = score_boxes(p, gt)[['recall', 'iou', 'area_reduction']].mean()
-            ok = [m for m in DEMO_MARGINS if res[m].recall >= MIN_RECALL]
-            best = max(ok, key=lambda m: res[m].area_reduction) if ok else None
-            rows[(inp, name)] = dict(recall=res[MARGIN].recall, iou=res[MARGIN].iou, area_reduction=res[MARGIN].area_reduction,
-                                     area_at_recall90=res[best].area_reduction if best else np.nan, margin_at_recall90=best,
-                                     best_iou=max(v.iou for v in res.values()))
+            rows[(inp, name)] = demo_row(maps, keys, gt, size)
     t = pd.DataFrame(rows).T.rename_axis(['input px', 'rule'])
     log(f"demo-dev learner: validation error {err:.3f}"); log(t.round(3).to_string())
     return err, t
