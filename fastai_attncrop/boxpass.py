@@ -467,6 +467,11 @@ def rule(self:BoxOptions) -> dict:
     skip = {f.name for f in fields(Targets)} | {'margins', 'area_tau', 'bs', 'chunk_batches', 'on_error', 'trust', 'auc_steps'}
     return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
+@patch(cls_method=True)
+def classic(cls:BoxOptions, **kwargs) -> BoxOptions:
+    "The box rule before issue 29 as one value: the raw map (`floor=0`, `upsample=1`) on the learner's input (`native=False`); `kwargs`: other options."
+    return cls.of(cls(floor=0., native=False, upsample=1), **kwargs)
+
 # %% ../nbs/05b_boxpass.ipynb #6adfa53b
 def native_batches(learn, paths, positions=None, bs=64, failures:dict=None, on_error='report', sizes=None, framing:Framing=None, **kwargs):
     "`load_batches` with each image at its `native_size` (`framing`'s `max_side` and `stride`, or the keywords `max_side`, `stride`): the images of one input size batched together (buckets in order of first appearance)."

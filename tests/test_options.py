@@ -161,3 +161,12 @@ def test_adapt_cuts_each_map_at_its_own_eps(setup):
     np.testing.assert_allclose(_table_boxes(got), want, atol=1e-6)
     same = _manual_boxes(learn, items, lambda m, xb: None, lambda cm, e: e)
     np.testing.assert_allclose(_table_boxes(box_pass(learn, items, margins=(0.95, 0.6), native=False, cache=False, progress=False)), same, atol=1e-6)
+
+def test_classic_rule_is_one_argument_away(setup):
+    "`BoxOptions.classic()`: the rule before issue 29 (the raw map on the learner's input), as one value; keywords still apply."
+    tmp, learn = setup
+    assert BoxOptions.classic() == BoxOptions(floor=0., native=False, upsample=1)
+    assert BoxOptions.classic(margins=(0.9,), k=2) == BoxOptions(floor=0., native=False, upsample=1, margins=(0.9,), k=2)
+    a = box_pass(learn, opts=BoxOptions.classic(), margins=(0.95,), cache=False, progress=False)
+    b = box_pass(learn, margins=(0.95,), floor=0, native=False, upsample=1, cache=False, progress=False)
+    pd.testing.assert_frame_equal(a, b)
