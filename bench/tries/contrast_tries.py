@@ -22,7 +22,7 @@ warnings.filterwarnings('ignore')
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from small_objects import load_set
-from peak_prior_tries import table_of_maps, demo_row
+from peak_prior_tries import table_of_maps, demo_row, demo_dev_learner
 from fastai_attncrop.saliency import saliency_maps, find_target_layer
 from fastai_attncrop.boxes import cut_maps
 from fastai_attncrop.boxpass import native_batches, load_batches
@@ -81,17 +81,8 @@ def full_part(log):
     log(t.round(3).to_string()); return t
 
 def demo_dev_part(log, size=256):
-    from fastai.vision.all import ImageDataLoaders, Resize, accuracy
-    from fastai_attncrop.data import make_shapes, read_boxes_csv
-    from fastai_attncrop.models import pretrained_learner
-    cache = Path(__file__).resolve().parents[1]/'cache'/'demo_dev'
-    root = make_shapes(cache/'data', n_train=100, n_valid=25, classes=4, size=size, obj_frac=(0.04, 0.12), seed=1)
-    dls = ImageDataLoaders.from_folder(root, valid='valid', item_tfms=Resize(192), bs=32, num_workers=0, seed=1)
-    learn, w = pretrained_learner(dls, metrics=accuracy), cache/'learner.pth'
-    if not w.exists(): raise SystemExit(f"{w} is missing: run bench/tries/peak_prior_tries.py --demo-dev first (it fine-tunes the learner)")
-    learn.model.load_state_dict(torch.load(w))
-    gt = read_boxes_csv(root/'boxes.csv'); gt = gt[gt.split == 'valid']
-    keys = [Path(p).relative_to(root).as_posix() for p in learn.dls.valid.items]
+    from fastai.vision.all import Resize
+    learn, keys, gt = demo_dev_learner(size)
     tfms = [t for t in learn.dls.valid.after_item.fs if not isinstance(t, Resize)] + [Resize(size)]
     rows = {}
     for how in HOWS:

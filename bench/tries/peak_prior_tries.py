@@ -100,7 +100,8 @@ def demo_row(maps, keys, gt, size):
                 area_at_recall90=res[best].area_reduction if best else np.nan, margin_at_recall90=best,
                 best_iou=max(v.iou for v in res.values()))
 
-def demo_dev_part(log, size=256):
+def demo_dev_learner(size=256):
+    "(learner, validation image keys, their true boxes) of the demo-like dev set: built and fine-tuned once, cached under bench/cache/demo_dev."
     from fastai.vision.all import ImageDataLoaders, Resize, accuracy, set_seed
     from fastai_attncrop.data import make_shapes, read_boxes_csv
     from fastai_attncrop.models import pretrained_learner
@@ -113,9 +114,13 @@ def demo_dev_part(log, size=256):
         set_seed(1)
         with learn.no_bar(), learn.no_logging(): learn.fine_tune(2, 3e-3)
         torch.save(learn.model.state_dict(), w)
-    err = 1 - float(learn.validate()[1])
     gt = read_boxes_csv(root/'boxes.csv'); gt = gt[gt.split == 'valid']
-    keys = [Path(p).relative_to(root).as_posix() for p in learn.dls.valid.items]
+    return learn, [Path(p).relative_to(root).as_posix() for p in learn.dls.valid.items], gt
+
+def demo_dev_part(log, size=256):
+    from fastai.vision.all import Resize
+    learn, keys, gt = demo_dev_learner(size)
+    err = 1 - float(learn.validate()[1])
     rows = {}
     for inp in (size, 384, 512):
         tfms = [t for t in learn.dls.valid.after_item.fs if not isinstance(t, Resize)] + [Resize(inp)]

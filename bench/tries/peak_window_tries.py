@@ -9,6 +9,7 @@ default rule's maps (Grad-CAM at the scene's own 448 px, `cut_maps(floor=0.8, up
 * `peak window f[, soft a]`: the mass cut of the map outside that square set to 0 (or multiplied by `a`);
 * `second look, window f, input n`: the square cut from the file (`ZoomItem`) and explained again at an `n` px input
   (`n` = 448: the window upscaled), its map cut as the default cuts, its boxes mapped back to the scene.
+The peak windows also on bench/tries/peak_prior_tries.py's demo-like dev set (8x8 maps of 256 px images, predicted class).
 
     PYTHONPATH=. python bench/tries/peak_window_tries.py    # writes bench/tries/results/peak_window_tries.md
 """
@@ -41,15 +42,15 @@ def cut_boxes(maps, side=S, offset=None):
     off = np.zeros((len(maps), 2)) if offset is None else offset
     return {m: mass_box(maps, margin_eps(m), size=(side, side)).numpy() + np.concatenate([off, off], 1) for m in MARGINS}
 
-def peak_squares(maps, f):
-    "Top-left corners (n, 2) in scene pixels of the squares of side `f*S` centred on each map's maximum, inside the scene."
+def peak_squares(maps, f, S=S):
+    "Top-left corners (n, 2) in scene pixels of the squares of side `f*S` centred on each map's maximum, inside the `S` px scene."
     h, w = maps.shape[-2:]
     i = maps.flatten(1).argmax(1)
     c = np.stack([((i % w).double() + 0.5).numpy()*S/w, ((i // w).double() + 0.5).numpy()*S/h], 1)
     return np.clip(np.round(c - f*S/2), 0, S - round(f*S))
 
-def windowed(maps, corners, f, soft=0.):
-    "`maps` with the cells outside each square (`corners`, side `f*S`) multiplied by `soft`."
+def windowed(maps, corners, f, soft=0., S=S):
+    "`maps` (of `S` px scenes) with the cells outside each square (`corners`, side `f*S`) multiplied by `soft`."
     h, w = maps.shape[-2:]
     xs, ys = (torch.arange(w).double() + 0.5)*S/w, (torch.arange(h).double() + 0.5)*S/h
     x0, y0 = (torch.as_tensor(corners[:, k]).double()[:, None] for k in (0, 1))
@@ -68,6 +69,18 @@ def second_look(s, corners, f, inp, bs=32):
         for r in range(len(sm)): maps[pos[int(sm.img_idx[r])]] = sm.maps[r].detach().cpu()
     return cut_boxes(cut_maps(torch.stack(maps).double(), 0.8, 2), side, corners)
 
+def demo_dev_part(size=256):
+    "The default maps of the demo-like dev set (bench/tries/peak_prior_tries.py's, predicted class) with the peak windows."
+    from peak_prior_tries import demo_dev_learner, demo_row
+    learn, keys, gt = demo_dev_learner(size)
+    tfms = [t for t in learn.dls.valid.after_item.fs if not isinstance(t, Resize)] + [Resize(size)]
+    raw = torch.cat([saliency_maps(learn, xb, 'gradcam').maps.detach().cpu() for xb, _ in learn.dls.valid.new(after_item=tfms, bs=16)]).double()
+    base = cut_maps(raw, 0.8, 2)
+    rows = {'default': demo_row(base, keys, gt, size)}
+    for f, soft in ((0.5, 0.), (0.7, 0.), (0.5, 0.1), (0.7, 0.1)):
+        rows[f"peak window {f}{', soft ' + str(soft) if soft else ''}"] = demo_row(windowed(base, peak_squares(base, f, size), f, soft, size), keys, gt, size)
+    return pd.DataFrame(rows).T
+
 def main():
     t0 = time.time()
     s = load_set('photos_small')
@@ -84,11 +97,14 @@ def main():
     t = pd.DataFrame(rows).T
     txt = t.round(3).to_string()
     print(txt)
+    demo = demo_dev_part().round(3).to_string()
+    print(demo)
     stamp = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.node()}; torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; command: `PYTHONPATH=. python bench/tries/peak_window_tries.py`")
     OUT.write_text('\n'.join(["# Issue 29: the map's peak as the box's anchor (tries, left out)", '', stamp, '',
                               'See the docstring for the rules. Margin columns at 0.95; `area_at_recall90`: the largest area reduction '
-                              'with recall >= 0.9 over the margins.', '', '```', txt, '```', '', f"{time.time() - t0:.0f} s"]) + '\n')
+                              'with recall >= 0.9 over the margins.', '', '```', txt, '```', '',
+                              "The demo-like dev set (peak_prior_tries.py's, maps at the images' 256 px, predicted class):", '', '```', demo, '```', '', f"{time.time() - t0:.0f} s"]) + '\n')
     print(f"wrote {OUT}")
 
 if __name__ == '__main__':
