@@ -291,7 +291,8 @@ def rule_maps(s:BoxSet, rule, target=None, bs=32) -> dict | None:
     for pos, xb in load_batches(s.learn, s.items.item.tolist(), bs=bs):
         t = None if target is None else [vocab.index(labels[p]) for p in pos]
         with dilated_last_stage(s.learn.model, xb) if rule['dilate'] else contextlib.nullcontext():
-            lays = [find_target_layer(s.learn.model, xb), finer_stage(s.learn.model, xb)] if rule.get('fuse') else None
+            lay = find_target_layer(s.learn.model, xb)
+            lays = [lay, finer_stage(s.learn.model, xb, layer=lay)] if rule.get('fuse') else None
             sm = saliency_maps(s.learn, xb, 'gradcam', target=t, layers=lays)
         m = cut_maps(sm.maps, rule['floor'], rule.get('upsample', 1)).cpu()
         for r in range(len(sm)): maps[keys[pos[int(sm.img_idx[r])]]] = m[r]

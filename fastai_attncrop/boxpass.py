@@ -538,19 +538,26 @@ def _dilated(learn, xb, on):
     if not on: yield; return
     with dilated_last_stage(learn.model, xb): yield
 
+def _check_fuse(meth, fuse):
+    "Refuse `fuse=True` with a method that maps the input (`meth`: a settled method): there is no layer to fuse a finer one with."
+    if fuse and getattr(meth, 'on_input', False):
+        raise ValueError(f"`fuse=True` fuses two layers' maps; the method {getattr(meth, 'name', meth)!r} maps the input, not a layer")
+
 def _rule_maps(learn, xb, o:BoxOptions, **kwargs):
     "`saliency_maps(learn, xb, o.method, **kwargs)` under the rule of `o`: the last stage dilated (`dilate`), the finer stage's map fused in (`fuse`)."
     with _dilated(learn, xb, o.dilate):
-        if o.fuse and getattr(get_method(o.method, learn), 'on_input', False):
-            raise ValueError(f"`fuse=True` fuses two layers' maps; the method {o.method!r} maps the input, not a layer")
-        layers = [find_target_layer(learn.model, xb), finer_stage(learn.model, xb)] if o.fuse else None
-        return saliency_maps(learn, xb, o.method, layers=layers, **kwargs)
+        if o.fuse:
+            lay = find_target_layer(learn.model, xb)
+            kwargs['layers'] = [lay, finer_stage(learn.model, xb, layer=lay)]
+        return saliency_maps(learn, xb, o.method, **kwargs)
 
 def _rule_boxes(maps, margins, o:BoxOptions, W, H) -> torch.Tensor:
     "Boxes (rows, M, 4, input pixels, float64 on the CPU) of `margins` cut from `maps` by the rule of `o`: `cut_maps(floor, upsample)`, each map at its ε (`adapt`)."
     cm = cut_maps(maps, o.floor, o.upsample)
     return torch.stack([mass_box(cm, item_eps(cm, margin_eps(m), o.adapt), size=(W, H)) for m in margins], 1).double().cpu()
 
+
+# %% ../nbs/05b_boxpass.ipynb #7f87028d
 def zoom_windows(boxes, wh, pad=0.5, aspect=None) -> np.ndarray:
     "Integer windows (n, 4) in the original pixels of images of sizes `wh` (n, 2): `boxes` (n, 4) padded by `pad` of their size per side, shaped `aspect` (width / height), inside the image."
     return np.array([crop_box(b, s, pad, aspect) for b, s in zip(np.asarray(boxes, float).reshape(-1, 4), np.asarray(wh).reshape(-1, 2).tolist())], int).reshape(-1, 4)
@@ -561,6 +568,7 @@ def zoom_boxes(learn, paths, wh, boxes, target, opts:BoxOptions=None, tfms=None,
     "Boxes (n, M, 4) of `opts.margins` from a second look at the images `paths` (sizes `wh`) through windows around `boxes` (n, M, 4, original pixels; the box of margin `ZOOM_MARGIN`, which the margins must hold), for class `target[i]`; `opts` (or the options `kwargs`): the `method`, `margins`, the rule (`floor`, `upsample`, `dilate`, `fuse`, `adapt`; default: the classic cut, floor 0 and upsample 1), `zoom_pad`, `bs`."
     o = BoxOptions.of(BoxOptions(floor=0., upsample=1) if opts is None else opts, **kwargs)
     margins, pad, bs = check_margins(o.margins), o.zoom_pad, o.bs or 64
+    if o.fuse: _check_fuse(get_method(o.method, learn), o.fuse)
     w = [j for j, m in enumerate(margins) if math.isclose(m, ZOOM_MARGIN)]
     if not w: raise ValueError(f"`margins` must hold the zoom window's margin {ZOOM_MARGIN}, got {margins}")
     boxes = np.asarray(boxes, float).reshape(len(paths), len(margins), 4)
@@ -827,6 +835,7 @@ class BoxPlan:
         "The plan of `box_pass(learn, items, opts=opts, cache=cache, **kwargs)`: every option checked before any work."
         opts = BoxOptions.of(opts, **kwargs)
         meth = get_method(opts.method, learn)   # a name, a `Method` or a `MapMaker`; 'ddt': fitted on the training set once
+        _check_fuse(meth, opts.fuse)
         check_vision_learner(learn)
         df = _as_items(learn, items)
         vocab = getattr(learn.dls, 'vocab', None)
